@@ -1,0 +1,5 @@
+//! The subcommands of the `keyward` binary.
+
+pub(crate) mod check;
+pub(crate) mod demo;
+pub(crate) mod policy;

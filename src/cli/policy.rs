@@ -1,0 +1,23 @@
+//! `keyward policy`: the seccomp allowlist as a table, with the reason for each rule.
+
+use anyhow::Result;
+
+pub(crate) fn run() -> Result<()> {
+    let policy = keyward::policy()?;
+    println!(
+        "The signer's seccomp allowlist ({} rules; anything else: {}).",
+        policy.rules.len(),
+        policy.default_action
+    );
+    println!("Source: sandbox/x86_64.json, compiled by the supervisor before fork.\n");
+    for rule in &policy.rules {
+        println!("{:<14} {}", rule.syscall, rule.reason);
+        for condition in &rule.conditions {
+            println!(
+                "{:<14}   only if arg{} {} {}: {}",
+                "", condition.index, condition.operator, condition.value, condition.reason
+            );
+        }
+    }
+    Ok(())
+}

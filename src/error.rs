@@ -1,0 +1,190 @@
+//! Every error a caller can get, each saying what happened and what to do. None carries key
+//! bytes: keys are named by their id's short form only.
+
+use std::time::Duration;
+
+use crate::keys::{Algorithm, KeyId, KeySpec};
+use crate::protocol::HardeningStep;
+
+/// The result type of every keyward operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong, by area.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The signer could not be started.
+    #[error("could not start the signer: {0}")]
+    Spawn(#[from] SpawnError),
+
+    /// The configuration was refused before anything was started.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+
+    /// The signer process has ended; this and every later call fails until a respawn.
+    #[error(
+        "the signer (generation {generation}) has ended: {end}; call respawn() for a new one (its keys are gone)"
+    )]
+    SignerEnded {
+        /// Which signer of the service ended.
+        generation: u32,
+        /// How it ended.
+        end: SignerEnd,
+    },
+
+    /// The signer did not answer within the request deadline; it has been killed.
+    #[error("the signer did not answer within {0:?}; it was killed, call respawn() for a new one")]
+    Timeout(Duration),
+
+    /// The key is not held by this service's current signer.
+    #[error("key {0} is not held by this signer (never generated here, or dropped)")]
+    UnknownKey(KeyId),
+
+    /// The key was made by a signer of this service that has since ended.
+    #[error("key {key} belonged to signer generation {}, which has ended; its keys are gone (the current signer is generation {current})", key.generation())]
+    KeyFromEndedSigner {
+        /// The key asked for.
+        key: KeyId,
+        /// The generation of the signer now serving.
+        current: u32,
+    },
+
+    /// The key's algorithm does not fit the operation.
+    #[error("key {key} is {algorithm}; {operation} needs an {needed} key")]
+    WrongKeyType {
+        /// The key asked for.
+        key: KeyId,
+        /// Its algorithm.
+        algorithm: Algorithm,
+        /// The operation that was refused.
+        operation: &'static str,
+        /// The algorithm the operation needs.
+        needed: Algorithm,
+    },
+
+    /// A key spec named an algorithm that its purpose does not use.
+    #[error("a {} key uses {}, not {}: use KeySpec::new({:?})", spec.purpose, spec.purpose.algorithm(), spec.algorithm, spec.purpose)]
+    PurposeAlgorithmMismatch {
+        /// The refused spec.
+        spec: KeySpec,
+    },
+
+    /// The peer's X25519 public key is a low-order point: the shared secret would be all zeros.
+    #[error(
+        "the peer's X25519 public key is a low-order point (RFC 7748): the shared secret would be all zeros; refuse this peer"
+    )]
+    LowOrderPoint,
+
+    /// The signer holds as many keys as it was configured for.
+    #[error(
+        "the signer holds its limit of {limit} keys; drop one or spawn with a larger key_limit"
+    )]
+    KeyLimitReached {
+        /// The configured limit.
+        limit: u32,
+    },
+
+    /// A message for [`Signer`](signature::Signer) was not a 32-byte digest.
+    #[error("keyward signs 32-byte prehashed digests; this message is {0} bytes (hash it first)")]
+    NotADigest(usize),
+
+    /// The signer broke the protocol; it has been killed.
+    #[error("the signer broke the protocol ({0}); it was killed")]
+    Protocol(&'static str),
+
+    /// The supervisor's pipe to the signer failed in a way that does not mean the signer ended.
+    #[error("pipe to the signer failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Why the signer could not be started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// A hardening step failed in the signer; it never served.
+    #[error("hardening step failed: {step} ({})", std::io::Error::from_raw_os_error(*errno))]
+    Hardening {
+        /// The step that failed.
+        step: HardeningStep,
+        /// The errno of the failure (0 if none).
+        errno: i32,
+    },
+
+    /// This architecture has no sandbox policy; only an explicitly unsandboxed spawn can run.
+    #[error(
+        "there is no seccomp policy for the {0} architecture; the signer cannot be sandboxed here (Sandbox::UnsandboxedInsecure runs it without one, not for production)"
+    )]
+    UnsupportedArchitecture(&'static str),
+
+    /// The embedded policy did not compile.
+    #[error("the sandbox policy did not compile: {0}")]
+    Policy(String),
+
+    /// An operating system call in the supervisor failed.
+    #[error("{what}: {source}")]
+    System {
+        /// What was being done.
+        what: &'static str,
+        /// The failure.
+        source: std::io::Error,
+    },
+
+    /// The signer ended before saying it was ready.
+    #[error("the signer ended before it was ready: {0}")]
+    Ended(SignerEnd),
+
+    /// The signer did not say it was ready within the spawn deadline; it was killed.
+    #[error("the signer was not ready within {0:?}; it was killed")]
+    NotReady(Duration),
+
+    /// The exec'd signer speaks another protocol version.
+    #[error(
+        "the signer program speaks protocol version {theirs}, this library speaks {ours}: rebuild them together"
+    )]
+    VersionMismatch {
+        /// This library's version.
+        ours: u32,
+        /// The signer program's version.
+        theirs: u32,
+    },
+
+    /// The signer said something other than "ready" first.
+    #[error("the signer's first message was not a ready message")]
+    UnexpectedGreeting,
+}
+
+/// How a signer process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignerEnd {
+    /// The kernel killed it for a system call outside its seccomp allowlist (SIGSYS).
+    #[error("killed by the sandbox (SIGSYS): it attempted a system call outside its allowlist")]
+    SandboxViolation,
+    /// A signal other than SIGSYS ended it.
+    #[error("killed by signal {signal}")]
+    Killed {
+        /// The signal number.
+        signal: i32,
+    },
+    /// It panicked (an internal bug); its panic hook ended it.
+    #[error("the signer panicked (an internal bug; please report it)")]
+    Panicked,
+    /// It stopped because the request stream was corrupt (over-long or truncated frame).
+    #[error("it stopped on a corrupt request stream")]
+    CorruptRequestStream,
+    /// It exited with this code.
+    #[error("exited with code {code}")]
+    Exited {
+        /// The exit code.
+        code: i32,
+    },
+    /// It was killed because a request timed out.
+    #[error("killed after a request timed out")]
+    TimedOut,
+    /// It was killed because it broke the protocol.
+    #[error("killed after it broke the protocol")]
+    ProtocolViolation,
+    /// It was ended by `respawn` or by dropping the service.
+    #[error("replaced or shut down by its supervisor")]
+    ShutDown,
+}

@@ -1,0 +1,35 @@
+//! The `keyward` command: a thin face over the library.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+/// keyward: an isolated key service for validator nodes.
+#[derive(Parser)]
+#[command(version, about)]
+struct Arguments {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Spawn the signer, generate the validator's four keys, sign, verify, agree on a secret,
+    /// and show what the kernel says about the sandbox.
+    Demo,
+    /// Print the signer's seccomp allowlist with the reason for each rule.
+    Policy,
+    /// Tell whether this machine can run the sandbox, and what to change if not.
+    Check,
+}
+
+fn main() -> Result<()> {
+    // First: if this process was exec'd as a signer, become one (never returns).
+    keyward::run_signer_if_requested();
+    match Arguments::parse().command {
+        Command::Demo => cli::demo::run(),
+        Command::Policy => cli::policy::run(),
+        Command::Check => cli::check::run(),
+    }
+}

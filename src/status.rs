@@ -1,0 +1,195 @@
+//! What the kernel says about a running signer, read from `/proc/<pid>/status` and
+//! `/proc/<pid>/smaps`. This is the kernel's view, not the signer's claim.
+
+use std::fmt;
+
+/// The kind of memory the signer put its keys in, as it reported when it became ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum KeyMemory {
+    /// `memfd_secret` pages.
+    MemfdSecret,
+    /// Locked, don't-dump, wipe-on-fork anonymous pages.
+    LockedAnonymous,
+}
+
+impl fmt::Display for KeyMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeyMemory::MemfdSecret => "memfd_secret (unreadable even by root through /proc)",
+            KeyMemory::LockedAnonymous => {
+                "locked anonymous pages (mlock, don't-dump, wipe-on-fork)"
+            }
+        })
+    }
+}
+
+/// One mapping of the signer that holds keys, as `/proc/<pid>/smaps` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyMapping {
+    /// The address range, as smaps prints it.
+    pub range: String,
+    /// Size in KiB.
+    pub size_kib: u64,
+    /// `lo`: locked in RAM.
+    pub locked: bool,
+    /// `dd`: left out of core dumps.
+    pub dont_dump: bool,
+    /// `wf`: wiped in a forked child.
+    pub wipe_on_fork: bool,
+    /// A `memfd_secret` mapping (`/secretmem`).
+    pub secretmem: bool,
+}
+
+/// The signer's process status, as the kernel reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignerStatus {
+    /// The signer's pid.
+    pub pid: i32,
+    /// The signer's generation within its service.
+    pub generation: u32,
+    /// `Seccomp:` 0 none, 1 strict, 2 filter.
+    pub seccomp_mode: Option<u32>,
+    /// `Seccomp_filters:` how many filters are stacked.
+    pub seccomp_filters: Option<u32>,
+    /// `NoNewPrivs:`.
+    pub no_new_privs: Option<bool>,
+    /// `VmLck:` in KiB.
+    pub locked_kib: Option<u64>,
+    /// `VmRSS:` in KiB.
+    pub resident_kib: Option<u64>,
+    /// `CapEff:` the effective capability mask.
+    pub effective_capabilities: Option<u64>,
+    /// `CapPrm:` the permitted capability mask.
+    pub permitted_capabilities: Option<u64>,
+    /// `Threads:`.
+    pub threads: Option<u32>,
+    /// Where the keys live, as the signer reported when it became ready.
+    pub key_memory: KeyMemory,
+    /// The signer's key mappings in smaps (locked and don't-dump, or secretmem).
+    pub key_mappings: Vec<KeyMapping>,
+}
+
+impl SignerStatus {
+    pub(crate) fn read(pid: i32, generation: u32, key_memory: KeyMemory) -> std::io::Result<Self> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let field = |name: &str| {
+            status.lines().find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                (key == name).then(|| value.trim().to_owned())
+            })
+        };
+        let number = |name: &str| field(name).and_then(|value| value.parse::<u32>().ok());
+        let kib = |name: &str| {
+            field(name).and_then(|value| value.trim_end_matches("kB").trim().parse::<u64>().ok())
+        };
+        let mask = |name: &str| field(name).and_then(|value| u64::from_str_radix(&value, 16).ok());
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+        Ok(Self {
+            pid,
+            generation,
+            seccomp_mode: number("Seccomp"),
+            seccomp_filters: number("Seccomp_filters"),
+            no_new_privs: number("NoNewPrivs").map(|value| value == 1),
+            locked_kib: kib("VmLck"),
+            resident_kib: kib("VmRSS"),
+            effective_capabilities: mask("CapEff"),
+            permitted_capabilities: mask("CapPrm"),
+            threads: number("Threads"),
+            key_memory,
+            key_mappings: key_mappings(&smaps),
+        })
+    }
+}
+
+/// The mappings that are locked and don't-dump, or secretmem: where keys live.
+fn key_mappings(smaps: &str) -> Vec<KeyMapping> {
+    let mut mappings = Vec::new();
+    let mut current: Option<(String, bool, u64)> = None;
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or_default();
+        if first.contains('-') && !first.ends_with(':') {
+            let secretmem = line.contains("/secretmem");
+            current = Some((first.to_owned(), secretmem, 0));
+        } else if first == "Size:" {
+            if let Some((_, _, size)) = current.as_mut() {
+                *size = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            }
+        } else if first == "VmFlags:" {
+            let flags: Vec<&str> = words.collect();
+            if let Some((range, secretmem, size_kib)) = current.take() {
+                let locked = flags.contains(&"lo");
+                let dont_dump = flags.contains(&"dd");
+                if secretmem || (locked && dont_dump) {
+                    mappings.push(KeyMapping {
+                        range,
+                        size_kib,
+                        locked,
+                        dont_dump,
+                        wipe_on_fork: flags.contains(&"wf"),
+                        secretmem,
+                    });
+                }
+            }
+        }
+    }
+    mappings
+}
+
+impl fmt::Display for SignerStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let show = |value: Option<String>| value.unwrap_or_else(|| "unknown".to_owned());
+        writeln!(f, "  pid               {}", self.pid)?;
+        writeln!(
+            f,
+            "  Seccomp           {}{}",
+            show(self.seccomp_mode.map(|m| m.to_string())),
+            match self.seccomp_mode {
+                Some(2) => " (filter: allowlist, kill on anything else)",
+                Some(0) => " (NONE: not sandboxed)",
+                _ => "",
+            }
+        )?;
+        writeln!(
+            f,
+            "  NoNewPrivs        {}",
+            show(self.no_new_privs.map(|v| u8::from(v).to_string()))
+        )?;
+        writeln!(
+            f,
+            "  CapEff / CapPrm   {} / {}",
+            show(self.effective_capabilities.map(|m| format!("{m:016x}"))),
+            show(self.permitted_capabilities.map(|m| format!("{m:016x}")))
+        )?;
+        writeln!(
+            f,
+            "  VmLck / VmRSS     {} / {}",
+            show(self.locked_kib.map(|k| format!("{k} kB"))),
+            show(self.resident_kib.map(|k| format!("{k} kB")))
+        )?;
+        writeln!(f, "  key memory        {}", self.key_memory)?;
+        for mapping in &self.key_mappings {
+            let mut flags = Vec::new();
+            if mapping.secretmem {
+                flags.push("secretmem");
+            }
+            if mapping.locked {
+                flags.push("locked");
+            }
+            if mapping.dont_dump {
+                flags.push("dont-dump");
+            }
+            if mapping.wipe_on_fork {
+                flags.push("wipe-on-fork");
+            }
+            writeln!(
+                f,
+                "  key pages         {} kB [{}]",
+                mapping.size_kib,
+                flags.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+}

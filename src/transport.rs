@@ -1,0 +1,263 @@
+//! Length-prefixed frames over pipes, read with a hard cap and a bounded spin.
+//!
+//! A frame is a little-endian `u32` payload length followed by the payload. The reader's buffer
+//! is allocated once, at the cap, so an untrusted length can never make anything allocate: a
+//! length over the cap is an error before any payload byte is read.
+//!
+//! Waiting for a frame spins (non-blocking reads) for a configured while and then sleeps in
+//! `poll`: while work flows, neither side pays a scheduler wake-up; when it stops, neither side
+//! burns CPU.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use serde::Serialize;
+use zeroize::Zeroize;
+
+use crate::protocol::{FRAME_HEADER_LEN, MAX_FRAME_LEN};
+
+/// Why no frame could be read.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// The other end closed the pipe; `mid_frame` if it did so part-way through a frame.
+    Closed { mid_frame: bool },
+    /// A frame header announced more than the cap.
+    TooLong { announced: u32 },
+    /// The deadline passed with no complete frame.
+    TimedOut,
+    /// The watched process (a pidfd) ended while no data was waiting.
+    PeerExited,
+    /// The read or poll failed.
+    Io(io::Error),
+}
+
+/// Accumulates bytes from a pipe and hands out whole frames.
+pub(crate) struct FrameReader {
+    buffer: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl Default for FrameReader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FrameReader {
+    /// A reader with its whole buffer allocated now (one frame at the cap).
+    pub(crate) fn new() -> Self {
+        Self {
+            buffer: vec![0u8; FRAME_HEADER_LEN + MAX_FRAME_LEN].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Whether bytes of an unfinished frame are buffered.
+    pub(crate) fn has_partial_frame(&self) -> bool {
+        self.start != self.end
+    }
+
+    /// The position and length of the next whole buffered frame's payload, if there is one.
+    fn buffered_frame(&self) -> Result<Option<(usize, usize)>, ReadError> {
+        let available = &self.buffer[self.start..self.end];
+        let Some(header) = available.first_chunk::<FRAME_HEADER_LEN>() else {
+            return Ok(None);
+        };
+        let announced = u32::from_le_bytes(*header);
+        let length = usize::try_from(announced).unwrap_or(usize::MAX);
+        if length > MAX_FRAME_LEN {
+            return Err(ReadError::TooLong { announced });
+        }
+        if available.len() - FRAME_HEADER_LEN < length {
+            return Ok(None);
+        }
+        Ok(Some((self.start + FRAME_HEADER_LEN, length)))
+    }
+
+    /// Takes the next whole frame if one is already buffered, without reading.
+    pub(crate) fn take_buffered(&mut self) -> Result<Option<&mut [u8]>, ReadError> {
+        match self.buffered_frame()? {
+            Some((payload_start, length)) => {
+                self.start = payload_start + length;
+                Ok(Some(
+                    &mut self.buffer[payload_start..payload_start + length],
+                ))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Reads until a whole frame is buffered and returns its payload (valid until the next call).
+    ///
+    /// Spins with non-blocking reads for `spin` (if `fd` is non-blocking), then sleeps in `poll`
+    /// until `deadline` (forever if `None`). If `watch` (a pidfd) becomes readable while the pipe
+    /// has nothing, the peer has ended: [`ReadError::PeerExited`].
+    pub(crate) fn read_frame(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        watch: Option<BorrowedFd<'_>>,
+        spin: Duration,
+        deadline: Option<Instant>,
+    ) -> Result<&mut [u8], ReadError> {
+        let spin_until = if spin.is_zero() {
+            None
+        } else {
+            Some(Instant::now() + spin)
+        };
+        let (payload_start, length) = loop {
+            if let Some(frame) = self.buffered_frame()? {
+                break frame;
+            }
+            self.make_room();
+            match nix::unistd::read(fd, &mut self.buffer[self.end..]) {
+                Ok(0) => {
+                    return Err(ReadError::Closed {
+                        mid_frame: self.has_partial_frame(),
+                    });
+                }
+                Ok(count) => self.end += count,
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => {
+                    if spin_until.is_some_and(|until| Instant::now() < until) {
+                        std::hint::spin_loop();
+                        continue;
+                    }
+                    wait_readable(fd, watch, deadline)?;
+                }
+                Err(errno) => return Err(ReadError::Io(errno.into())),
+            }
+        };
+        self.start = payload_start + length;
+        Ok(&mut self.buffer[payload_start..payload_start + length])
+    }
+
+    /// Appends bytes as if read from the pipe; returns how many fit. For the fuzzers.
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> usize {
+        self.make_room();
+        let count = bytes.len().min(self.buffer.len() - self.end);
+        self.buffer[self.end..self.end + count].copy_from_slice(&bytes[..count]);
+        self.end += count;
+        count
+    }
+
+    /// Moves an unfinished frame to the front so the rest of it fits.
+    fn make_room(&mut self) {
+        if self.start == self.end {
+            self.buffer[..self.end].zeroize();
+            self.start = 0;
+            self.end = 0;
+        } else if self.start > 0 && self.buffer.len() - self.end < MAX_FRAME_LEN {
+            self.buffer.copy_within(self.start..self.end, 0);
+            let moved = self.end - self.start;
+            self.buffer[moved..self.end].zeroize();
+            self.start = 0;
+            self.end = moved;
+        }
+    }
+}
+
+impl Drop for FrameReader {
+    fn drop(&mut self) {
+        // Answers may have carried Diffie-Hellman results.
+        self.buffer.zeroize();
+    }
+}
+
+/// Sleeps until `fd` is readable or `deadline` passes.
+fn wait_readable(
+    fd: BorrowedFd<'_>,
+    watch: Option<BorrowedFd<'_>>,
+    deadline: Option<Instant>,
+) -> Result<(), ReadError> {
+    loop {
+        let timeout = match deadline {
+            None => PollTimeout::NONE,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(ReadError::TimedOut);
+                }
+                // Round up so a sub-millisecond remainder still sleeps instead of spinning.
+                let millis = left.as_micros().div_ceil(1000);
+                PollTimeout::try_from(millis.min(i32::MAX as u128) as i32)
+                    .unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let data = PollFd::new(fd.as_fd(), PollFlags::POLLIN);
+        let mut with_watch;
+        let mut alone;
+        let fds: &mut [PollFd<'_>] = match watch {
+            Some(watch) => {
+                with_watch = [data, PollFd::new(watch, PollFlags::POLLIN)];
+                &mut with_watch
+            }
+            None => {
+                alone = [data];
+                &mut alone
+            }
+        };
+        match nix::poll::poll(fds, timeout) {
+            Ok(0) => {
+                if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                    return Err(ReadError::TimedOut);
+                }
+            }
+            Ok(_) => {
+                // Data (or end of file) on the pipe comes first: a last answer is still read.
+                if fds[0].any().unwrap_or(true) {
+                    return Ok(());
+                }
+                return Err(ReadError::PeerExited);
+            }
+            Err(Errno::EINTR) => {}
+            Err(errno) => return Err(ReadError::Io(errno.into())),
+        }
+    }
+}
+
+/// Encodes `message` as one frame at the start of `buffer`; returns the frame's length.
+pub(crate) fn encode_frame<T: Serialize>(
+    message: &T,
+    buffer: &mut [u8],
+) -> Result<usize, postcard::Error> {
+    let (header, body) = buffer
+        .split_first_chunk_mut::<FRAME_HEADER_LEN>()
+        .ok_or(postcard::Error::SerializeBufferFull)?;
+    let cap = body.len().min(MAX_FRAME_LEN);
+    let length = postcard::to_slice(message, &mut body[..cap])?.len();
+    // `length <= MAX_FRAME_LEN`, which fits in a u32.
+    *header = u32::try_from(length)
+        .map_err(|_| postcard::Error::SerializeBufferFull)?
+        .to_le_bytes();
+    Ok(FRAME_HEADER_LEN + length)
+}
+
+/// A buffer large enough for any frame.
+pub(crate) fn frame_buffer() -> Box<[u8]> {
+    vec![0u8; FRAME_HEADER_LEN + MAX_FRAME_LEN].into_boxed_slice()
+}
+
+/// Writes all of `bytes` with `write_once`, retrying short writes and interruptions.
+pub(crate) fn write_all(
+    mut bytes: &[u8],
+    mut write_once: impl FnMut(&[u8]) -> io::Result<usize>,
+) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match write_once(bytes) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            Ok(count) => bytes = &bytes[count.min(bytes.len())..],
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                // The pipe is full (a non-blocking fd): wait for room.
+                std::hint::spin_loop();
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
