@@ -30,9 +30,12 @@ use crate::transport::{FrameReader, ReadError, encode_frame, frame_buffer, write
 /// The descriptor lane `i` reads requests from is `REQUEST_FD_BASE + i`.
 pub(crate) const REQUEST_FD_BASE: RawFd = 3;
 /// The descriptor lane `i` writes answers to is `RESPONSE_FD_BASE + i`.
-pub(crate) const RESPONSE_FD_BASE: RawFd = REQUEST_FD_BASE + MAX_WORKERS as RawFd;
+pub(crate) const RESPONSE_FD_BASE: RawFd = REQUEST_FD_BASE + WORKER_SLOTS;
 /// Where inherited descriptors are parked while the fixed ones are laid out.
-const PARKING_FD_MIN: RawFd = RESPONSE_FD_BASE + MAX_WORKERS as RawFd + 16;
+const PARKING_FD_MIN: RawFd = RESPONSE_FD_BASE + WORKER_SLOTS + 16;
+/// `MAX_WORKERS` as a descriptor offset (checked at compile time below).
+const WORKER_SLOTS: RawFd = 16;
+const _: () = assert!(WORKER_SLOTS as usize == MAX_WORKERS);
 
 /// The first argument that makes the keyward binary (or any program that calls
 /// [`crate::run_signer_if_requested`]) act as an exec'd signer.
@@ -351,7 +354,7 @@ fn serve_lane(lane: usize, store: &RwLock<KeyStore>, spin: Duration, buffers: La
             Err(ReadError::Closed { mid_frame: false }) => {
                 sys::exit_immediately(exit_code::SHUTDOWN)
             }
-            Err(ReadError::Closed { mid_frame: true } | ReadError::TooLong { .. }) => {
+            Err(ReadError::Closed { mid_frame: true } | ReadError::TooLong) => {
                 sys::exit_immediately(exit_code::CORRUPT_REQUEST_STREAM)
             }
             Err(ReadError::TimedOut | ReadError::PeerExited) => continue,

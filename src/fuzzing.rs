@@ -1,12 +1,18 @@
 //! Entry points for the fuzzers and the property tests: the same decode and dispatch code the
 //! signer runs, driven in-process. Not part of the API.
 
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::RwLock;
+use std::time::{Duration, Instant};
 
+use crate::config::Config;
 use crate::dispatch::{LaneState, Outcome, handle_frame};
+use crate::error::{Error, SignerEnd};
 use crate::key_store::KeyStore;
-use crate::protocol::{ResponseFrame, SecretMemory};
-use crate::transport::{FrameReader, frame_buffer};
+use crate::keys::{KeySpec, LocalKeyId};
+use crate::protocol::{Request, RequestFrame, ResponseFrame, SecretMemory};
+use crate::signer_process::SignerProcess;
+use crate::transport::{FrameReader, ReadError, encode_frame, frame_buffer, write_all};
 
 /// A signer's request handling without the process around it: a key store in locked memory and
 /// one lane's state.
@@ -88,3 +94,124 @@ pub fn split_frames(stream: &[u8]) -> (Vec<usize>, Option<String>) {
         }
     }
 }
+
+/// A real, sandboxed signer whose lane 0 the caller drives with raw bytes: for tests of hostile
+/// input through the real pipe. Dropping it shuts the signer down and reaps it.
+pub struct RawSigner {
+    // Declared first so the pipes close before the process is dropped (and reaped).
+    request: Option<OwnedFd>,
+    response: OwnedFd,
+    frames: FrameReader,
+    process: SignerProcess,
+}
+
+impl RawSigner {
+    /// Spawns a signer with `config` (forced to one worker) and takes its pipe.
+    pub fn spawn(config: Config) -> Result<Self, Error> {
+        let config = config.with_workers(1);
+        config.validate()?;
+        let mut process = SignerProcess::spawn(&config, 1)?;
+        let (request, response) = process
+            .take_raw_lane()
+            .ok_or(Error::Protocol("the signer has no lane"))?;
+        Ok(Self {
+            request: Some(request),
+            response,
+            frames: FrameReader::new(),
+            process,
+        })
+    }
+
+    /// The signer's pid.
+    pub fn pid(&self) -> i32 {
+        self.process.pid()
+    }
+
+    /// Writes raw bytes to the request pipe (never raising SIGPIPE).
+    pub fn write(&self, bytes: &[u8]) -> std::io::Result<()> {
+        let fd = self
+            .request
+            .as_ref()
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        write_all(bytes, |chunk| {
+            crate::sys::write_without_sigpipe(fd.as_fd(), chunk)
+        })
+    }
+
+    /// Closes the request pipe, as the supervisor does at shutdown.
+    pub fn close_requests(&mut self) {
+        self.request = None;
+    }
+
+    /// The response pipe's read end (non-blocking).
+    pub fn response_pipe(&self) -> BorrowedFd<'_> {
+        self.response.as_fd()
+    }
+
+    /// Reads the next answer: its id and the `Debug` form of the response; or `Err` with why no
+    /// answer came (closed, timed out, ...).
+    pub fn read_answer(&mut self, timeout: Duration) -> Result<(u64, String), String> {
+        let payload = self
+            .frames
+            .read_frame(
+                self.response.as_fd(),
+                None,
+                Duration::ZERO,
+                Some(Instant::now() + timeout),
+            )
+            .map_err(|error| match error {
+                ReadError::Closed { .. } => "closed".to_owned(),
+                ReadError::TimedOut => "timed out".to_owned(),
+                other => format!("{other:?}"),
+            })?;
+        let frame = postcard::from_bytes::<ResponseFrame>(payload)
+            .map_err(|error| format!("undecodable answer: {error}"))?;
+        Ok((frame.id, format!("{:?}", frame.response)))
+    }
+
+    /// How the signer ended (waits up to two seconds for the kernel to report it).
+    pub fn wait_end(&self) -> SignerEnd {
+        self.process.end_after_close()
+    }
+}
+
+/// A valid frame asking to generate a key for `spec`.
+pub fn generate_key_frame(id: u64, spec: KeySpec) -> Vec<u8> {
+    request_frame(id, Request::GenerateKey { spec })
+}
+
+/// A valid frame asking to sign `digest` with the key whose local id is `key`.
+pub fn sign_frame(id: u64, key: [u8; 16], digest: [u8; 32]) -> Vec<u8> {
+    request_frame(id, Request::Sign { key, digest })
+}
+
+/// A valid frame asking for the key listing.
+pub fn list_keys_frame(id: u64) -> Vec<u8> {
+    request_frame(id, Request::ListKeys)
+}
+
+/// The local id bytes of the key named in a `KeyGenerated` answer's `Debug` form, if any.
+pub fn generated_key_from_summary(summary: &str) -> Option<[u8; 16]> {
+    let start = summary.find("key: [")? + "key: [".len();
+    let end = start + summary[start..].find(']')?;
+    let bytes: Vec<u8> = summary[start..end]
+        .split(',')
+        .map(|byte| byte.trim().parse::<u8>())
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let key: LocalKeyId = bytes.try_into().ok()?;
+    Some(key)
+}
+
+fn request_frame(id: u64, request: Request) -> Vec<u8> {
+    let mut buffer = frame_buffer();
+    // Every request built here is a few dozen bytes; the buffer holds a frame at the cap.
+    let length = encode_frame(&RequestFrame { id, request }, &mut buffer).unwrap_or(0);
+    buffer[..length].to_vec()
+}
+
+/// The frame cap, re-exported for tests that build over-long frames.
+pub const FRAME_CAP: usize = crate::protocol::MAX_FRAME_LEN;
+
+/// How the signer reports an end caused by a corrupt stream, for tests to compare against.
+pub const CORRUPT_STREAM_END: SignerEnd = SignerEnd::CorruptRequestStream;

@@ -332,7 +332,7 @@ impl SignerProcess {
         write_all(&buffer[..length], |bytes| {
             sys::write_without_sigpipe(fd.as_fd(), bytes)
         })
-        .or_else(|_| Err(SpawnError::Ended(self.end_after_close())))
+        .map_err(|_| SpawnError::Ended(self.end_after_close()))
     }
 
     /// Reads each lane's first message: `Ready`, or why not.
@@ -415,8 +415,20 @@ impl SignerProcess {
         self.child.kill(cause);
     }
 
+    /// Takes lane 0's pipe ends out of the supervisor, for tests that speak raw bytes to a
+    /// real signer. The lane is gone from this process afterwards.
+    pub(crate) fn take_raw_lane(&mut self) -> Option<(OwnedFd, OwnedFd)> {
+        if self.lanes.is_empty() {
+            return None;
+        }
+        let lane = self.lanes.remove(0);
+        let writer = lane.writer.into_inner().unwrap_or_else(|p| p.into_inner());
+        let reader = lane.reader.into_inner().unwrap_or_else(|p| p.into_inner());
+        Some((writer.fd, reader.fd))
+    }
+
     /// How the signer ended, once its pipe has closed; waits briefly for the kernel to say.
-    fn end_after_close(&self) -> SignerEnd {
+    pub(crate) fn end_after_close(&self) -> SignerEnd {
         let end = self.child.wait_for_end(END_REPORT_WAIT);
         if let Some(cause) = self.child.cause.get() {
             return *cause;
@@ -542,10 +554,10 @@ impl Lane {
                 pending.answers.remove(&id);
                 return Err(failure);
             }
-            if let Some(Some(_)) = pending.answers.get(&id) {
-                if let Some(Some(answer)) = pending.answers.remove(&id) {
-                    return Ok(answer);
-                }
+            if let Some(Some(_)) = pending.answers.get(&id)
+                && let Some(Some(answer)) = pending.answers.remove(&id)
+            {
+                return Ok(answer);
             }
             let reader = match self.reader.try_lock() {
                 Ok(reader) => Some(reader),
@@ -601,9 +613,7 @@ impl Lane {
                 .read_frame(fd.as_fd(), Some(pidfd.as_fd()), spin, Some(deadline))
                 .map_err(|error| match error {
                     ReadError::Closed { .. } | ReadError::PeerExited => CallFailure::Ended,
-                    ReadError::TooLong { .. } => {
-                        CallFailure::Protocol("an answer over the frame cap")
-                    }
+                    ReadError::TooLong => CallFailure::Protocol("an answer over the frame cap"),
                     ReadError::TimedOut => CallFailure::TimedOut,
                     ReadError::Io(error) => CallFailure::Io(error.kind()),
                 })?;

@@ -25,7 +25,7 @@ pub(crate) enum ReadError {
     /// The other end closed the pipe; `mid_frame` if it did so part-way through a frame.
     Closed { mid_frame: bool },
     /// A frame header announced more than the cap.
-    TooLong { announced: u32 },
+    TooLong,
     /// The deadline passed with no complete frame.
     TimedOut,
     /// The watched process (a pidfd) ended while no data was waiting.
@@ -71,7 +71,7 @@ impl FrameReader {
         let announced = u32::from_le_bytes(*header);
         let length = usize::try_from(announced).unwrap_or(usize::MAX);
         if length > MAX_FRAME_LEN {
-            return Err(ReadError::TooLong { announced });
+            return Err(ReadError::TooLong);
         }
         if available.len() - FRAME_HEADER_LEN < length {
             return Ok(None);
@@ -184,7 +184,9 @@ fn wait_readable(
                 }
                 // Round up so a sub-millisecond remainder still sleeps instead of spinning.
                 let millis = left.as_micros().div_ceil(1000);
-                PollTimeout::try_from(millis.min(i32::MAX as u128) as i32)
+                i32::try_from(millis)
+                    .ok()
+                    .and_then(|millis| PollTimeout::try_from(millis).ok())
                     .unwrap_or(PollTimeout::MAX)
             }
         };
