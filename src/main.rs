@@ -22,6 +22,9 @@ enum Command {
     Policy,
     /// Tell whether this machine can run the sandbox, and what to change if not.
     Check,
+    /// Measure what the process boundary costs: keyward against in-process signing and
+    /// ssh-agent, side by side (latency, throughput, idle CPU, memory), against the targets.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -31,5 +34,6 @@ fn main() -> Result<()> {
         Command::Demo => cli::demo::run(),
         Command::Policy => cli::policy::run(),
         Command::Check => cli::check::run(),
+        Command::Bench(arguments) => cli::bench::run(&arguments),
     }
 }

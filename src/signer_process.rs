@@ -26,8 +26,8 @@ use crate::child::{self, ForkedLaunch, SIGNER_ARGUMENT};
 use crate::config::{Config, SpawnMode};
 use crate::error::{Error, SignerEnd, SpawnError};
 use crate::protocol::{
-    Bootstrap, PROTOCOL_VERSION, Request, RequestFrame, Response, ResponseFrame, SignerSettings,
-    exit_code,
+    Bootstrap, HardeningStep, PROTOCOL_VERSION, Request, RequestFrame, Response, ResponseFrame,
+    SignerSettings, exit_code,
 };
 use crate::sandbox::{self, Sandbox};
 use crate::status::{KeyMemory, SignerStatus};
@@ -332,7 +332,7 @@ impl SignerProcess {
         write_all(&buffer[..length], |bytes| {
             sys::write_without_sigpipe(fd.as_fd(), bytes)
         })
-        .map_err(|_| SpawnError::Ended(self.end_after_close()))
+        .map_err(|_| self.spawn_failure())
     }
 
     /// Reads each lane's first message: `Ready`, or why not.
@@ -353,7 +353,7 @@ impl SignerProcess {
                     self.child.kill(SignerEnd::TimedOut);
                     return Err(SpawnError::NotReady(timeout));
                 }
-                Err(_) => return Err(SpawnError::Ended(self.end_after_close())),
+                Err(_) => return Err(self.spawn_failure()),
             };
             match postcard::from_bytes::<ResponseFrame>(payload) {
                 Ok(ResponseFrame {
@@ -388,6 +388,30 @@ impl SignerProcess {
             }
         }
         Ok(key_memory)
+    }
+
+    /// Why a signer that ended before it was ready did so. The steps before its pipe was laid out
+    /// can only speak through their exit code.
+    fn spawn_failure(&self) -> SpawnError {
+        let step = |step| SpawnError::Hardening { step, errno: 0 };
+        match self.end_after_close() {
+            SignerEnd::Exited {
+                code: exit_code::PARENT_CHANGED,
+            } => step(HardeningStep::ParentDeathSignal),
+            SignerEnd::Exited {
+                code: exit_code::HARDENING_FAILED,
+            } => step(HardeningStep::DescriptorHygiene),
+            SignerEnd::Exited {
+                code: exit_code::EXEC_FAILED,
+            } => SpawnError::System {
+                what: "executing the signer program (is it the keyward binary, or does it call run_signer_if_requested first?)",
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            },
+            SignerEnd::Exited {
+                code: exit_code::BAD_BOOTSTRAP,
+            } => SpawnError::UnexpectedGreeting,
+            end => SpawnError::Ended(end),
+        }
     }
 
     /// Which signer of the service this is.

@@ -1,5 +1,6 @@
 //! The subcommands of the `keyward` binary.
 
+pub(crate) mod bench;
 pub(crate) mod check;
 pub(crate) mod demo;
 pub(crate) mod policy;

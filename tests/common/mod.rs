@@ -23,3 +23,140 @@ pub(crate) fn spawn_modes() -> Vec<(&'static str, Config)> {
         ),
     ]
 }
+
+// ---------------------------------------------------------------------------------------------
+// Sandbox test helpers: re-running a test in a subprocess, and reading /proc directly (the
+// sandbox tests trust the kernel's files, not the library's own report).
+
+/// The environment variable that tells a re-run test binary which role to play.
+pub(crate) const ROLE_VAR: &str = "KEYWARD_SANDBOX_TEST_ROLE";
+
+/// The role this process was re-run for, if any.
+pub(crate) fn role() -> Option<String> {
+    std::env::var(ROLE_VAR).ok()
+}
+
+/// A command that re-runs exactly the test `test` of this test binary, playing `role`.
+pub(crate) fn rerun_self(test: &str, role: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(ROLE_VAR, role);
+    command
+}
+
+/// One line of `/proc/<pid>/smaps` (or `maps`): a mapping with its VmFlags if known.
+#[derive(Clone, Debug)]
+pub(crate) struct Mapping {
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) perms: String,
+    pub(crate) path: String,
+    pub(crate) size_kib: u64,
+    pub(crate) flags: Vec<String>,
+}
+
+impl Mapping {
+    pub(crate) fn readable(&self) -> bool {
+        self.perms.starts_with('r')
+    }
+
+    pub(crate) fn has_flag(&self, flag: &str) -> bool {
+        self.flags.iter().any(|f| f == flag)
+    }
+
+    /// The range as smaps prints it (`start-end` in lower-case hex).
+    pub(crate) fn range(&self) -> String {
+        format!("{:x}-{:x}", self.start, self.end)
+    }
+}
+
+/// Parses `/proc/<who>/smaps` (`who` is a pid or `self`).
+pub(crate) fn smaps(who: &str) -> std::io::Result<Vec<Mapping>> {
+    let text = std::fs::read_to_string(format!("/proc/{who}/smaps"))?;
+    let mut mappings: Vec<Mapping> = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or_default();
+        if let Some((start, end)) = first.split_once('-')
+            && !first.ends_with(':')
+            && let (Ok(start), Ok(end)) =
+                (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+        {
+            let perms = words.next().unwrap_or_default().to_owned();
+            // offset, device, inode, then the path (which may contain spaces).
+            let path = line
+                .split_whitespace()
+                .skip(5)
+                .collect::<Vec<_>>()
+                .join(" ");
+            mappings.push(Mapping {
+                start,
+                end,
+                perms,
+                path,
+                size_kib: 0,
+                flags: Vec::new(),
+            });
+        } else if first == "Size:" {
+            if let Some(last) = mappings.last_mut() {
+                last.size_kib = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            }
+        } else if first == "VmFlags:"
+            && let Some(last) = mappings.last_mut()
+        {
+            last.flags = words.map(str::to_owned).collect();
+        }
+    }
+    Ok(mappings)
+}
+
+/// One field of `/proc/<who>/status`, trimmed (`None` if absent).
+pub(crate) fn status_field(who: &str, name: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{who}/status")).ok()?;
+    text.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key == name).then(|| value.trim().to_owned())
+    })
+}
+
+/// Reads `len` bytes at `address` of process `who` through `/proc/<who>/mem`.
+pub(crate) fn read_memory(who: &str, address: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(format!("/proc/{who}/mem"))?;
+    let mut buffer = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        let count = file.read_at(&mut buffer[done..], address + done as u64)?;
+        if count == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+        }
+        done += count;
+    }
+    Ok(buffer)
+}
+
+/// A fresh, empty directory under the system temp dir; removed with its contents on drop.
+pub(crate) struct TempDir(pub(crate) PathBuf);
+
+impl TempDir {
+    pub(crate) fn new(prefix: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir(&path).unwrap();
+        TempDir(path)
+    }
+
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,69 @@
+//! A service gives back everything it took from the host process: after spawn/use/drop (and
+//! respawn) cycles, this process has exactly the file descriptors and threads it had before.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+// This binary holds one test on purpose: a test running in parallel would open descriptors and
+// start threads of its own and spoil the counts.
+
+mod common;
+
+use keyward::{KeySpec, Purpose, SecretService};
+
+/// The descriptors this process has open (the count includes the one `read_dir` uses, the
+/// same every time).
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn threads() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn spawn_use_and_drop_cycles_leak_no_descriptor_or_thread() {
+    let (descriptors, threads_before) = (open_descriptors(), threads());
+    let mut cycles = 0;
+    for (mode, config) in common::spawn_modes() {
+        for workers in [1, 2, 16] {
+            for _ in 0..2 {
+                let service = SecretService::spawn(config.clone().with_workers(workers)).unwrap();
+                // The counts can see a service: it holds pipes, a pidfd and a watcher thread.
+                assert!(
+                    open_descriptors() >= descriptors + 2 * workers,
+                    "{mode}: a live service's descriptors do not show"
+                );
+                assert!(threads() > threads_before, "{mode}: no watcher thread");
+                let key = service
+                    .generate_key(KeySpec::new(Purpose::Consensus))
+                    .unwrap();
+                service.sign(key, &[5; 32]).unwrap();
+                service.list_keys().unwrap();
+                service.respawn().unwrap();
+                let key = service
+                    .generate_key(KeySpec::new(Purpose::NetworkHandshake))
+                    .unwrap();
+                service.drop_key(key).unwrap();
+                service.status().unwrap();
+                drop(service);
+                assert_eq!(
+                    open_descriptors(),
+                    descriptors,
+                    "{mode}, {workers} workers: a descriptor leaked"
+                );
+                assert_eq!(
+                    threads(),
+                    threads_before,
+                    "{mode}, {workers} workers: a thread leaked"
+                );
+                cycles += 1;
+            }
+        }
+    }
+    assert_eq!(cycles, 12);
+}

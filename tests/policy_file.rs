@@ -1,0 +1,378 @@
+//! Property: the seccomp policy file is the reviewed allowlist: it parses, kills by default, every
+//! rule and condition says why, no dangerous call is in it, read and write are confined to the
+//! lane pipes, the binary embeds exactly the file on disk, and the kernel enforces its argument
+//! conditions (probed in throw-away processes under the same compiled policy).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+mod common;
+
+use std::collections::BTreeSet;
+use std::os::unix::process::ExitStatusExt;
+
+use keyward::{MAX_WORKERS, POLICY_JSON, PolicyCondition, policy};
+
+/// The file as the crate embeds it, by the same path `src/sandbox.rs` uses.
+const FILE_AT_BUILD: &str = include_str!("../sandbox/x86_64.json");
+
+/// Calls the signer must never be able to make.
+const DENIED: [&str; 24] = [
+    "open",
+    "openat",
+    "openat2",
+    "socket",
+    "connect",
+    "execve",
+    "execveat",
+    "ptrace",
+    "fork",
+    "vfork",
+    "clone",
+    "clone3",
+    "mprotect",
+    "mmap",
+    "process_vm_readv",
+    "process_vm_writev",
+    "kill",
+    "tgkill",
+    "prctl",
+    "seccomp",
+    "bpf",
+    "memfd_create",
+    "io_uring_setup",
+    "ioctl",
+];
+
+/// The whole reviewed allowlist. Adding a call means changing this list, in review.
+const ALLOWED: [&str; 6] = [
+    "read",
+    "write",
+    "poll",
+    "futex",
+    "clock_gettime",
+    "exit_group",
+];
+
+/// The first request pipe (`child::REQUEST_FD_BASE`) and the first response pipe.
+const REQUEST_FD_BASE: u64 = 3;
+const RESPONSE_FD_BASE: u64 = REQUEST_FD_BASE + MAX_WORKERS as u64;
+
+fn condition(index: u8, operator: &str, value: u64) -> (u8, String, u64) {
+    (index, operator.to_owned(), value)
+}
+
+fn shape(conditions: &[PolicyCondition]) -> BTreeSet<(u8, String, u64)> {
+    conditions
+        .iter()
+        .map(|c| (c.index, c.operator.clone(), c.value))
+        .collect()
+}
+
+#[test]
+fn the_policy_parses_and_kills_by_default() {
+    let policy = policy().unwrap();
+    assert_eq!(policy.default_action, "kill_process");
+    assert!(!policy.rules.is_empty());
+    let raw: serde_json::Value = serde_json::from_str(POLICY_JSON.unwrap()).unwrap();
+    assert_eq!(raw["signer"]["filter_action"], "allow");
+    assert_eq!(raw["signer"]["default_action"], "kill_process");
+    assert_eq!(
+        raw.as_object().unwrap().len(),
+        1,
+        "one filter, named signer"
+    );
+    // It compiles for this architecture, as the supervisor compiles it.
+    let compiled = seccompiler::compile_from_json(
+        POLICY_JSON.unwrap().as_bytes(),
+        seccompiler::TargetArch::x86_64,
+    )
+    .unwrap();
+    assert!(!compiled["signer"].is_empty());
+}
+
+#[test]
+fn every_rule_and_condition_says_why() {
+    for rule in policy().unwrap().rules {
+        assert!(
+            !rule.reason.trim().is_empty(),
+            "{}: a rule without a comment",
+            rule.syscall
+        );
+        for condition in &rule.conditions {
+            assert!(
+                !condition.reason.trim().is_empty(),
+                "{}: argument {} has no comment",
+                rule.syscall,
+                condition.index
+            );
+        }
+    }
+}
+
+#[test]
+fn no_denied_call_is_allowed_and_nothing_unreviewed_is() {
+    let allowed: BTreeSet<String> = policy()
+        .unwrap()
+        .rules
+        .into_iter()
+        .map(|rule| rule.syscall)
+        .collect();
+    for denied in DENIED {
+        assert!(!allowed.contains(denied), "{denied} is allowed");
+    }
+    let reviewed: BTreeSet<String> = ALLOWED.iter().map(|s| (*s).to_owned()).collect();
+    assert_eq!(
+        allowed, reviewed,
+        "the allowlist changed: review it and this test"
+    );
+}
+
+#[test]
+fn read_and_write_are_confined_to_the_lane_pipes() {
+    let rules = policy().unwrap().rules;
+    let for_call = |name: &str| {
+        rules
+            .iter()
+            .filter(|r| r.syscall == name)
+            .collect::<Vec<_>>()
+    };
+
+    let read = for_call("read");
+    assert_eq!(read.len(), 1, "one read rule");
+    assert_eq!(
+        shape(&read[0].conditions),
+        BTreeSet::from([
+            condition(0, "ge", REQUEST_FD_BASE),
+            condition(0, "le", REQUEST_FD_BASE + MAX_WORKERS as u64 - 1),
+        ])
+    );
+    assert_eq!(REQUEST_FD_BASE + MAX_WORKERS as u64 - 1, 18);
+
+    let write = for_call("write");
+    assert_eq!(write.len(), 1, "one write rule");
+    assert_eq!(
+        shape(&write[0].conditions),
+        BTreeSet::from([
+            condition(0, "ge", RESPONSE_FD_BASE),
+            condition(0, "le", RESPONSE_FD_BASE + MAX_WORKERS as u64 - 1),
+        ])
+    );
+    assert_eq!(
+        (RESPONSE_FD_BASE, RESPONSE_FD_BASE + MAX_WORKERS as u64 - 1),
+        (19, 34)
+    );
+
+    // futex: private wait-bitset and private wake only, never unconditioned.
+    let futex = for_call("futex");
+    assert!(!futex.is_empty());
+    let mut operations = BTreeSet::new();
+    for rule in futex {
+        assert_eq!(
+            rule.conditions.len(),
+            1,
+            "futex must be narrowed by its operation"
+        );
+        let only = &rule.conditions[0];
+        assert_eq!((only.index, only.operator.as_str()), (1, "eq"));
+        operations.insert(only.value);
+    }
+    // FUTEX_WAKE | FUTEX_PRIVATE_FLAG, FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG.
+    assert_eq!(operations, BTreeSet::from([129, 137]));
+
+    // Only calls that grant nothing go unconditioned.
+    for rule in &rules {
+        if rule.conditions.is_empty() {
+            assert!(
+                ["poll", "clock_gettime", "exit_group"].contains(&rule.syscall.as_str()),
+                "{} is allowed with any arguments",
+                rule.syscall
+            );
+        }
+    }
+
+    // Argument comparisons are on 32 bits, as the kernel reads an fd or a futex operation.
+    let raw: serde_json::Value = serde_json::from_str(POLICY_JSON.unwrap()).unwrap();
+    for rule in raw["signer"]["filter"].as_array().unwrap() {
+        for argument in rule["args"].as_array().into_iter().flatten() {
+            assert_eq!(argument["type"], "dword", "{rule}");
+        }
+    }
+}
+
+#[test]
+fn the_binary_embeds_the_file_on_disk() {
+    assert_eq!(POLICY_JSON, Some(FILE_AT_BUILD));
+    let on_disk = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sandbox/x86_64.json"),
+    )
+    .unwrap();
+    assert_eq!(POLICY_JSON.unwrap(), on_disk);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The kernel enforces the conditions: each probe runs in a re-run of this test that loads the
+// compiled policy on its own thread, makes one call, then `exit_group(SURVIVED)`.
+
+const PROBE_TEST: &str = "the_kernel_enforces_the_argument_conditions";
+const SURVIVED: i32 = 42;
+
+/// (name, syscall number, arguments, allowed?)
+type Probe = (&'static str, libc::c_long, [libc::c_long; 6], bool);
+
+fn probes() -> Vec<Probe> {
+    // Reads and writes of zero bytes: a real fd returns at once, a closed one gives EBADF; either
+    // way the call returned, which is what "allowed" means.
+    let io = |fd: libc::c_long| [fd, 0, 0, 0, 0, 0];
+    // futex(uaddr, op, val = 1 (never the word's value, so a wait returns EAGAIN), ...,
+    // val3 = FUTEX_BITSET_MATCH_ANY). The address is filled in by the probe.
+    let futex = |op: libc::c_long| [0, op, 1, 0, 0, 0xffff_ffff];
+    vec![
+        (
+            "read from the first request pipe (3)",
+            libc::SYS_read,
+            io(3),
+            true,
+        ),
+        (
+            "read from the last request pipe (18)",
+            libc::SYS_read,
+            io(18),
+            true,
+        ),
+        ("read from stdin (0)", libc::SYS_read, io(0), false),
+        ("read from stderr (2)", libc::SYS_read, io(2), false),
+        (
+            "read from the first response pipe (19)",
+            libc::SYS_read,
+            io(19),
+            false,
+        ),
+        (
+            "write to the first response pipe (19)",
+            libc::SYS_write,
+            io(19),
+            true,
+        ),
+        (
+            "write to the last response pipe (34)",
+            libc::SYS_write,
+            io(34),
+            true,
+        ),
+        ("write to stdout (1)", libc::SYS_write, io(1), false),
+        ("write to stderr (2)", libc::SYS_write, io(2), false),
+        (
+            "write to a request pipe (18)",
+            libc::SYS_write,
+            io(18),
+            false,
+        ),
+        (
+            "write above the response pipes (35)",
+            libc::SYS_write,
+            io(35),
+            false,
+        ),
+        ("futex wake, private", libc::SYS_futex, futex(129), true),
+        (
+            "futex wait-bitset, private",
+            libc::SYS_futex,
+            futex(137),
+            true,
+        ),
+        ("futex wake, shared", libc::SYS_futex, futex(1), false),
+        ("futex wait, private", libc::SYS_futex, futex(128), false),
+        (
+            "futex cmp-requeue, private",
+            libc::SYS_futex,
+            futex(132),
+            false,
+        ),
+        (
+            "futex wait-bitset, private, realtime clock",
+            libc::SYS_futex,
+            futex(393),
+            false,
+        ),
+        ("poll on nothing", libc::SYS_poll, [0; 6], true),
+        (
+            "clock_gettime(CLOCK_MONOTONIC)",
+            libc::SYS_clock_gettime,
+            [1, 0, 0, 0, 0, 0],
+            true,
+        ),
+        ("getpid", libc::SYS_getpid, [0; 6], false),
+        ("close(0)", libc::SYS_close, [0; 6], false),
+        ("brk(0)", libc::SYS_brk, [0; 6], false),
+        ("munmap of nothing", libc::SYS_munmap, [0; 6], false),
+        (
+            "madvise(DONTNEED)",
+            libc::SYS_madvise,
+            [0, 0, 4, 0, 0, 0],
+            false,
+        ),
+        ("rt_sigprocmask", libc::SYS_rt_sigprocmask, [0; 6], false),
+        ("sched_yield", libc::SYS_sched_yield, [0; 6], false),
+        ("getrandom", libc::SYS_getrandom, [0; 6], false),
+        ("exit (one thread only)", libc::SYS_exit, [0; 6], false),
+    ]
+}
+
+/// Loads the policy on this thread, makes the probe's call, and ends the process.
+#[allow(unsafe_code)]
+fn play_probe(name: &str) -> ! {
+    let (_, number, mut arguments, _) = probes().into_iter().find(|p| p.0 == name).unwrap();
+    let word = Box::new(0u32);
+    let buffer = [0u8; 16];
+    match number {
+        libc::SYS_read | libc::SYS_write => arguments[1] = buffer.as_ptr() as libc::c_long,
+        libc::SYS_futex => arguments[0] = std::ptr::from_ref(&*word) as libc::c_long,
+        libc::SYS_clock_gettime => {
+            arguments[1] = Box::into_raw(Box::new([0u64; 2])) as libc::c_long
+        }
+        _ => {}
+    }
+    let mut filters = seccompiler::compile_from_json(
+        POLICY_JSON.unwrap().as_bytes(),
+        seccompiler::TargetArch::x86_64,
+    )
+    .unwrap();
+    let filter = filters.remove("signer").unwrap();
+    seccompiler::apply_filter(&filter).unwrap();
+    let [a, b, c, d, e, f] = arguments;
+    // SAFETY: every pointer argument points at live memory of this function that is large enough
+    // for the call (a 16-byte buffer for zero-byte reads and writes, a u32 futex word, a
+    // timespec); the others are integers. Forbidden calls never run: the kernel kills the process.
+    let _ = unsafe { libc::syscall(number, a, b, c, d, e, f) };
+    // SAFETY: exit_group takes an integer and never returns.
+    unsafe { libc::syscall(libc::SYS_exit_group, SURVIVED) };
+    unreachable!("exit_group returned")
+}
+
+#[test]
+fn the_kernel_enforces_the_argument_conditions() {
+    if common::role().as_deref() == Some("probe") {
+        play_probe(&std::env::var("KEYWARD_TEST_PROBE").unwrap());
+    }
+    let mut failures = Vec::new();
+    for (name, _, _, allowed) in probes() {
+        let status = common::rerun_self(PROBE_TEST, "probe")
+            .env("KEYWARD_TEST_PROBE", name)
+            .output()
+            .unwrap()
+            .status;
+        let outcome = match (status.code(), status.signal()) {
+            (Some(SURVIVED), _) => "allowed",
+            (_, Some(libc::SIGSYS)) => "killed by SIGSYS",
+            _ => "something else",
+        };
+        println!("{name}: {outcome} ({status})");
+        let expected = if allowed {
+            "allowed"
+        } else {
+            "killed by SIGSYS"
+        };
+        if outcome != expected {
+            failures.push(format!("{name}: expected {expected}, got {status}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
