@@ -9,7 +9,8 @@
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::{Arc, Barrier, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier, Once, RwLock};
 use std::time::Duration;
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
@@ -57,7 +58,17 @@ pub(crate) struct ForkedLaunch {
 
 /// The forked signer's entry point, on the watcher thread of a copy of the host process.
 pub(crate) fn run_forked(launch: &ForkedLaunch) -> ! {
-    install_exit_on_panic();
+    // Not set_hook: it takes std's hook lock, which a host thread that was panicking at the
+    // moment of fork holds forever in this copy. The hook installed by `prepare_panic_exit`
+    // before fork reads this flag instead.
+    IN_FORKED_SIGNER.store(true, Ordering::Relaxed);
+    // Should a panic unwind (a host hook that returns), it must stop here and never reach the
+    // host's frames that fork returned into.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| lay_out_and_start(launch)));
+    sys::exit_immediately(exit_code::PANICKED)
+}
+
+fn lay_out_and_start(launch: &ForkedLaunch) -> ! {
     if arm_parent_death_signal(launch.settings.parent_pid).is_err() {
         sys::exit_immediately(exit_code::PARENT_CHANGED);
     }
@@ -129,8 +140,37 @@ fn read_bootstrap() -> Option<Bootstrap> {
 
 /// A panic in the signer ends the process with a fixed code: nothing is printed, nothing
 /// unwinds into the host's frames, and the supervisor reports "the signer panicked".
+///
+/// For the exec'd signer: a fresh process image with one thread, where setting the hook is safe.
 fn install_exit_on_panic() {
     std::panic::set_hook(Box::new(|_| sys::exit_immediately(exit_code::PANICKED)));
+}
+
+/// Set first thing in a forked signer; read by the panic hook `prepare_panic_exit` installs.
+static IN_FORKED_SIGNER: AtomicBool = AtomicBool::new(false);
+
+/// Called in the host before the first fork: wraps the host's panic hook so that a panic in a
+/// forked signer ends it with `_exit` before the host's hook runs, while the host's own panics
+/// go to its hook as before. Nothing changes for the host unless it is the signer.
+///
+/// If the host replaces its panic hook after this, a forked signer that panics runs the host's
+/// hook instead; the supervisor's deadlines still end such a signer (see SECURITY.md).
+pub(crate) fn prepare_panic_exit() {
+    static WRAPPED: Once = Once::new();
+    // set_hook panics when called from a panicking thread (a service spawned in a Drop during
+    // unwinding); the forked signer then relies on the deadlines alone.
+    if std::thread::panicking() {
+        return;
+    }
+    WRAPPED.call_once(|| {
+        let host_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if IN_FORKED_SIGNER.load(Ordering::Relaxed) {
+                sys::exit_immediately(exit_code::PANICKED);
+            }
+            host_hook(info)
+        }));
+    });
 }
 
 fn arm_parent_death_signal(expected_parent: i32) -> nix::Result<()> {
@@ -242,6 +282,15 @@ fn harden_and_serve(settings: &SignerSettings, filter: &[seccompiler::sock_filte
         }
     }
 
+    // Capabilities and no-new-privileges are per thread and inherited by threads created later,
+    // so both are settled before the first worker exists: every worker starts with neither.
+    if let Err(error) = sys::drop_all_capabilities() {
+        report_hardening_failure(HardeningStep::Capabilities, errno_of(&error));
+    }
+    if let Err(errno) = nix::sys::prctl::set_no_new_privs() {
+        report_hardening_failure(HardeningStep::NoNewPrivileges, errno as i32);
+    }
+
     // Workers are started before the filter (thread creation needs clone, mmap and mprotect,
     // which the filter forbids) and wait until it covers them.
     // Every buffer a lane will use is allocated now: once sandboxed, the signer cannot grow its
@@ -269,12 +318,6 @@ fn harden_and_serve(settings: &SignerSettings, filter: &[seccompiler::sock_filte
     }
     started.wait();
 
-    if let Err(error) = sys::drop_all_capabilities() {
-        report_hardening_failure(HardeningStep::Capabilities, errno_of(&error));
-    }
-    if let Err(errno) = nix::sys::prctl::set_no_new_privs() {
-        report_hardening_failure(HardeningStep::NoNewPrivileges, errno as i32);
-    }
     // Last before the filter. RLIMIT_NOFILE is 1, not 0, because poll() refuses to watch more
     // descriptors than the limit; with descriptor 0 taken (/dev/null), a limit of 1 still means
     // no new descriptor can ever be created.
@@ -327,7 +370,7 @@ fn serve_lane(lane: usize, store: &RwLock<KeyStore>, spin: Duration, buffers: La
         mut reader,
         mut answer,
     } = buffers;
-    let mut state = LaneState::default();
+    let mut state = LaneState::in_signer();
     let send = |bytes: &[u8]| {
         write_all(bytes, |chunk| {
             nix::unistd::write(response.as_fd(), chunk).map_err(std::io::Error::from)

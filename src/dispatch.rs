@@ -19,6 +19,21 @@ use crate::transport::encode_frame;
 #[derive(Debug, Default)]
 pub(crate) struct LaneState {
     last_id: Option<u64>,
+    /// Whether a test-hook request may really make its system call: true only in a signer
+    /// process, never in the in-process dispatcher the fuzzers and property tests drive.
+    #[cfg(feature = "sandbox-test-hooks")]
+    test_hooks_live: bool,
+}
+
+impl LaneState {
+    /// The state of a lane in a real signer process.
+    pub(crate) fn in_signer() -> Self {
+        Self {
+            #[cfg(feature = "sandbox-test-hooks")]
+            test_hooks_live: true,
+            ..Self::default()
+        }
+    }
 }
 
 /// What to do after handling one frame.
@@ -111,10 +126,14 @@ pub(crate) fn handle_frame(
         }
         #[cfg(feature = "sandbox-test-hooks")]
         Request::AttemptForbiddenSyscall { call } => {
+            if !lane.test_hooks_live {
+                // In-process (fuzzers, property tests): never make the call in the host.
+                return reply(id, Response::Refused(Refusal::MalformedRequest), answer);
+            }
             // Under the sandbox the kernel ends the process inside this call. Without it the call
-            // returns, and the test is told so by a refusal it does not expect.
-            let _result = crate::sys::attempt_forbidden_syscall(call);
-            reply(id, Response::Refused(Refusal::MalformedRequest), answer)
+            // returns, and the caller is told so explicitly.
+            let result = crate::sys::attempt_forbidden_syscall(call);
+            reply(id, Response::SurvivedForbiddenSyscall { result }, answer)
         }
     }
 }

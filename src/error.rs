@@ -37,7 +37,10 @@ pub enum Error {
     Timeout(Duration),
 
     /// The key is not held by this service's current signer.
-    #[error("key {0} is not held by this signer (never generated here, or dropped)")]
+    #[error(
+        "key {0} is not held by this signer: it was dropped, or made by another service; \
+         list_keys() shows the keys this service holds"
+    )]
     UnknownKey(KeyId),
 
     /// The key was made by a signer of this service that has since ended.

@@ -180,6 +180,12 @@ pub(crate) enum Response<L = Vec<KeyListing>> {
     KeyDropped,
     /// The request was understood and refused; the signer carries on.
     Refused(Refusal),
+    /// Test builds only: the signer made the forbidden call and lived to report what the kernel
+    /// returned, which means no filter covers it.
+    #[cfg(feature = "sandbox-test-hooks")]
+    SurvivedForbiddenSyscall {
+        result: i64,
+    },
 }
 
 /// A response with the id of the request it answers.

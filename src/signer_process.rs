@@ -7,7 +7,7 @@
 //! everyone and hands each answer to its caller by id; the others sleep on a condition variable.
 //! A single caller thus reads its own answer directly, with no hand-off thread in between.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
@@ -120,8 +120,20 @@ fn watch(watch: &ChildWatch, shutdown: &OwnedFd) {
 #[derive(Default)]
 struct Pending {
     answers: HashMap<u64, Option<Response>>,
+    /// Requests whose callers gave up (timed out): an answer that arrives for one later is
+    /// dropped quietly rather than taken for a protocol violation.
+    abandoned: HashSet<u64>,
     waiters: usize,
     failed: Option<CallFailure>,
+}
+
+impl Pending {
+    /// Forgets a call whose caller is giving up, remembering its id so a late answer is dropped.
+    fn abandon(&mut self, id: u64) {
+        if self.answers.remove(&id).is_some() {
+            self.abandoned.insert(id);
+        }
+    }
 }
 
 struct LaneWriter {
@@ -169,6 +181,7 @@ impl SignerProcess {
     /// Starts a signer and waits until every worker says it is hardened and ready.
     pub(crate) fn spawn(config: &Config, generation: u32) -> Result<Self, SpawnError> {
         let system = |what: &'static str| move |source| SpawnError::System { what, source };
+        child::prepare_panic_exit();
         let filter = match config.sandbox {
             Sandbox::Enforced => sandbox::compiled_filter()?,
             Sandbox::UnsandboxedInsecure => {
@@ -575,7 +588,7 @@ impl Lane {
         loop {
             if let Some(failure) = &pending.failed {
                 let failure = failure.clone();
-                pending.answers.remove(&id);
+                pending.abandon(id);
                 return Err(failure);
             }
             if let Some(Some(_)) = pending.answers.get(&id)
@@ -596,6 +609,7 @@ impl Lane {
                     let mut pending = lock(&self.pending);
                     pending.answers.remove(&id);
                     if let Err(failure) = &result {
+                        pending.abandoned.insert(id);
                         pending.failed.get_or_insert_with(|| failure.clone());
                     }
                     // Someone else may be waiting for the reader lock we just gave up.
@@ -607,7 +621,7 @@ impl Lane {
                 None => {
                     let now = Instant::now();
                     if now >= deadline {
-                        pending.answers.remove(&id);
+                        pending.abandon(id);
                         return Err(CallFailure::TimedOut);
                     }
                     pending.waiters += 1;
@@ -649,11 +663,15 @@ impl Lane {
                 return Ok(frame.response);
             }
             let mut pending = lock(&self.pending);
-            match pending.answers.get_mut(&frame.id) {
+            let Pending {
+                answers, abandoned, ..
+            } = &mut *pending;
+            match answers.get_mut(&frame.id) {
                 Some(slot @ None) => {
                     *slot = Some(frame.response);
                     self.delivered.notify_all();
                 }
+                None if abandoned.remove(&frame.id) => {}
                 _ => {
                     return Err(CallFailure::Protocol(
                         "an answer to a request nobody is waiting for",

@@ -277,12 +277,23 @@ impl SecretService {
     }
 
     /// Test builds only: makes the signer attempt a forbidden system call.
+    ///
+    /// Under the sandbox the signer dies of SIGSYS and this returns
+    /// `Error::SignerEnded { end: SignerEnd::SandboxViolation, .. }`. `Ok(result)` means the
+    /// signer made the call and survived (no filter): `result` is what the kernel returned.
     #[cfg(feature = "sandbox-test-hooks")]
     #[doc(hidden)]
-    pub fn attempt_forbidden_syscall(&self, call: crate::protocol::ForbiddenSyscall) -> Result<()> {
+    pub fn attempt_forbidden_syscall(
+        &self,
+        call: crate::protocol::ForbiddenSyscall,
+    ) -> Result<i64> {
         let signer = self.signer();
-        self.call(&signer, Request::AttemptForbiddenSyscall { call })
-            .map(drop)
+        match self.call(&signer, Request::AttemptForbiddenSyscall { call })? {
+            Response::SurvivedForbiddenSyscall { result } => Ok(result),
+            _ => Err(Error::Protocol(
+                "the signer answered a forbidden-call attempt with something else",
+            )),
+        }
     }
 }
 

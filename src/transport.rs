@@ -124,7 +124,9 @@ impl FrameReader {
                 Err(Errno::EINTR) => {}
                 Err(Errno::EAGAIN) => {
                     if spin_until.is_some_and(|until| Instant::now() < until) {
-                        std::hint::spin_loop();
+                        // Yield rather than pause: on a machine with as many busy threads as
+                        // cores, the peer we wait for may need this very core to answer.
+                        std::thread::yield_now();
                         continue;
                     }
                     wait_readable(fd, watch, deadline)?;

@@ -361,13 +361,9 @@ fn every_caller_waiting_on_a_hung_signer_returns_after_the_deadline() {
 /// A signer that is paused and resumed within the deadline just answers late: a stop by SIGSTOP
 /// (a debugger, `kill -STOP`) or SIGTSTP (Ctrl-Z in the host's terminal: the signer is in the
 /// host's process group), then SIGCONT. The kernel resumes the poll the stop interrupted through
-/// `restart_syscall`, which the seccomp policy must therefore allow.
-///
-/// BUG (see the fault-testing report): `sandbox/x86_64.json` does not allow `restart_syscall`
-/// (219), so today the resumed signer is killed by its own sandbox: the call fails with
-/// `SignerEnded { end: SandboxViolation }`.
+/// `restart_syscall`, which the seccomp policy must therefore allow (without it the resumed
+/// signer was killed by its own sandbox: `SignerEnded { end: SandboxViolation }`).
 #[test]
-#[ignore = "KNOWN BUG: the seccomp policy lacks restart_syscall; a resumed signer is killed (see report)"]
 fn a_signer_paused_and_resumed_within_the_deadline_still_answers() {
     for (mode, config) in common::spawn_modes() {
         for stop in [Signal::SIGSTOP, Signal::SIGTSTP] {
@@ -621,15 +617,10 @@ fn role_host_panicking_during_spawn() {
 }
 
 /// A host thread that is panicking (inside its panic hook) while a signer is forked must not
-/// stop the signer from starting.
-///
-/// BUG (see the fault-testing report): `child::run_forked` calls `std::panic::set_hook` in the
-/// forked child (both spawn modes, before any exec). That takes std's global panic-hook lock for
-/// writing; a host thread inside its panic hook holds it for reading at the moment of fork, and
-/// in the child no thread will ever release it. The signer hangs before it is hardened and the
-/// spawn fails with `Spawn(NotReady(spawn_timeout))`.
+/// stop the signer from starting. (A forked signer once called `std::panic::set_hook`, which
+/// waits for std's panic-hook lock; a host thread inside its hook held it at the moment of fork,
+/// and in the child nobody ever released it.)
 #[test]
-#[ignore = "KNOWN BUG: set_hook after fork deadlocks when a host thread is panicking (see report)"]
 fn a_signer_can_be_spawned_while_a_host_thread_panics() {
     let child = spawn_role("role_host_panicking_during_spawn", "host-panicking");
     let output = child.wait_with_output().unwrap();

@@ -620,14 +620,12 @@ fn descriptors_open_on(path: &str) -> usize {
         .count()
 }
 
-/// BUG (see the fault-testing report): with `sandbox-test-hooks` on, `fuzzing::Dispatcher`
-/// runs the test-only `AttemptForbiddenSyscall` request for real, unsandboxed, in the calling
-/// process: a 3-byte payload can make a fuzzer or property test open files, fork, ptrace itself
-/// or execve `/bin/true` (which ends the test run with exit status 0). Shown here with the
-/// harmless one: `Open` leaves a descriptor on /etc/hostname open in this process.
+/// With `sandbox-test-hooks` on, `fuzzing::Dispatcher` must refuse the test-only
+/// `AttemptForbiddenSyscall` request rather than make the call, unsandboxed, in the calling
+/// process (a 3-byte payload once made a property test open files, fork, or execve). Shown with
+/// the harmless one: `Open` would leave a descriptor on /etc/hostname open in this process.
 #[cfg(feature = "sandbox-test-hooks")]
 #[test]
-#[ignore = "known bug: the in-process Dispatcher executes test-hook system calls (see report)"]
 fn the_in_process_dispatcher_never_makes_a_test_hook_system_call() {
     let before = descriptors_open_on("/etc/hostname");
     let mut dispatcher = Dispatcher::new(1).unwrap();

@@ -222,9 +222,8 @@ fn a_violation_on_any_worker_ends_the_whole_signer() {
 }
 
 /// Control: without the filter (`Sandbox::UnsandboxedInsecure`) the same attempts do NOT kill the
-/// signer. The hook answers with a refusal, and `attempt_forbidden_syscall` discards whatever the
-/// signer answers (`.map(drop)`), so the call returns `Ok(())`; the signer keeps serving. The
-/// denial tests above would therefore fail if the filter were missing.
+/// signer: it answers `Ok(result)` with what the kernel returned, and keeps serving. The denial
+/// tests above would therefore fail if the filter were missing.
 ///
 /// Left out: `Fork`, `Clone` and `Execve`, which without a filter really fork or exec the signer
 /// (root is not held back by RLIMIT_NPROC=0), leaving two processes on one pipe or none.
