@@ -48,19 +48,19 @@ pub struct SignerStatus {
     pub pid: i32,
     /// The signer's generation within its service.
     pub generation: u32,
-    /// `Seccomp:` 0 none, 1 strict, 2 filter.
+    /// `Seccomp:` 0 none, 1 strict, 2 filter; the lowest of any thread.
     pub seccomp_mode: Option<u32>,
     /// `Seccomp_filters:` how many filters are stacked.
     pub seccomp_filters: Option<u32>,
-    /// `NoNewPrivs:`.
+    /// `NoNewPrivs:`, true only if every thread has it.
     pub no_new_privs: Option<bool>,
     /// `VmLck:` in KiB.
     pub locked_kib: Option<u64>,
     /// `VmRSS:` in KiB.
     pub resident_kib: Option<u64>,
-    /// `CapEff:` the effective capability mask.
+    /// `CapEff:` the effective capability mask, the union over all threads.
     pub effective_capabilities: Option<u64>,
-    /// `CapPrm:` the permitted capability mask.
+    /// `CapPrm:` the permitted capability mask, the union over all threads.
     pub permitted_capabilities: Option<u64>,
     /// `Threads:`.
     pub threads: Option<u32>,
@@ -71,26 +71,47 @@ pub struct SignerStatus {
 }
 
 impl SignerStatus {
+    /// Reads the process's status, and every thread's: seccomp mode, no-new-privileges and
+    /// capabilities are per thread, so each is reported for the weakest thread (the lowest
+    /// seccomp mode, no-new-privileges only if every thread has it, the union of capabilities).
     pub(crate) fn read(pid: i32, generation: u32, key_memory: KeyMemory) -> std::io::Result<Self> {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let field = |name: &str| {
-            status.lines().find_map(|line| {
-                let (key, value) = line.split_once(':')?;
-                (key == name).then(|| value.trim().to_owned())
-            })
+        let process = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let mut threads = vec![process.clone()];
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for task in tasks.flatten() {
+                // A thread that ended since the listing has nothing left to weaken.
+                if let Ok(status) = std::fs::read_to_string(task.path().join("status")) {
+                    threads.push(status);
+                }
+            }
+        }
+        let weakest = |name: &str, fold: fn(u64, u64) -> u64, parse: fn(&str) -> Option<u64>| {
+            threads
+                .iter()
+                .map(|status| field(status, name).and_then(|value| parse(&value)))
+                .try_fold(None, |folded: Option<u64>, value| {
+                    let value = value?;
+                    Some(Some(folded.map_or(value, |folded| fold(folded, value))))
+                })
+                .flatten()
         };
-        let number = |name: &str| field(name).and_then(|value| value.parse::<u32>().ok());
+        let decimal = |value: &str| value.parse::<u64>().ok();
+        let hexadecimal = |value: &str| u64::from_str_radix(value, 16).ok();
+        let number = |name: &str| field(&process, name).and_then(|v| v.parse::<u32>().ok());
         let kib = |name: &str| {
-            field(name).and_then(|value| value.trim_end_matches("kB").trim().parse::<u64>().ok())
+            field(&process, name)
+                .and_then(|value| value.trim_end_matches("kB").trim().parse::<u64>().ok())
         };
-        let mask = |name: &str| field(name).and_then(|value| u64::from_str_radix(&value, 16).ok());
+        let mask = |name: &str| weakest(name, |a, b| a | b, hexadecimal);
         let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
         Ok(Self {
             pid,
             generation,
-            seccomp_mode: number("Seccomp"),
-            seccomp_filters: number("Seccomp_filters"),
-            no_new_privs: number("NoNewPrivs").map(|value| value == 1),
+            seccomp_mode: weakest("Seccomp", u64::min, decimal)
+                .and_then(|mode| u32::try_from(mode).ok()),
+            seccomp_filters: weakest("Seccomp_filters", u64::min, decimal)
+                .and_then(|count| u32::try_from(count).ok()),
+            no_new_privs: weakest("NoNewPrivs", u64::min, decimal).map(|value| value == 1),
             locked_kib: kib("VmLck"),
             resident_kib: kib("VmRSS"),
             effective_capabilities: mask("CapEff"),
@@ -100,6 +121,14 @@ impl SignerStatus {
             key_mappings: key_mappings(&smaps),
         })
     }
+}
+
+/// The value of one `Name:` line of a status file.
+fn field(status: &str, name: &str) -> Option<String> {
+    status.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key == name).then(|| value.trim().to_owned())
+    })
 }
 
 /// The mappings that are locked and don't-dump, or secretmem: where keys live.

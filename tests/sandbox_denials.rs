@@ -2,6 +2,7 @@
 //! (SIGSYS, the whole process), the caller is told `SignerEnded { SandboxViolation }`, and
 //! `respawn()` gives a working signer. A control shows the same attempts go through without the
 //! filter, so these tests can fail.
+#![cfg(feature = "sandbox-test-hooks")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
