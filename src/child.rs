@@ -11,7 +11,7 @@ use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Once, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::resource::{Resource, setrlimit};
@@ -391,8 +391,14 @@ fn serve_lane(lane: usize, store: &RwLock<KeyStore>, spin: Duration, buffers: La
         Ok(length) if send(&answer[..length]).is_ok() => {}
         _ => sys::exit_immediately(exit_code::PIPE_FAILED),
     }
+    // Spin for the next request only while requests are flowing: when this one came within a
+    // spin of the previous answer. After an idle spell the worker answers and sleeps at once,
+    // which keeps it on the core its caller wakes it from rather than on one that has halted.
+    let mut flowing = false;
+    let mut last_answer: Option<Instant> = None;
     loop {
-        let payload = match reader.read_frame(request, None, spin, None) {
+        let wait = if flowing { spin } else { Duration::ZERO };
+        let payload = match reader.read_frame(request, None, wait, None) {
             Ok(payload) => payload,
             Err(ReadError::Closed { mid_frame: false }) => {
                 sys::exit_immediately(exit_code::SHUTDOWN)
@@ -403,6 +409,7 @@ fn serve_lane(lane: usize, store: &RwLock<KeyStore>, spin: Duration, buffers: La
             Err(ReadError::TimedOut | ReadError::PeerExited) => continue,
             Err(ReadError::Io(_)) => sys::exit_immediately(exit_code::PIPE_FAILED),
         };
+        flowing = last_answer.is_some_and(|answered| answered.elapsed() < spin);
         match handle_frame(store, &mut state, payload, &mut answer) {
             Outcome::Answer(length) => {
                 let sent = send(&answer[..length]);
@@ -411,6 +418,7 @@ fn serve_lane(lane: usize, store: &RwLock<KeyStore>, spin: Duration, buffers: La
                 if sent.is_err() {
                     sys::exit_immediately(exit_code::PIPE_FAILED);
                 }
+                last_answer = Some(Instant::now());
             }
             Outcome::CorruptStream => sys::exit_immediately(exit_code::CORRUPT_REQUEST_STREAM),
         }

@@ -267,3 +267,25 @@ pub(crate) fn scrub_stack() {
     area.zeroize();
     std::hint::black_box(&area);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drawing_rekeys_so_the_state_left_behind_cannot_recompute_earlier_output() {
+        let mut state = GeneratorState { seed: [7; 32] };
+        let erased = state.seed;
+        let drawn = state.draw::<32>();
+        assert_ne!(state.seed, erased, "the state must change with every draw");
+        assert_ne!(state.seed, *drawn, "the new state must not be the output");
+        // Whoever reads the state left behind gets nothing drawn before it...
+        let mut later = GeneratorState { seed: state.seed };
+        for _ in 0..64 {
+            assert_ne!(*later.draw::<32>(), *drawn);
+        }
+        // ...while the erased state would have reproduced it: erasing it is what protects.
+        let mut replay = GeneratorState { seed: erased };
+        assert_eq!(*replay.draw::<32>(), *drawn);
+    }
+}

@@ -66,3 +66,8 @@ pub use protocol::{
 pub use sandbox::{POLICY_JSON, Policy, PolicyCondition, PolicyRule, Sandbox, policy};
 pub use status::{KeyMapping, KeyMemory, SignerStatus};
 pub use supervisor::{KeySigner, SecretService};
+
+/// README.md's examples, compiled and run as doctests so the README cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;
