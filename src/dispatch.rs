@@ -11,7 +11,8 @@ use serde::Serialize;
 
 use crate::key_store::{KeyStore, scrub_stack};
 use crate::protocol::{
-    ListingView, Refusal, Request, RequestDecodeError, Response, ResponseFrame, decode_request,
+    ListingView, Refusal, Request, RequestDecodeError, Response, ResponseFrame, WireSecret,
+    decode_request,
 };
 use crate::transport::encode_frame;
 
@@ -109,7 +110,7 @@ pub(crate) fn handle_frame(
         },
         Request::DiffieHellman { key, peer_public } => {
             match read().diffie_hellman(&key, &peer_public) {
-                Ok(shared) => reply(id, Response::SharedSecret(*shared), answer),
+                Ok(shared) => reply(id, Response::SharedSecret(WireSecret(*shared)), answer),
                 Err(refusal) => reply(id, Response::Refused(refusal), answer),
             }
         }

@@ -105,7 +105,7 @@ pub enum Error {
 #[non_exhaustive]
 pub enum SpawnError {
     /// A hardening step failed in the signer; it never served.
-    #[error("hardening step failed: {step} ({})", std::io::Error::from_raw_os_error(*errno))]
+    #[error("hardening step failed: {step}{}", errno_suffix(*errno))]
     Hardening {
         /// The step that failed.
         step: HardeningStep,
@@ -151,9 +151,26 @@ pub enum SpawnError {
         theirs: u32,
     },
 
+    /// The signer said it was ready, but the kernel does not show it hardened (under
+    /// `Sandbox::Enforced`: every thread filtered, no-new-privileges, no capabilities). It was
+    /// killed before serving.
+    #[error(
+        "the signer said it was ready, but the kernel shows it is not hardened: {0}; it was killed"
+    )]
+    NotHardened(String),
+
     /// The signer said something other than "ready" first.
     #[error("the signer's first message was not a ready message")]
     UnexpectedGreeting,
+}
+
+/// " (the error)" for a known errno; nothing when the step could only report by exit code.
+fn errno_suffix(errno: i32) -> String {
+    if errno == 0 {
+        String::new()
+    } else {
+        format!(" ({})", std::io::Error::from_raw_os_error(errno))
+    }
 }
 
 /// How a signer process ended.

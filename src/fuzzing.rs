@@ -10,7 +10,7 @@ use crate::dispatch::{LaneState, Outcome, handle_frame};
 use crate::error::{Error, SignerEnd};
 use crate::key_store::KeyStore;
 use crate::keys::{KeySpec, LocalKeyId};
-use crate::protocol::{Request, RequestFrame, ResponseFrame, SecretMemory};
+use crate::protocol::{Request, RequestFrame, Response, ResponseFrame, SecretMemory};
 use crate::signer_process::SignerProcess;
 use crate::transport::{FrameReader, ReadError, encode_frame, frame_buffer, write_all};
 
@@ -29,7 +29,9 @@ pub enum DispatchResult {
     Answered {
         /// The id the answer carries.
         id: u64,
-        /// The answer's `Debug` form (no secrets: this store holds only fuzzer-made keys).
+        /// The answer's `Debug` form, except that a Diffie-Hellman result is shown as
+        /// `SharedSecret([bytes])` (the response type redacts it) so a test can check it against
+        /// the peer's side. This store holds only keys its tests made.
         summary: String,
     },
     /// It would stop serving: the stream cannot be trusted.
@@ -60,7 +62,12 @@ impl Dispatcher {
                 match frame {
                     Ok(frame) => DispatchResult::Answered {
                         id: frame.id,
-                        summary: format!("{:?}", frame.response),
+                        summary: match &frame.response {
+                            Response::SharedSecret(secret) => {
+                                format!("SharedSecret({:?})", secret.0)
+                            }
+                            response => format!("{response:?}"),
+                        },
                     },
                     Err(error) => panic!("the dispatcher wrote an undecodable answer: {error}"),
                 }

@@ -260,3 +260,17 @@ mod subtle_eq {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_secret_prints_redacted_and_compares_by_value() {
+        let secret = SharedSecret::new([0xcd; 32]);
+        let printed = format!("{secret:?}");
+        assert_eq!(printed, "SharedSecret([REDACTED])");
+        assert_eq!(secret, SharedSecret::new([0xcd; 32]));
+        assert_ne!(secret, SharedSecret::new([0xce; 32]));
+    }
+}

@@ -175,7 +175,7 @@ pub(crate) enum Response<L = Vec<KeyListing>> {
         r: [u8; 32],
         s: [u8; 32],
     },
-    SharedSecret([u8; 32]),
+    SharedSecret(WireSecret),
     KeyList(L),
     KeyDropped,
     /// The request was understood and refused; the signer carries on.
@@ -186,6 +186,20 @@ pub(crate) enum Response<L = Vec<KeyListing>> {
     SurvivedForbiddenSyscall {
         result: i64,
     },
+}
+
+/// A Diffie-Hellman result on its way to the caller: wiped when dropped (an answer waiting for
+/// another caller, a decoded frame) and redacted when a response is printed.
+#[derive(
+    Clone, PartialEq, Eq, Serialize, Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop,
+)]
+#[serde(transparent)]
+pub(crate) struct WireSecret(pub(crate) [u8; 32]);
+
+impl std::fmt::Debug for WireSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WireSecret([REDACTED])")
+    }
 }
 
 /// A response with the id of the request it answers.
@@ -297,5 +311,30 @@ pub(crate) fn decode_request(payload: &[u8]) -> Result<RequestFrame, RequestDeco
     match postcard::take_from_bytes::<Request>(body) {
         Ok((request, [])) => Ok(RequestFrame { id, request }),
         _ => Err(RequestDecodeError::Body { id }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_diffie_hellman_answer_prints_without_its_secret() {
+        let secret = [0xab_u8; 32];
+        let frame = ResponseFrame::<()> {
+            id: 7,
+            response: Response::SharedSecret(WireSecret(secret)),
+        };
+        let printed = format!("{frame:?}");
+        assert!(printed.contains("REDACTED"), "{printed}");
+        assert!(
+            !printed.contains("171"),
+            "the secret's bytes are printed: {printed}"
+        );
+        // Redaction changes only the printing: the bytes still travel.
+        let mut buffer = [0u8; 64];
+        let length = postcard::to_slice(&frame, &mut buffer).map(|bytes| bytes.len());
+        let encoded = &buffer[..length.unwrap_or(0)];
+        assert!(encoded.windows(32).any(|window| window == secret));
     }
 }

@@ -4,8 +4,10 @@
 //!
 //! Callers on many threads share a lane. Each request takes the lane's writer lock only to write
 //! its frame. For answers, whichever waiting caller gets the lane's reader lock reads frames for
-//! everyone and hands each answer to its caller by id; the others sleep on a condition variable.
-//! A single caller thus reads its own answer directly, with no hand-off thread in between.
+//! everyone and hands each answer to its caller by id, waking that caller alone; the others
+//! sleep (parked) until their answer is there or it is their turn to read. A single caller thus
+//! reads its own answer directly, with no hand-off thread in between, and many callers cost one
+//! wake-up per answer, not one per caller.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
@@ -15,7 +17,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, TryLockError};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
@@ -30,9 +32,11 @@ use crate::protocol::{
     SignerSettings, exit_code,
 };
 use crate::sandbox::{self, Sandbox};
-use crate::status::{KeyMemory, SignerStatus};
+use crate::status::{self, KeyMemory, SignerStatus};
 use crate::sys::{self, ProcessEnd};
-use crate::transport::{FrameReader, ReadError, encode_frame, frame_buffer, write_all};
+use crate::transport::{
+    FrameReader, ReadError, WriteError, encode_frame, frame_buffer, write_frame,
+};
 
 /// How long to wait for the kernel to report a signer's end once its pipe has closed.
 const END_REPORT_WAIT: Duration = Duration::from_secs(2);
@@ -116,27 +120,57 @@ fn watch(watch: &ChildWatch, shutdown: &OwnedFd) {
     }
 }
 
+/// One call in flight on a lane: its answer once read, and its caller if asleep.
+#[derive(Default)]
+struct Call {
+    answer: Option<Response>,
+    /// Set while the caller sleeps, so the reader can wake exactly it.
+    sleeping: Option<Thread>,
+}
+
 /// Calls waiting on one lane, and answers read for callers not yet back to collect them.
 #[derive(Default)]
 struct Pending {
-    answers: HashMap<u64, Option<Response>>,
+    calls: HashMap<u64, Call>,
     /// Requests whose callers gave up (timed out): an answer that arrives for one later is
     /// dropped quietly rather than taken for a protocol violation.
     abandoned: HashSet<u64>,
-    waiters: usize,
     failed: Option<CallFailure>,
 }
 
 impl Pending {
     /// Forgets a call whose caller is giving up, remembering its id so a late answer is dropped.
     fn abandon(&mut self, id: u64) {
-        if self.answers.remove(&id).is_some() {
+        if self.calls.remove(&id).is_some() {
             self.abandoned.insert(id);
+        }
+    }
+
+    /// Wakes one sleeping caller still without an answer, to take over reading the lane.
+    fn wake_next_reader(&self) {
+        let next = self
+            .calls
+            .values()
+            .find(|call| call.answer.is_none() && call.sleeping.is_some());
+        if let Some(thread) = next.and_then(|call| call.sleeping.as_ref()) {
+            thread.unpark();
+        }
+    }
+
+    /// Wakes every sleeping caller (the lane has failed).
+    fn wake_all(&self) {
+        for thread in self
+            .calls
+            .values()
+            .filter_map(|call| call.sleeping.as_ref())
+        {
+            thread.unpark();
         }
     }
 }
 
 struct LaneWriter {
+    /// The request pipe's write end, non-blocking.
     fd: OwnedFd,
     buffer: Box<[u8]>,
     next_id: u64,
@@ -152,7 +186,9 @@ struct Lane {
     writer: Mutex<LaneWriter>,
     reader: Mutex<LaneReader>,
     pending: Mutex<Pending>,
-    delivered: Condvar,
+    /// A copy of the request pipe's read end, never read: with it the pipe always has a reader,
+    /// so writing a request never raises SIGPIPE in the host (see `transport::write_frame`).
+    _request_reader_copy: OwnedFd,
     in_flight: AtomicUsize,
     /// When this lane's last answer was read, in microseconds since `SignerProcess::epoch`.
     last_answer_micros: AtomicU64,
@@ -205,7 +241,10 @@ impl SignerProcess {
                 .map_err(|e| system("creating a pipe")(e.into()))?;
             let (response_read, response_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
                 .map_err(|e| system("creating a pipe")(e.into()))?;
-            parent_ends.push((request_write, response_read));
+            let request_reader_copy = request_read
+                .try_clone()
+                .map_err(system("copying a pipe descriptor"))?;
+            parent_ends.push((request_write, response_read, request_reader_copy));
             child_ends.push((request_read, response_write));
         }
         let dev_null: OwnedFd = File::open("/dev/null")
@@ -306,9 +345,11 @@ impl SignerProcess {
         };
 
         let mut lanes = Vec::with_capacity(workers);
-        for (request_write, response_read) in parent_ends {
-            fcntl(&response_read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
-                .map_err(|e| system("configuring a pipe")(e.into()))?;
+        for (request_write, response_read, request_reader_copy) in parent_ends {
+            for end in [&request_write, &response_read] {
+                fcntl(end, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
+                    .map_err(|e| system("configuring a pipe")(e.into()))?;
+            }
             lanes.push(Lane {
                 writer: Mutex::new(LaneWriter {
                     fd: request_write,
@@ -320,7 +361,7 @@ impl SignerProcess {
                     frames: FrameReader::new(),
                 }),
                 pending: Mutex::new(Pending::default()),
-                delivered: Condvar::new(),
+                _request_reader_copy: request_reader_copy,
                 in_flight: AtomicUsize::new(0),
                 last_answer_micros: AtomicU64::new(0),
             });
@@ -339,26 +380,37 @@ impl SignerProcess {
             watcher: Some(watcher),
         };
         // On any failure below, dropping `signer` kills and reaps the process.
+        let ready_by = Instant::now() + config.spawn_timeout;
         if let Some(bootstrap) = bootstrap {
-            signer.send_bootstrap(&bootstrap)?;
+            signer.send_bootstrap(&bootstrap, ready_by)?;
         }
-        signer.key_memory = signer.await_ready(config.spawn_timeout)?;
+        signer.key_memory = signer.await_ready(config.spawn_timeout, ready_by)?;
+        // "Ready" is the signer's word; the kernel's is what counts. A signer that says it but
+        // is not filtered, or kept a privilege on any thread, never serves.
+        if config.sandbox == Sandbox::Enforced
+            && let Err(weakness) = status::confirm_hardened(signer.pid)
+        {
+            signer.child.kill(SignerEnd::ProtocolViolation);
+            return Err(SpawnError::NotHardened(weakness));
+        }
         Ok(signer)
     }
 
-    fn send_bootstrap(&self, bootstrap: &Bootstrap) -> Result<(), SpawnError> {
+    fn send_bootstrap(&self, bootstrap: &Bootstrap, deadline: Instant) -> Result<(), SpawnError> {
         let mut writer = lock(&self.lanes[0].writer);
         let LaneWriter { fd, buffer, .. } = &mut *writer;
         let length = encode_frame(bootstrap, buffer).map_err(|_| SpawnError::UnexpectedGreeting)?;
-        write_all(&buffer[..length], |bytes| {
-            sys::write_without_sigpipe(fd.as_fd(), bytes)
-        })
+        write_frame(
+            fd.as_fd(),
+            &buffer[..length],
+            self.child.pidfd.as_fd(),
+            deadline,
+        )
         .map_err(|_| self.spawn_failure())
     }
 
     /// Reads each lane's first message: `Ready`, or why not.
-    fn await_ready(&self, timeout: Duration) -> Result<KeyMemory, SpawnError> {
-        let deadline = Instant::now() + timeout;
+    fn await_ready(&self, timeout: Duration, deadline: Instant) -> Result<KeyMemory, SpawnError> {
         let mut key_memory = KeyMemory::LockedAnonymous;
         for lane in &self.lanes {
             let mut reader = lock(&lane.reader);
@@ -529,16 +581,18 @@ impl SignerProcess {
         let busy = lane.in_flight.fetch_add(1, Ordering::Relaxed) > 0;
         let now = Instant::now();
         let deadline = now + self.request_timeout;
-        let spin = if busy || self.signer_is_spinning(lane, now) {
+        let spin = if !busy && self.signer_is_spinning(lane, now) {
             self.caller_spin
         } else {
             // The worker is asleep in poll: its wake-up and its signature take longer than any
             // useful spin. Sleeping at once also lets the kernel run the woken worker on this
             // core (a pipe write is a synchronous wake-up) instead of waking a halted one.
+            // Behind another request on the lane, the answer is at least a signature away, and
+            // a spinning caller would take CPU from the workers.
             Duration::ZERO
         };
         let result = lane
-            .send(request)
+            .send(request, &self.child.pidfd, deadline)
             .and_then(|id| lane.receive(id, deadline, spin, &self.child.pidfd));
         lane.in_flight.fetch_sub(1, Ordering::Relaxed);
         if result.is_ok() {
@@ -581,28 +635,33 @@ impl SignerProcess {
 impl Lane {
     /// Writes a request frame; returns its id. The id is registered before the write, so the
     /// answer always finds its caller.
-    fn send(&self, request: Request) -> Result<u64, CallFailure> {
+    fn send(
+        &self,
+        request: Request,
+        pidfd: &OwnedFd,
+        deadline: Instant,
+    ) -> Result<u64, CallFailure> {
         let mut writer = lock(&self.writer);
         let id = writer.next_id;
         writer.next_id += 1;
-        lock(&self.pending).answers.insert(id, None);
+        lock(&self.pending).calls.insert(id, Call::default());
         let LaneWriter { fd, buffer, .. } = &mut *writer;
         let written = encode_frame(&RequestFrame { id, request }, buffer)
             .map_err(|_| CallFailure::Protocol("a request did not fit in a frame"))
             .and_then(|length| {
-                write_all(&buffer[..length], |bytes| {
-                    sys::write_without_sigpipe(fd.as_fd(), bytes)
-                })
-                .map_err(|error| match error.raw_os_error() {
-                    Some(libc::EPIPE) => CallFailure::Ended,
-                    _ => CallFailure::Io(error.kind()),
-                })
+                write_frame(fd.as_fd(), &buffer[..length], pidfd.as_fd(), deadline).map_err(
+                    |error| match error {
+                        WriteError::PeerExited => CallFailure::Ended,
+                        WriteError::TimedOut => CallFailure::TimedOut,
+                        WriteError::Io(error) => CallFailure::Io(error.kind()),
+                    },
+                )
             });
         drop(writer);
         match written {
             Ok(()) => Ok(id),
             Err(failure) => {
-                lock(&self.pending).answers.remove(&id);
+                lock(&self.pending).calls.remove(&id);
                 Err(failure)
             }
         }
@@ -623,8 +682,13 @@ impl Lane {
                 pending.abandon(id);
                 return Err(failure);
             }
-            if let Some(Some(_)) = pending.answers.get(&id)
-                && let Some(Some(answer)) = pending.answers.remove(&id)
+            if let Some(Call {
+                answer: Some(_), ..
+            }) = pending.calls.get(&id)
+                && let Some(Call {
+                    answer: Some(answer),
+                    ..
+                }) = pending.calls.remove(&id)
             {
                 return Ok(answer);
             }
@@ -635,18 +699,22 @@ impl Lane {
             };
             match reader {
                 Some(mut reader) => {
+                    if let Some(call) = pending.calls.get_mut(&id) {
+                        call.sleeping = None;
+                    }
                     drop(pending);
                     let result = self.read_until(&mut reader, id, deadline, spin, pidfd);
                     drop(reader);
+                    // The reader lock is free again before this lock is taken: a caller that
+                    // found it taken is registered as sleeping by now, and is woken here.
                     let mut pending = lock(&self.pending);
-                    pending.answers.remove(&id);
+                    pending.calls.remove(&id);
                     if let Err(failure) = &result {
                         pending.abandoned.insert(id);
                         pending.failed.get_or_insert_with(|| failure.clone());
-                    }
-                    // Someone else may be waiting for the reader lock we just gave up.
-                    if pending.waiters > 0 {
-                        self.delivered.notify_all();
+                        pending.wake_all();
+                    } else {
+                        pending.wake_next_reader();
                     }
                     return result;
                 }
@@ -654,15 +722,19 @@ impl Lane {
                     let now = Instant::now();
                     if now >= deadline {
                         pending.abandon(id);
+                        pending.wake_next_reader();
                         return Err(CallFailure::TimedOut);
                     }
-                    pending.waiters += 1;
-                    pending = self
-                        .delivered
-                        .wait_timeout(pending, deadline - now)
-                        .map(|(guard, _)| guard)
-                        .unwrap_or_else(|poisoned| poisoned.into_inner().0);
-                    pending.waiters -= 1;
+                    let Some(call) = pending.calls.get_mut(&id) else {
+                        return Err(CallFailure::Protocol("a call lost its place on the lane"));
+                    };
+                    if call.sleeping.is_none() {
+                        call.sleeping = Some(std::thread::current());
+                    }
+                    drop(pending);
+                    // A wake-up given before this point is kept by park, so none is lost.
+                    std::thread::park_timeout(deadline - now);
+                    pending = lock(&self.pending);
                 }
             }
         }
@@ -696,12 +768,14 @@ impl Lane {
             }
             let mut pending = lock(&self.pending);
             let Pending {
-                answers, abandoned, ..
+                calls, abandoned, ..
             } = &mut *pending;
-            match answers.get_mut(&frame.id) {
-                Some(slot @ None) => {
-                    *slot = Some(frame.response);
-                    self.delivered.notify_all();
+            match calls.get_mut(&frame.id) {
+                Some(call @ Call { answer: None, .. }) => {
+                    call.answer = Some(frame.response);
+                    if let Some(caller) = &call.sleeping {
+                        caller.unpark();
+                    }
                 }
                 None if abandoned.remove(&frame.id) => {}
                 _ => {

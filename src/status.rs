@@ -123,6 +123,44 @@ impl SignerStatus {
     }
 }
 
+/// Checks, from the kernel's view of every thread of `pid`, that the signer is hardened:
+/// seccomp filter mode, no-new-privileges, and no effective or permitted capability. Returns
+/// the first weakness found.
+pub(crate) fn confirm_hardened(pid: i32) -> Result<(), String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map_err(|error| format!("/proc/{pid}/task is unreadable ({error})"))?;
+    let mut threads = 0;
+    for task in tasks {
+        let task = task.map_err(|error| format!("/proc/{pid}/task is unreadable ({error})"))?;
+        let status = std::fs::read_to_string(task.path().join("status")).map_err(|error| {
+            format!(
+                "/proc/{pid}/task/{:?}/status is unreadable ({error})",
+                task.file_name()
+            )
+        })?;
+        let thread = task.file_name().to_string_lossy().into_owned();
+        for (name, wanted) in [
+            ("Seccomp", "2"),
+            ("NoNewPrivs", "1"),
+            ("CapEff", "0000000000000000"),
+            ("CapPrm", "0000000000000000"),
+        ] {
+            let value = field(&status, name);
+            if value.as_deref() != Some(wanted) {
+                return Err(format!(
+                    "thread {thread} has {name} {}, not {wanted}",
+                    value.as_deref().unwrap_or("(missing)")
+                ));
+            }
+        }
+        threads += 1;
+    }
+    if threads == 0 {
+        return Err(format!("/proc/{pid}/task lists no thread"));
+    }
+    Ok(())
+}
+
 /// The value of one `Name:` line of a status file.
 fn field(status: &str, name: &str) -> Option<String> {
     status.lines().find_map(|line| {

@@ -132,7 +132,7 @@ impl SecretService {
             peer_public: peer_public.to_bytes(),
         };
         match self.call(&signer, request)? {
-            Response::SharedSecret(bytes) => Ok(SharedSecret::new(bytes)),
+            Response::SharedSecret(secret) => Ok(SharedSecret::new(secret.0)),
             Response::Refused(refusal) => Err(refusal_error(refusal, Some(key), "diffie_hellman")),
             _ => Err(wrong_answer(&signer)),
         }

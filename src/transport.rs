@@ -129,7 +129,7 @@ impl FrameReader {
                         std::thread::yield_now();
                         continue;
                     }
-                    wait_readable(fd, watch, deadline)?;
+                    wait_for(fd, PollFlags::POLLIN, watch, deadline)?;
                 }
                 Err(errno) => return Err(ReadError::Io(errno.into())),
             }
@@ -170,9 +170,58 @@ impl Drop for FrameReader {
     }
 }
 
-/// Sleeps until `fd` is readable or `deadline` passes.
-fn wait_readable(
+/// Why a frame could not be written.
+#[derive(Debug)]
+pub(crate) enum WriteError {
+    /// The pipe stayed full and the watched process (a pidfd) ended.
+    PeerExited,
+    /// The pipe stayed full until the deadline.
+    TimedOut,
+    /// The write or poll failed.
+    Io(io::Error),
+}
+
+/// Writes all of `bytes` to a non-blocking pipe, sleeping while it is full until there is
+/// room, `watch` (a pidfd) ends, or `deadline` passes.
+///
+/// The supervisor holds a copy of each request pipe's read end, so a write never finds the
+/// pipe without a reader: no `EPIPE`, and no SIGPIPE for the host whatever its disposition,
+/// without a signal-mask change around every write. A dead signer is noticed through `watch`
+/// here and on the answer's read.
+pub(crate) fn write_frame(
     fd: BorrowedFd<'_>,
+    mut bytes: &[u8],
+    watch: BorrowedFd<'_>,
+    deadline: Instant,
+) -> Result<(), WriteError> {
+    while !bytes.is_empty() {
+        match nix::unistd::write(fd, bytes) {
+            Ok(0) => return Err(WriteError::Io(io::Error::from(io::ErrorKind::WriteZero))),
+            Ok(count) => bytes = &bytes[count.min(bytes.len())..],
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => {
+                wait_for(fd, PollFlags::POLLOUT, Some(watch), Some(deadline)).map_err(|error| {
+                    match error {
+                        ReadError::PeerExited => WriteError::PeerExited,
+                        ReadError::TimedOut => WriteError::TimedOut,
+                        ReadError::Io(error) => WriteError::Io(error),
+                        ReadError::Closed { .. } | ReadError::TooLong => {
+                            WriteError::Io(io::Error::from(io::ErrorKind::BrokenPipe))
+                        }
+                    }
+                })?;
+            }
+            Err(errno) => return Err(WriteError::Io(errno.into())),
+        }
+    }
+    Ok(())
+}
+
+/// Sleeps until `fd` is ready for `events` or `deadline` passes; if `watch` (a pidfd) becomes
+/// readable first, the peer has ended.
+fn wait_for(
+    fd: BorrowedFd<'_>,
+    events: PollFlags,
     watch: Option<BorrowedFd<'_>>,
     deadline: Option<Instant>,
 ) -> Result<(), ReadError> {
@@ -192,7 +241,7 @@ fn wait_readable(
                     .unwrap_or(PollTimeout::MAX)
             }
         };
-        let data = PollFd::new(fd.as_fd(), PollFlags::POLLIN);
+        let data = PollFd::new(fd.as_fd(), events);
         let mut with_watch;
         let mut alone;
         let fds: &mut [PollFd<'_>] = match watch {
@@ -212,7 +261,7 @@ fn wait_readable(
                 }
             }
             Ok(_) => {
-                // Data (or end of file) on the pipe comes first: a last answer is still read.
+                // The pipe comes first: a last answer is still read, a last request written.
                 if fds[0].any().unwrap_or(true) {
                     return Ok(());
                 }

@@ -355,66 +355,11 @@ impl Keyholder {
     }
 }
 
-/// Every readable mapping of `pid` worth searching, with its bytes (unreadable parts skipped).
-fn readable_memory(
-    pid: u32,
-    only: impl Fn(&common::Mapping) -> bool,
-) -> Vec<(common::Mapping, Vec<u8>)> {
-    let who = pid.to_string();
-    let mem = std::fs::File::open(format!("/proc/{who}/mem")).unwrap();
-    let mut regions = Vec::new();
-    for mapping in common::smaps(&who).unwrap() {
-        if !mapping.readable()
-            || ["[vvar]", "[vvar_vclock]", "[vsyscall]"].contains(&mapping.path.as_str())
-            || !only(&mapping)
-        {
-            continue;
-        }
-        let length = usize::try_from(mapping.end - mapping.start).unwrap();
-        let mut bytes = vec![0u8; length];
-        // Page by page where a whole read fails (a guard page, a hole in a file mapping).
-        if mem.read_exact_at(&mut bytes, mapping.start).is_err() {
-            for (index, page) in bytes.chunks_mut(4096).enumerate() {
-                let address = mapping.start + 4096 * index as u64;
-                if mem.read_exact_at(page, address).is_err() {
-                    page.fill(0);
-                }
-            }
-        }
-        regions.push((mapping, bytes));
-    }
-    regions
-}
-
-/// Where each needle occurs in `haystack` (byte offsets).
-fn occurrences(haystack: &[u8], needles: &[[u8; 32]]) -> Vec<(usize, usize)> {
-    let mut first = [false; 256];
-    for needle in needles {
-        first[usize::from(needle[0])] = true;
-    }
-    let mut found = Vec::new();
-    if haystack.len() < 32 {
-        return found;
-    }
-    for offset in 0..=haystack.len() - 32 {
-        if !first[usize::from(haystack[offset])] {
-            continue;
-        }
-        let window = &haystack[offset..offset + 32];
-        for (index, needle) in needles.iter().enumerate() {
-            if window == needle {
-                found.push((index, offset));
-            }
-        }
-    }
-    found
-}
-
 /// Looks in the signer's key mappings for a 32-byte window whose derived public key is one of
 /// `keys`; returns the window for each key found (index into `keys`) and where it was.
 fn derive_secrets(signer: u32, keys: &[Described]) -> Vec<(usize, [u8; 32], String)> {
     let mut found = Vec::new();
-    let key_pages = readable_memory(signer, |m| m.has_flag("lo") && m.has_flag("dd"));
+    let key_pages = common::readable_memory(signer, |m| m.has_flag("lo") && m.has_flag("dd"));
     assert!(
         !key_pages.is_empty(),
         "the signer has no locked don't-dump mapping"
@@ -498,9 +443,9 @@ fn no_secret_key_reaches_the_parent_and_a_dropped_key_is_gone() {
         needles.push(canary);
         let mut parent_hits = Vec::new();
         let mut searched = 0usize;
-        for (mapping, bytes) in readable_memory(parent, |_| true) {
+        for (mapping, bytes) in common::readable_memory(parent, |_| true) {
             searched += bytes.len();
-            for (index, offset) in occurrences(&bytes, &needles) {
+            for (index, offset) in common::occurrences(&bytes, &needles) {
                 parent_hits.push((
                     index,
                     format!("{} {} +{offset:#x}", mapping.range(), mapping.path),
@@ -527,8 +472,8 @@ fn no_secret_key_reaches_the_parent_and_a_dropped_key_is_gone() {
         // In the signer as a whole, each secret has exactly one copy, in the locked don't-dump
         // key pages: generating, signing and Diffie-Hellman left none on a stack or heap.
         let mut copies = Vec::new();
-        for (mapping, bytes) in readable_memory(signer, |_| true) {
-            for (index, offset) in occurrences(&bytes, &secrets) {
+        for (mapping, bytes) in common::readable_memory(signer, |_| true) {
+            for (index, offset) in common::occurrences(&bytes, &secrets) {
                 let place = format!("{} {} +{offset:#x}", mapping.range(), mapping.path);
                 println!(
                     "{mode}: key {index} at {place} [{}]",
@@ -560,8 +505,8 @@ fn no_secret_key_reaches_the_parent_and_a_dropped_key_is_gone() {
             derived.iter().map(|(i, _, p)| (i, p)).collect::<Vec<_>>()
         );
         let mut remaining = Vec::new();
-        for (mapping, bytes) in readable_memory(signer, |_| true) {
-            for (index, offset) in occurrences(&bytes, &secrets) {
+        for (mapping, bytes) in common::readable_memory(signer, |_| true) {
+            for (index, offset) in common::occurrences(&bytes, &secrets) {
                 remaining.push(format!(
                     "key {index} at {} {} +{offset:#x} [{}]",
                     mapping.range(),

@@ -1,8 +1,7 @@
 //! Property: every thread of the signer (not only the first, which `/proc/<pid>/status` and
 //! `SignerStatus` describe) runs without capabilities, with no-new-privs and under the filter.
-//! Kept apart from sandbox_status.rs because it fails today, and a failing test's panic makes
-//! concurrent spawns in the same test binary hang (the forked child waits for std's panic-hook
-//! lock; see fork_while_a_host_thread_panics.rs).
+//! Capabilities and no-new-privs are per thread, so this reads `/proc/<pid>/task/*/status` for
+//! every thread rather than trusting the first thread's view.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
@@ -16,11 +15,9 @@ fn field(who: &str, name: &str) -> String {
 /// Every thread of the signer, not only the first one that `/proc/<pid>/status` describes, runs
 /// without capabilities, with no-new-privs and under the filter. Capabilities are per thread:
 /// the kernel gives a new thread its creator's sets, and `capset` changes only the caller's.
-///
-/// Shows a bug today: `child::harden_and_serve` starts the worker threads before
-/// `drop_all_capabilities`, so with more than one worker every worker thread keeps the host's
-/// capabilities (all of them when the host runs as root), while `SignerStatus`, which reads only
-/// the first thread, reports `CapEff 0`. No-new-privs and the filter reach every thread (TSYNC).
+/// `child::harden_and_serve` therefore drops capabilities and sets no-new-privs before it starts
+/// the workers (an earlier order left every worker with a root host's capabilities while the
+/// first thread showed none), and `SignerStatus` reports the weakest thread.
 #[test]
 fn every_signer_thread_is_stripped() {
     let mut failures = Vec::new();
@@ -52,7 +49,7 @@ fn every_signer_thread_is_stripped() {
                 }
             }
             assert_eq!(threads, workers, "{mode}");
-            // What the library reports (the first thread only).
+            // What the library reports (the union over every thread).
             assert_eq!(service.status().unwrap().effective_capabilities, Some(0));
         }
     }

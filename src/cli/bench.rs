@@ -406,9 +406,15 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             ));
             let batch = plan.throughput_ops.div_ceil(plan.throughput_turns);
             for row in &mut throughput {
-                let elapsed = run_batch(&row.target, row.callers, batch)?;
-                row.elapsed += elapsed;
+                let signer_before = row.target.signer_cpu_ns();
+                let batch_run = run_batch(&row.target, row.callers, batch)?;
+                let signer_after = row.target.signer_cpu_ns();
+                row.elapsed += batch_run.elapsed;
                 row.done += batch;
+                row.caller_cpu_ns += batch_run.caller_cpu_ns;
+                row.signer_cpu_ns += signer_after
+                    .zip(signer_before)
+                    .map_or(0, |(after, before)| after.saturating_sub(before));
             }
             progress.advance(1);
         }
@@ -651,23 +657,56 @@ impl Target<'_> {
             Target::Keyward(service) => Some(service.workers),
         }
     }
+
+    /// The signer's CPU time so far (all its threads), if there is a signer.
+    fn signer_cpu_ns(&self) -> Option<u64> {
+        match self {
+            Target::InProcess(_) => None,
+            Target::Keyward(service) => {
+                let pid = nix::unistd::Pid::from_raw(service.service.pid());
+                nix::time::clock_getcpuclockid(pid)
+                    .and_then(nix::time::clock_gettime)
+                    .ok()
+                    .map(timespec_ns)
+            }
+        }
+    }
+}
+
+/// The CPU time the calling thread has run (nanoseconds; 0 if unreadable). The CPU clocks are
+/// exact to the call; /proc's run times lag by up to a scheduler tick for a running thread.
+fn this_thread_cpu_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).map_or(0, timespec_ns)
+}
+
+fn timespec_ns(time: nix::sys::time::TimeSpec) -> u64 {
+    let nanos = i128::from(time.tv_sec()) * 1_000_000_000 + i128::from(time.tv_nsec());
+    u64::try_from(nanos).unwrap_or(0)
+}
+
+/// One throughput batch: its wall time and the CPU its caller threads used.
+struct BatchRun {
+    elapsed: Duration,
+    caller_cpu_ns: u64,
 }
 
 /// `operations` signatures shared among `callers` threads, started together; the wall time
 /// from the first caller's start to the last caller's end (each caller takes its own times, so
 /// a main thread that is slow to be scheduled does not shorten the measurement).
-fn run_batch(target: &Target<'_>, callers: usize, operations: usize) -> Result<Duration> {
+fn run_batch(target: &Target<'_>, callers: usize, operations: usize) -> Result<BatchRun> {
     let barrier = Barrier::new(callers);
     let spans = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..callers)
             .map(|caller| {
                 let share = operations / callers + usize::from(caller < operations % callers);
                 let barrier = &barrier;
-                scope.spawn(move || -> Result<(Instant, Instant)> {
+                scope.spawn(move || -> Result<(Instant, Instant, u64)> {
                     barrier.wait();
+                    let cpu_before = this_thread_cpu_ns();
                     let start = Instant::now();
                     target.run(share)?;
-                    Ok((start, Instant::now()))
+                    let end = Instant::now();
+                    Ok((start, end, this_thread_cpu_ns().saturating_sub(cpu_before)))
                 })
             })
             .collect();
@@ -680,10 +719,14 @@ fn run_batch(target: &Target<'_>, callers: usize, operations: usize) -> Result<D
             })
             .collect::<Result<Vec<_>>>()
     })?;
-    let first = spans.iter().map(|(start, _)| *start).min();
-    let last = spans.iter().map(|(_, end)| *end).max();
+    let first = spans.iter().map(|(start, _, _)| *start).min();
+    let last = spans.iter().map(|(_, end, _)| *end).max();
+    let caller_cpu_ns = spans.iter().map(|(_, _, cpu)| cpu).sum();
     match (first, last) {
-        (Some(first), Some(last)) => Ok(last.duration_since(first)),
+        (Some(first), Some(last)) => Ok(BatchRun {
+            elapsed: last.duration_since(first),
+            caller_cpu_ns,
+        }),
         _ => bail!("a batch without callers"),
     }
 }
@@ -697,6 +740,10 @@ struct ThroughputRow<'a> {
     done: usize,
     rates: Vec<f64>,
     counts_for_targets: bool,
+    /// CPU time of the caller threads and of the signer over the recorded batches.
+    caller_cpu_ns: u64,
+    signer_cpu_ns: u64,
+    cpu_done: usize,
 }
 
 impl<'a> ThroughputRow<'a> {
@@ -709,12 +756,16 @@ impl<'a> ThroughputRow<'a> {
             done: 0,
             rates: Vec::new(),
             counts_for_targets: true,
+            caller_cpu_ns: 0,
+            signer_cpu_ns: 0,
+            cpu_done: 0,
         }
     }
 
     fn close_round(&mut self) {
         self.rates
             .push(self.done as f64 / self.elapsed.as_secs_f64().max(1e-9));
+        self.cpu_done += self.done;
         self.elapsed = Duration::ZERO;
         self.done = 0;
     }
@@ -726,6 +777,12 @@ impl<'a> ThroughputRow<'a> {
             workers: self.target.workers(),
             rates: self.rates,
             counts_for_targets: self.counts_for_targets,
+            caller_cpu_us_per_signature: self.caller_cpu_ns as f64
+                / 1e3
+                / self.cpu_done.max(1) as f64,
+            signer_cpu_us_per_signature: self.signer_cpu_ns as f64
+                / 1e3
+                / self.cpu_done.max(1) as f64,
         }
     }
 }
@@ -739,6 +796,10 @@ struct ThroughputResult {
     rates: Vec<f64>,
     /// False for the rows of `--also-spin` settings.
     counts_for_targets: bool,
+    /// CPU each signature cost the calling threads (the signing itself, for in-process rows).
+    caller_cpu_us_per_signature: f64,
+    /// CPU each signature cost the signer process (0 for in-process rows).
+    signer_cpu_us_per_signature: f64,
 }
 
 /// `/proc/<pid>/stat` reports CPU times in USER_HZ ticks, fixed at 100 a second on Linux.
@@ -1271,8 +1332,12 @@ fn print_report(report: &Report<'_>) {
         plan.throughput_turns
     );
     println!(
-        "{:<50} {:>10} {:>22} {:>24}",
-        "scenario", "sigs/s", "vs 1 in-process thread", "vs as many in-process"
+        "{:<50} {:>10} {:>22} {:>24} {:>22}",
+        "scenario",
+        "sigs/s",
+        "vs 1 in-process thread",
+        "vs as many in-process",
+        "CPU µs/sig call+signer"
     );
     for row in report.throughput {
         let one = report
@@ -1282,11 +1347,15 @@ fn print_report(report: &Report<'_>) {
             .in_process_rates(row.callers)
             .map_or(f64::NAN, |same| per_round_ratio(&row.rates, &same.rates));
         println!(
-            "{:<50} {:>10} {:>22.2} {:>24.2}",
+            "{:<50} {:>10} {:>22.2} {:>24.2} {:>22}",
             row.name,
             group_digits_f(median_of(&row.rates)),
             one,
-            same
+            same,
+            format!(
+                "{:.1}+{:.1}",
+                row.caller_cpu_us_per_signature, row.signer_cpu_us_per_signature
+            )
         );
     }
 

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use keyward::{Config, SpawnMode};
@@ -122,7 +123,6 @@ pub(crate) fn status_field(who: &str, name: &str) -> Option<String> {
 
 /// Reads `len` bytes at `address` of process `who` through `/proc/<who>/mem`.
 pub(crate) fn read_memory(who: &str, address: u64, len: usize) -> std::io::Result<Vec<u8>> {
-    use std::os::unix::fs::FileExt;
     let file = std::fs::File::open(format!("/proc/{who}/mem"))?;
     let mut buffer = vec![0u8; len];
     let mut done = 0;
@@ -159,4 +159,59 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Every readable mapping of `pid` worth searching, with its bytes (unreadable parts skipped).
+pub(crate) fn readable_memory(
+    pid: u32,
+    only: impl Fn(&Mapping) -> bool,
+) -> Vec<(Mapping, Vec<u8>)> {
+    let who = pid.to_string();
+    let mem = std::fs::File::open(format!("/proc/{who}/mem")).unwrap();
+    let mut regions = Vec::new();
+    for mapping in smaps(&who).unwrap() {
+        if !mapping.readable()
+            || ["[vvar]", "[vvar_vclock]", "[vsyscall]"].contains(&mapping.path.as_str())
+            || !only(&mapping)
+        {
+            continue;
+        }
+        let length = usize::try_from(mapping.end - mapping.start).unwrap();
+        let mut bytes = vec![0u8; length];
+        // Page by page where a whole read fails (a guard page, a hole in a file mapping).
+        if mem.read_exact_at(&mut bytes, mapping.start).is_err() {
+            for (index, page) in bytes.chunks_mut(4096).enumerate() {
+                let address = mapping.start + 4096 * index as u64;
+                if mem.read_exact_at(page, address).is_err() {
+                    page.fill(0);
+                }
+            }
+        }
+        regions.push((mapping, bytes));
+    }
+    regions
+}
+
+/// Where each needle occurs in `haystack` (byte offsets).
+pub(crate) fn occurrences(haystack: &[u8], needles: &[[u8; 32]]) -> Vec<(usize, usize)> {
+    let mut first = [false; 256];
+    for needle in needles {
+        first[usize::from(needle[0])] = true;
+    }
+    let mut found = Vec::new();
+    if haystack.len() < 32 {
+        return found;
+    }
+    for offset in 0..=haystack.len() - 32 {
+        if !first[usize::from(haystack[offset])] {
+            continue;
+        }
+        let window = &haystack[offset..offset + 32];
+        for (index, needle) in needles.iter().enumerate() {
+            if window == needle {
+                found.push((index, offset));
+            }
+        }
+    }
+    found
 }

@@ -1,0 +1,229 @@
+//! The supervisor distrusts the signer's bytes as much as the signer distrusts the supervisor's.
+//! Each test stands a scripted impostor in for the signer program (fork-exec mode: a bash
+//! script on the lane's fixed descriptors, 3 for requests and 19 for answers) that writes exactly
+//! the bytes under test, and checks what the caller sees and that the impostor is killed and
+//! reaped.
+//!
+//! The impostors cannot harden themselves, so all but one run under
+//! `Sandbox::UnsandboxedInsecure`, which skips the supervisor's check of the kernel's view;
+//! `a_signer_that_says_ready_without_its_sandbox_never_serves` shows that check.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use keyward::{
+    Config, Error, HardeningStep, KeySpec, Purpose, Sandbox, SecretService, SignerEnd, SpawnError,
+    SpawnMode,
+};
+
+/// The `Ready` a real signer sends: a frame of 4 bytes, id 0, variant `Ready`, protocol
+/// version 1, key memory `LockedAnonymous`, as `printf` octal escapes.
+const READY: &str = r"\004\000\000\000\000\000\001\001";
+
+/// Waits on the request pipe until the supervisor closes it (then the impostor exits).
+const WAIT_FOR_END: &str = "while read -r _ <&3; do :; done";
+
+/// An impostor that runs `body` (shell) in place of the signer.
+struct Impostor {
+    _dir: common::TempDir,
+    program: std::path::PathBuf,
+}
+
+impl Impostor {
+    fn new(body: &str) -> Self {
+        let dir = common::TempDir::new("keyward-impostor");
+        let program = dir.path().join("impostor.sh");
+        std::fs::write(&program, format!("#!/bin/bash\n{body}\n")).unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Self { _dir: dir, program }
+    }
+
+    /// An impostor that says it is ready, then writes `answer` (printf escapes) and waits.
+    fn answering(answer: &str) -> Self {
+        Self::new(&format!(
+            "printf '{READY}' >&19\nprintf '{answer}' >&19\n{WAIT_FOR_END}"
+        ))
+    }
+
+    fn config(&self) -> Config {
+        Config::default()
+            .with_workers(1)
+            .with_sandbox(Sandbox::UnsandboxedInsecure)
+            .with_spawn_timeout(Duration::from_secs(5))
+            .with_spawn_mode(SpawnMode::ForkExec {
+                program: self.program.clone(),
+            })
+    }
+}
+
+/// Whether `pid` is gone: neither running nor a zombie (it was reaped).
+fn reaped_within(pid: i32, limit: Duration) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if std::fs::metadata(format!("/proc/{pid}")).is_err() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// Spawns the impostor, makes one call, and checks the call fails with `Error::Protocol`
+/// mentioning `what`, that the impostor is killed and reaped, and that later calls say why.
+fn assert_protocol_violation(impostor: &Impostor, what: &str) {
+    let service = SecretService::spawn(impostor.config()).unwrap();
+    let pid = service.pid();
+    let error = service
+        .generate_key(KeySpec::new(Purpose::Consensus))
+        .unwrap_err();
+    match &error {
+        Error::Protocol(said) => assert!(said.contains(what), "{what}: {error}"),
+        other => panic!("{what}: expected a protocol error, got {other:?}"),
+    }
+    assert!(
+        reaped_within(pid, Duration::from_secs(3)),
+        "{what}: the impostor {pid} is still there"
+    );
+    let later = service
+        .generate_key(KeySpec::new(Purpose::Account))
+        .unwrap_err();
+    assert!(
+        matches!(
+            later,
+            Error::SignerEnded {
+                end: SignerEnd::ProtocolViolation,
+                ..
+            }
+        ),
+        "{what}: a later call got {later:?}"
+    );
+    assert!(!service.is_running());
+}
+
+#[test]
+fn an_undecodable_answer_is_a_protocol_error_and_ends_the_signer() {
+    // id 1, then variant 127: there is no such response.
+    assert_protocol_violation(
+        &Impostor::answering(r"\002\000\000\000\001\177"),
+        "undecodable",
+    );
+}
+
+#[test]
+fn an_answer_of_the_wrong_kind_is_a_protocol_error_and_ends_the_signer() {
+    // id 1, `KeyDropped` (variant 8) to a request to generate a key.
+    assert_protocol_violation(
+        &Impostor::answering(r"\002\000\000\000\001\010"),
+        "wrong kind",
+    );
+}
+
+#[test]
+fn an_answer_longer_than_the_cap_is_refused_before_it_is_read() {
+    // A header announcing 1 MiB; nothing follows.
+    assert_protocol_violation(&Impostor::answering(r"\000\000\020\000"), "frame cap");
+}
+
+#[test]
+fn an_answer_to_a_request_never_made_is_a_protocol_error() {
+    // id 99 (octal 143), `KeyDropped`.
+    assert_protocol_violation(
+        &Impostor::answering(r"\002\000\000\000\143\010"),
+        "nobody is waiting",
+    );
+}
+
+#[test]
+fn a_signer_that_speaks_another_protocol_version_is_refused() {
+    // `Ready` with protocol version 2.
+    let impostor = Impostor::new(&format!(
+        r"printf '\004\000\000\000\000\000\002\001' >&19
+{WAIT_FOR_END}"
+    ));
+    match SecretService::spawn(impostor.config()) {
+        Err(Error::Spawn(SpawnError::VersionMismatch { ours, theirs })) => {
+            assert_eq!((ours, theirs), (keyward::PROTOCOL_VERSION, 2));
+        }
+        other => panic!(
+            "expected a version mismatch, got {:?}",
+            other.map(|s| s.pid())
+        ),
+    }
+}
+
+#[test]
+fn a_failed_hardening_step_is_reported_by_name_and_errno() {
+    // `HardeningFailed { step: SeccompFilter (10), errno: EINVAL (22, zigzag 44) }`.
+    let impostor = Impostor::new(&format!(
+        r"printf '\004\000\000\000\000\001\012\054' >&19
+{WAIT_FOR_END}"
+    ));
+    match SecretService::spawn(impostor.config()) {
+        Err(Error::Spawn(error @ SpawnError::Hardening { step, errno })) => {
+            assert_eq!((step, errno), (HardeningStep::SeccompFilter, 22));
+            let said = error.to_string();
+            assert!(said.contains("loading the seccomp filter"), "{said}");
+        }
+        other => panic!(
+            "expected a hardening failure, got {:?}",
+            other.map(|s| s.pid())
+        ),
+    }
+}
+
+#[test]
+fn a_signer_that_never_says_ready_is_killed_at_the_spawn_deadline() {
+    let impostor = Impostor::new(WAIT_FOR_END);
+    let started = Instant::now();
+    let config = impostor
+        .config()
+        .with_spawn_timeout(Duration::from_millis(300));
+    match SecretService::spawn(config) {
+        Err(Error::Spawn(SpawnError::NotReady(waited))) => {
+            assert_eq!(waited, Duration::from_millis(300));
+        }
+        other => panic!("expected NotReady, got {:?}", other.map(|s| s.pid())),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "spawn returned only after {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_signer_that_exits_before_it_is_ready_is_reported_with_its_code() {
+    let impostor = Impostor::new("exit 3");
+    match SecretService::spawn(impostor.config()) {
+        Err(Error::Spawn(SpawnError::Ended(SignerEnd::Exited { code }))) => assert_eq!(code, 3),
+        other => panic!(
+            "expected an exit before ready, got {:?}",
+            other.map(|s| s.pid())
+        ),
+    }
+}
+
+#[test]
+fn a_signer_that_says_ready_without_its_sandbox_never_serves() {
+    let impostor = Impostor::new(&format!("printf '{READY}' >&19\n{WAIT_FOR_END}"));
+    let config = impostor.config().with_sandbox(Sandbox::Enforced);
+    match SecretService::spawn(config) {
+        Err(Error::Spawn(SpawnError::NotHardened(weakness))) => {
+            assert!(weakness.contains("Seccomp 0"), "{weakness}");
+        }
+        other => panic!("expected NotHardened, got {:?}", other.map(|s| s.pid())),
+    }
+    // Control: the real signer under the same configuration passes the same check.
+    let real = Config::default()
+        .with_workers(1)
+        .with_spawn_mode(SpawnMode::ForkExec {
+            program: common::signer_program(),
+        });
+    let service = SecretService::spawn(real).unwrap();
+    service
+        .generate_key(KeySpec::new(Purpose::Consensus))
+        .unwrap();
+}
