@@ -40,21 +40,26 @@ pub enum RestartPolicy {
 
 /// How long each side spins before sleeping: the latency/CPU trade-off.
 ///
-/// While requests flow, spinning saves the scheduler wake-ups that dominate a cross-process
-/// round trip (17 to 35 µs each on a 2-vCPU VM, against a 13 µs signature). When they stop, both
-/// sides sleep: an idle service costs no CPU either way.
+/// Spinning saves the scheduler wake-ups that dominate a cross-process round trip (17 to 35 µs
+/// each on a 2-vCPU VM, against a signature of about 30 µs). Nothing spins without a request in
+/// flight or just answered: an idle service costs no CPU either way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Latency {
-    /// How long a caller spins waiting for its answer before sleeping.
+    /// How long a caller spins waiting for its answer before sleeping. A caller queued behind
+    /// another request on its lane sleeps at once: its answer is at least a signature away, and
+    /// spinning would take CPU from the signer.
     pub caller_spin: Duration,
-    /// How long a signer worker spins after an answer, waiting for the next request.
+    /// How long a signer worker spins after an answer, waiting for the next request; only while
+    /// requests are flowing (the last one came within this long of the answer before it).
     pub signer_spin: Duration,
 }
 
 impl Latency {
-    /// Spin long enough to cover a signature and a short gap between requests. The default.
+    /// The default. The caller's spin covers a signer's wake-up plus a signature or a
+    /// Diffie-Hellman, so a lone caller is not put to sleep and woken again; the signer's covers
+    /// the caller's turn-around between back-to-back requests.
     pub const BALANCED: Latency = Latency {
-        caller_spin: Duration::from_micros(60),
+        caller_spin: Duration::from_micros(150),
         signer_spin: Duration::from_micros(100),
     };
     /// Never spin: lowest CPU, every round trip pays the scheduler's wake-ups.

@@ -14,7 +14,7 @@ use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, TryLockError};
 use std::thread::{JoinHandle, Thread};
@@ -190,8 +190,6 @@ struct Lane {
     /// so writing a request never raises SIGPIPE in the host (see `transport::write_frame`).
     _request_reader_copy: OwnedFd,
     in_flight: AtomicUsize,
-    /// When this lane's last answer was read, in microseconds since `SignerProcess::epoch`.
-    last_answer_micros: AtomicU64,
 }
 
 /// Locks a mutex, ignoring poison: every critical section here leaves its data consistent at
@@ -210,9 +208,6 @@ pub(crate) struct SignerProcess {
     child: Arc<ChildWatch>,
     lanes: Vec<Lane>,
     caller_spin: Duration,
-    signer_spin: Duration,
-    /// The origin of each lane's `last_answer_micros`.
-    epoch: Instant,
     request_timeout: Duration,
     shutdown: Option<OwnedFd>,
     watcher: Option<JoinHandle<()>>,
@@ -363,7 +358,6 @@ impl SignerProcess {
                 pending: Mutex::new(Pending::default()),
                 _request_reader_copy: request_reader_copy,
                 in_flight: AtomicUsize::new(0),
-                last_answer_micros: AtomicU64::new(0),
             });
         }
         let mut signer = SignerProcess {
@@ -373,8 +367,6 @@ impl SignerProcess {
             child,
             lanes,
             caller_spin: config.latency.caller_spin,
-            signer_spin: config.latency.signer_spin,
-            epoch: Instant::now(),
             request_timeout: config.request_timeout,
             shutdown: Some(shutdown_write),
             watcher: Some(watcher),
@@ -578,39 +570,20 @@ impl SignerProcess {
             return Err(CallFailure::Ended);
         }
         let lane = self.pick_lane();
-        let busy = lane.in_flight.fetch_add(1, Ordering::Relaxed) > 0;
-        let now = Instant::now();
-        let deadline = now + self.request_timeout;
-        let spin = if !busy && self.signer_is_spinning(lane, now) {
-            self.caller_spin
-        } else {
-            // The worker is asleep in poll: its wake-up and its signature take longer than any
-            // useful spin. Sleeping at once also lets the kernel run the woken worker on this
-            // core (a pipe write is a synchronous wake-up) instead of waking a halted one.
+        let queued = lane.in_flight.fetch_add(1, Ordering::Relaxed) > 0;
+        let deadline = Instant::now() + self.request_timeout;
+        let spin = if queued {
             // Behind another request on the lane, the answer is at least a signature away, and
             // a spinning caller would take CPU from the workers.
             Duration::ZERO
+        } else {
+            self.caller_spin
         };
         let result = lane
             .send(request, &self.child.pidfd, deadline)
             .and_then(|id| lane.receive(id, deadline, spin, &self.child.pidfd));
         lane.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if result.is_ok() {
-            let read_at = Instant::now().saturating_duration_since(self.epoch);
-            let micros = u64::try_from(read_at.as_micros()).unwrap_or(u64::MAX);
-            lane.last_answer_micros.store(micros, Ordering::Relaxed);
-        }
         result
-    }
-
-    /// Whether the lane's worker is probably still spinning after its last answer, so that an
-    /// answer to a request sent now comes without a wake-up on its side.
-    fn signer_is_spinning(&self, lane: &Lane, now: Instant) -> bool {
-        let last = Duration::from_micros(lane.last_answer_micros.load(Ordering::Relaxed));
-        let since = now
-            .saturating_duration_since(self.epoch)
-            .saturating_sub(last);
-        since < self.signer_spin
     }
 
     /// The first idle lane, else the least busy: a lone caller always uses lane 0, so only one

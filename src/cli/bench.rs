@@ -548,6 +548,8 @@ struct LatencyRow<'a> {
     p99s: Vec<f64>,
     cpu_ns: u64,
     wall_ns: u64,
+    /// CPU time of the calling thread over the watched turns.
+    caller_cpu_ns: u64,
 }
 
 impl<'a> LatencyRow<'a> {
@@ -569,6 +571,7 @@ impl<'a> LatencyRow<'a> {
             p99s: Vec::new(),
             cpu_ns: 0,
             wall_ns: 0,
+            caller_cpu_ns: 0,
         }
     }
 
@@ -578,6 +581,7 @@ impl<'a> LatencyRow<'a> {
             .watch_cpu
             .filter(|_| record)
             .and_then(|pid| Some((pid, ProcessCpu::read(pid).ok()?.sched_ns?)));
+        let caller_before = this_thread_cpu_ns();
         let started = Instant::now();
         for _ in 0..self.per_chunk {
             if let Some(gap) = self.gap {
@@ -595,6 +599,7 @@ impl<'a> LatencyRow<'a> {
         {
             self.cpu_ns += after.saturating_sub(before);
             self.wall_ns += nanos(started.elapsed());
+            self.caller_cpu_ns += this_thread_cpu_ns().saturating_sub(caller_before);
         }
         Ok(())
     }
@@ -613,6 +618,8 @@ impl<'a> LatencyRow<'a> {
             medians: self.medians,
             p99s: self.p99s,
             child_cpu: (self.wall_ns > 0).then(|| self.cpu_ns as f64 / self.wall_ns as f64),
+            caller_cpu: (self.wall_ns > 0)
+                .then(|| self.caller_cpu_ns as f64 / self.wall_ns as f64),
         }
     }
 }
@@ -625,6 +632,8 @@ struct LatencyResult {
     p99s: Vec<f64>,
     /// The signer's CPU time over wall time across this scenario's turns, if watched.
     child_cpu: Option<f64>,
+    /// The calling thread's share of a core over the same turns.
+    caller_cpu: Option<f64>,
 }
 
 /// What a throughput scenario's callers call.
@@ -1382,9 +1391,10 @@ fn print_report(report: &Report<'_>) {
     for row in report.latency {
         if let Some(share) = row.child_cpu {
             println!(
-                "  signer CPU while serving one request per {} idle gap: {:.1}% of a core ({})",
+                "  one request per {} idle gap: signer {:.1}% of a core, calling thread {:.1}% ({})",
                 format_gap(plan.gap),
                 100.0 * share,
+                100.0 * row.caller_cpu.unwrap_or(f64::NAN),
                 row.name.trim()
             );
         }
