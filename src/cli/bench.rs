@@ -618,8 +618,7 @@ impl<'a> LatencyRow<'a> {
             medians: self.medians,
             p99s: self.p99s,
             child_cpu: (self.wall_ns > 0).then(|| self.cpu_ns as f64 / self.wall_ns as f64),
-            caller_cpu: (self.wall_ns > 0)
-                .then(|| self.caller_cpu_ns as f64 / self.wall_ns as f64),
+            caller_cpu: (self.wall_ns > 0).then(|| self.caller_cpu_ns as f64 / self.wall_ns as f64),
         }
     }
 }
