@@ -314,3 +314,85 @@ pub(crate) fn write_all(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::fcntl::OFlag;
+    use std::os::fd::OwnedFd;
+    use std::process::{Child, Command};
+
+    /// A non-blocking pipe with no room left: (read end, write end).
+    fn full_pipe() -> (OwnedFd, OwnedFd) {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)
+            .unwrap_or_else(|error| panic!("pipe2: {error}"));
+        let chunk = [0u8; 4096];
+        while nix::unistd::write(&write, &chunk).is_ok() {}
+        (read, write)
+    }
+
+    fn sleeper(seconds: &str) -> (Child, OwnedFd) {
+        let child = Command::new("sleep")
+            .arg(seconds)
+            .spawn()
+            .unwrap_or_else(|error| panic!("sleep: {error}"));
+        let pid = i32::try_from(child.id()).unwrap_or_else(|_| panic!("pid"));
+        let pidfd = crate::sys::pidfd_open(pid).unwrap_or_else(|error| panic!("pidfd: {error}"));
+        (child, pidfd)
+    }
+
+    #[test]
+    fn a_full_pipe_whose_reader_has_ended_is_peer_exited() {
+        let (_read, write) = full_pipe();
+        let (mut child, pidfd) = sleeper("0");
+        let _ = child.wait();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let result = write_frame(write.as_fd(), &[1, 2, 3], pidfd.as_fd(), deadline);
+        assert!(matches!(result, Err(WriteError::PeerExited)), "{result:?}");
+        assert!(Instant::now() < deadline, "it waited for the deadline");
+    }
+
+    #[test]
+    fn a_full_pipe_that_stays_full_times_out_at_the_deadline() {
+        let (_read, write) = full_pipe();
+        let (mut child, pidfd) = sleeper("30");
+        let started = Instant::now();
+        let result = write_frame(
+            write.as_fd(),
+            &[1, 2, 3],
+            pidfd.as_fd(),
+            started + Duration::from_millis(100),
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(matches!(result, Err(WriteError::TimedOut)), "{result:?}");
+        assert!(started.elapsed() >= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_full_pipe_that_is_drained_takes_the_whole_frame() {
+        let (read, write) = full_pipe();
+        let (mut child, pidfd) = sleeper("30");
+        let drainer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            let mut buffer = [0u8; 65536];
+            let mut drained = 0;
+            while let Ok(count) = nix::unistd::read(&read, &mut buffer) {
+                drained += count;
+            }
+            (read, drained)
+        });
+        let frame = [7u8; 10_000];
+        let result = write_frame(
+            write.as_fd(),
+            &frame,
+            pidfd.as_fd(),
+            Instant::now() + Duration::from_secs(5),
+        );
+        let (_read, drained) = drainer.join().unwrap_or_else(|_| panic!("drainer"));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(result.is_ok(), "{result:?}");
+        assert!(drained > 0);
+    }
+}
