@@ -75,6 +75,45 @@ impl SignerStatus {
     /// capabilities are per thread, so each is reported for the weakest thread (the lowest
     /// seccomp mode, no-new-privileges only if every thread has it, the union of capabilities).
     pub(crate) fn read(pid: i32, generation: u32, key_memory: KeyMemory) -> std::io::Result<Self> {
+        let (process, weakest) = WeakestThread::read(pid)?;
+        let number = |name: &str| field(&process, name).and_then(|v| v.parse::<u32>().ok());
+        let kib = |name: &str| {
+            field(&process, name)
+                .and_then(|value| value.trim_end_matches("kB").trim().parse::<u64>().ok())
+        };
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+        Ok(Self {
+            pid,
+            generation,
+            seccomp_mode: weakest.seccomp_mode,
+            seccomp_filters: weakest.seccomp_filters,
+            no_new_privs: weakest.no_new_privs,
+            locked_kib: kib("VmLck"),
+            resident_kib: kib("VmRSS"),
+            effective_capabilities: weakest.effective_capabilities,
+            permitted_capabilities: weakest.permitted_capabilities,
+            threads: number("Threads"),
+            key_memory,
+            key_mappings: key_mappings(&smaps),
+        })
+    }
+}
+
+/// The per-thread hardening fields of a process, each for its weakest thread: the lowest
+/// seccomp mode and filter count, no-new-privileges only if every thread has it, the union of
+/// the capability masks. `None` where a thread lacks the field.
+struct WeakestThread {
+    seccomp_mode: Option<u32>,
+    seccomp_filters: Option<u32>,
+    no_new_privs: Option<bool>,
+    effective_capabilities: Option<u64>,
+    permitted_capabilities: Option<u64>,
+}
+
+impl WeakestThread {
+    /// Reads `/proc/<pid>/status` and every `/proc/<pid>/task/*/status`; returns the process's
+    /// status text with the fold.
+    fn read(pid: i32) -> std::io::Result<(String, Self)> {
         let process = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         let mut threads = vec![process.clone()];
         if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
@@ -97,66 +136,67 @@ impl SignerStatus {
         };
         let decimal = |value: &str| value.parse::<u64>().ok();
         let hexadecimal = |value: &str| u64::from_str_radix(value, 16).ok();
-        let number = |name: &str| field(&process, name).and_then(|v| v.parse::<u32>().ok());
-        let kib = |name: &str| {
-            field(&process, name)
-                .and_then(|value| value.trim_end_matches("kB").trim().parse::<u64>().ok())
-        };
         let mask = |name: &str| weakest(name, |a, b| a | b, hexadecimal);
-        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
-        Ok(Self {
-            pid,
-            generation,
+        let fold = Self {
             seccomp_mode: weakest("Seccomp", u64::min, decimal)
                 .and_then(|mode| u32::try_from(mode).ok()),
             seccomp_filters: weakest("Seccomp_filters", u64::min, decimal)
                 .and_then(|count| u32::try_from(count).ok()),
             no_new_privs: weakest("NoNewPrivs", u64::min, decimal).map(|value| value == 1),
-            locked_kib: kib("VmLck"),
-            resident_kib: kib("VmRSS"),
             effective_capabilities: mask("CapEff"),
             permitted_capabilities: mask("CapPrm"),
-            threads: number("Threads"),
-            key_memory,
-            key_mappings: key_mappings(&smaps),
-        })
+        };
+        Ok((process, fold))
     }
 }
 
 /// Checks, from the kernel's view of every thread of `pid`, that the signer is hardened:
-/// seccomp filter mode, no-new-privileges, and no effective or permitted capability. Returns
-/// the first weakness found.
+/// seccomp filter mode, no-new-privileges, and no effective or permitted capability on any
+/// thread. Returns the first weakness found. (The same reading as [`SignerStatus`].)
 pub(crate) fn confirm_hardened(pid: i32) -> Result<(), String> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map_err(|error| format!("/proc/{pid}/task is unreadable ({error})"))?;
-    let mut threads = 0;
-    for task in tasks {
-        let task = task.map_err(|error| format!("/proc/{pid}/task is unreadable ({error})"))?;
-        let status = std::fs::read_to_string(task.path().join("status")).map_err(|error| {
-            format!(
-                "/proc/{pid}/task/{:?}/status is unreadable ({error})",
-                task.file_name()
-            )
-        })?;
-        let thread = task.file_name().to_string_lossy().into_owned();
-        for (name, wanted) in [
-            ("Seccomp", "2"),
-            ("NoNewPrivs", "1"),
-            ("CapEff", "0000000000000000"),
-            ("CapPrm", "0000000000000000"),
-        ] {
-            let value = field(&status, name);
-            if value.as_deref() != Some(wanted) {
-                return Err(format!(
-                    "thread {thread} has {name} {}, not {wanted}",
-                    value.as_deref().unwrap_or("(missing)")
-                ));
-            }
+    let (_, weakest) = WeakestThread::read(pid)
+        .map_err(|error| format!("/proc/{pid}/status is unreadable ({error})"))?;
+    let shown = |value: Option<String>| value.unwrap_or_else(|| "(missing)".to_owned());
+    let checks = [
+        (
+            "Seccomp",
+            weakest.seccomp_mode == Some(2),
+            shown(weakest.seccomp_mode.map(|mode| mode.to_string())),
+            "2",
+        ),
+        (
+            "NoNewPrivs",
+            weakest.no_new_privs == Some(true),
+            shown(weakest.no_new_privs.map(|set| u8::from(set).to_string())),
+            "1",
+        ),
+        (
+            "CapEff",
+            weakest.effective_capabilities == Some(0),
+            shown(
+                weakest
+                    .effective_capabilities
+                    .map(|mask| format!("{mask:016x}")),
+            ),
+            "0",
+        ),
+        (
+            "CapPrm",
+            weakest.permitted_capabilities == Some(0),
+            shown(
+                weakest
+                    .permitted_capabilities
+                    .map(|mask| format!("{mask:016x}")),
+            ),
+            "0",
+        ),
+    ];
+    for (name, hardened, value, wanted) in checks {
+        if !hardened {
+            return Err(format!(
+                "its weakest thread has {name} {value}, not {wanted}"
+            ));
         }
-        threads += 1;
-    }
-    if threads == 0 {
-        return Err(format!("/proc/{pid}/task lists no thread"));
     }
     Ok(())
 }
