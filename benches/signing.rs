@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use ed25519_dalek::{Signer as _, SigningKey};
-use keyward::{Config, KeyId, KeySpec, Purpose, SecretService};
+use keyward::{Config, KeyId, KeyService, KeySpec, Purpose, SecretService};
 
 // The ssh-agent client of `keyward bench`, shared rather than copied.
 #[allow(dead_code)]

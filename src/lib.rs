@@ -3,17 +3,21 @@
 //! [`SecretService::spawn`] forks a signer process, hardens it (seccomp allowlist, locked and
 //! non-dumpable key memory, no files, no network, no new privileges, no capabilities) and from
 //! then on talks to it only over anonymous pipes. The signer generates keys, returns public keys,
-//! signs 32-byte prehashed digests with Ed25519 and performs X25519 Diffie-Hellman; no secret key
-//! ever leaves it.
+//! signs prehashed digests and messages with Ed25519 and performs X25519 Diffie-Hellman; no
+//! secret key ever leaves it. The operations are the [`KeyService`] trait.
 //!
-//! Where a sign request travels: [`supervisor`](SecretService) (checks the key id) →
-//! `signer_process` (picks a lane, matches the answer to its caller) → `transport` (a frame on a
-//! pipe) → `child` (the sandboxed signer's serving loop) → `dispatch` (one `match` over every
-//! request) → `key_store` (the keys, in locked memory) and back.
+//! The source is split by which side of the boundary it runs on: `host/` (the validator's
+//! process), `signer/` (the sandboxed signer process), `wire/` (what both compile: the messages
+//! and their framing) and `sys/` (every `unsafe` system call). Where a sign request travels:
+//! `host/service.rs` (checks the key id) → `host/operations.rs` (the typed request) →
+//! `host/signer_process/` (picks a lane, matches the answer to its caller) → `wire/framing.rs`
+//! (a frame on a pipe) → `signer/serve.rs` (the sandboxed signer's serving loop) →
+//! `signer/dispatch.rs` (one `match` over every request) → `signer/key_store.rs` (the keys, in
+//! locked memory) and back.
 //!
 //! ```
 //! use ed25519_dalek::Verifier;
-//! use keyward::{Config, KeySpec, Purpose, SecretService};
+//! use keyward::{Config, KeyService, KeySpec, Purpose, SecretService};
 //!
 //! # fn main() -> Result<(), keyward::Error> {
 //! let service = SecretService::spawn(Config::default())?;
@@ -35,37 +39,30 @@
 
 #![deny(unsafe_code)]
 
-mod child;
-mod config;
-mod dispatch;
-mod error;
-mod key_store;
-mod keys;
-mod machine;
-mod protocol;
-mod sandbox;
-mod signer_process;
-mod status;
-mod supervisor;
+mod host;
+mod signer;
 mod sys;
-mod transport;
+mod wire;
 
+#[cfg(feature = "test-support")]
 #[doc(hidden)]
-pub mod fuzzing;
+pub mod testing;
 
-pub use child::{SIGNER_ARGUMENT, run_signer_if_requested};
-pub use config::{Config, Latency, RestartPolicy, SpawnMode};
-pub use error::{Error, Result, SignerEnd, SpawnError};
-pub use keys::{Algorithm, KeyId, KeyInfo, KeySpec, PublicKey, Purpose, SharedSecret};
-pub use machine::MachineReport;
-#[cfg(feature = "sandbox-test-hooks")]
-pub use protocol::ForbiddenSyscall;
-pub use protocol::{
-    HardeningStep, MAX_FRAME_LEN, MAX_KEY_LIMIT, MAX_WORKERS, PROTOCOL_VERSION, SecretMemory,
-};
-pub use sandbox::{POLICY_JSON, Policy, PolicyCondition, PolicyRule, Sandbox, policy};
-pub use status::{KeyMapping, KeyMemory, SignerStatus};
-pub use supervisor::{KeySigner, SecretService};
+pub use host::config::{Config, Latency, RestartPolicy, SpawnMode};
+pub use host::error::{Error, Result, SignerEnd, SpawnError};
+pub use host::key_handle::KeySigner;
+pub use host::key_service::KeyService;
+pub use host::keys::{KeyId, KeyInfo, ParseKeyIdError, PublicKey, SharedSecret};
+pub use host::machine::MachineReport;
+pub use host::sandbox_policy::{POLICY_JSON, Policy, PolicyCondition, PolicyRule, Sandbox, policy};
+pub use host::service::SecretService;
+pub use host::status::{KeyMapping, SignerStatus};
+pub use signer::entry::{SIGNER_ARGUMENT, run_signer_if_requested};
+pub use wire::key_types::{Algorithm, KeyMemory, KeySpec, Purpose, SecretMemory};
+#[cfg(feature = "test-support")]
+pub use wire::messages::ForbiddenSyscall;
+pub use wire::startup::HardeningStep;
+pub use wire::{MAX_FRAME_LEN, MAX_KEY_LIMIT, MAX_MESSAGE_LEN, MAX_WORKERS, PROTOCOL_VERSION};
 
 /// README.md's examples, compiled and run as doctests so the README cannot drift from the API.
 #[cfg(doctest)]

@@ -9,14 +9,14 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use ed25519_dalek::VerifyingKey;
-use keyward::{Error, KeyId, KeySpec, Purpose, SecretService};
+use keyward::{Error, KeyId, KeyService, KeySpec, Purpose, SecretService};
 
 /// `SecretService` (and its `Signer` handle) can be shared across threads: checked by the
 /// compiler.
 const _: () = {
     const fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<SecretService>();
-    assert_send_sync::<keyward::KeySigner<'static>>();
+    assert_send_sync::<keyward::KeySigner>();
 };
 
 /// A digest unique to (thread, iteration, salt).

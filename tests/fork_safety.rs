@@ -14,7 +14,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use keyward::{Config, KeySpec, Purpose, SecretService};
+use keyward::{Config, KeyService, KeySpec, Purpose, SecretService};
 
 /// Each spawn and its requests must finish within this, or the test fails (a deadlocked signer
 /// would otherwise hang it).

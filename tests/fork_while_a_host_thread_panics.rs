@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
-use keyward::{KeySpec, Purpose, SecretService};
+use keyward::{KeyService, KeySpec, Purpose, SecretService};
 
 /// The host thread that panics over and over.
 const PANICKING_THREAD: &str = "host-thread-that-panics";

@@ -9,11 +9,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use fault_util::{is_reaped, process_state, signal_child, wait_for};
-use keyward::fuzzing::{
+use keyward::testing::{
     self, FRAME_CAP, RawSigner, generate_key_frame, generated_key_from_summary, list_keys_frame,
     sign_frame,
 };
-use keyward::{Config, Error, KeySpec, Purpose, SecretService, SignerEnd};
+use keyward::{Config, Error, KeyService, KeySpec, Purpose, SecretService, SignerEnd};
 use nix::sys::signal::Signal;
 
 const ANSWER_WAIT: Duration = Duration::from_secs(5);
@@ -98,7 +98,7 @@ fn a_length_over_the_cap_ends_the_signer() {
         let over = u32::try_from(FRAME_CAP + 1).unwrap();
         raw.write(&over.to_le_bytes()).unwrap();
         assert_ends(mode, raw, SignerEnd::CorruptRequestStream, "length cap + 1");
-        assert_eq!(fuzzing::CORRUPT_STREAM_END, SignerEnd::CorruptRequestStream);
+        assert_eq!(testing::CORRUPT_STREAM_END, SignerEnd::CorruptRequestStream);
     }
 }
 
@@ -178,11 +178,12 @@ fn undecodable_bodies_are_refused_and_the_signer_carries_on() {
     for (mode, config) in common::spawn_modes() {
         let mut raw = spawn_raw(mode, config);
         let list = payload(&list_keys_frame(0));
-        let sign = payload(&sign_frame(0, [1; 16], [2; 32]));
+        let key: keyward::KeyId = "01".repeat(24).parse().unwrap();
+        let sign = payload(&sign_frame(0, key, [2; 32]));
         let cases: Vec<(&str, Vec<u8>)> = vec![
             ("garbage after the id", vec![0xFF; 9]),
             ("an unterminated variant varint", vec![0x80]),
-            ("an unknown variant index (one past the last)", varint(7)),
+            ("an unknown variant index (one past the last)", varint(8)),
             ("an unknown variant index (large)", varint(1000)),
             (
                 "a request with trailing bytes",

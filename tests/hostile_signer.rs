@@ -15,13 +15,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use keyward::{
-    Config, Error, HardeningStep, KeySpec, Purpose, Sandbox, SecretService, SignerEnd, SpawnError,
-    SpawnMode,
+    Config, Error, HardeningStep, KeyService, KeySpec, Purpose, Sandbox, SecretService, SignerEnd,
+    SpawnError, SpawnMode,
 };
 
-/// The `Ready` a real signer sends: a frame of 4 bytes, id 0, variant `Ready`, protocol
-/// version 1, key memory `LockedAnonymous`, as `printf` octal escapes.
-const READY: &str = r"\004\000\000\000\000\000\001\001";
+/// The greeting a real signer sends: a frame of 11 bytes, `Greeting::Ready`, protocol version 2,
+/// key memory `LockedAnonymous`, store id all zeros, as `printf` octal escapes.
+const READY: &str = r"\013\000\000\000\000\002\001\000\000\000\000\000\000\000\000";
 
 /// Waits on the request pipe until the supervisor closes it (then the impostor exits).
 const WAIT_FOR_END: &str = "while read -r _ <&3; do :; done";
@@ -71,7 +71,7 @@ fn reaped_within(pid: i32, limit: Duration) -> bool {
     false
 }
 
-/// Spawns the impostor, makes one call, and checks the call fails with `Error::Protocol`
+/// Spawns the impostor, makes one call, and checks the call fails with `Error::SignerMisbehaved`
 /// mentioning `what`, that the impostor is killed and reaped, and that later calls say why.
 fn assert_protocol_violation(impostor: &Impostor, what: &str) {
     let service = SecretService::spawn(impostor.config()).unwrap();
@@ -80,7 +80,10 @@ fn assert_protocol_violation(impostor: &Impostor, what: &str) {
         .generate_key(KeySpec::new(Purpose::Consensus))
         .unwrap_err();
     match &error {
-        Error::Protocol(said) => assert!(said.contains(what), "{what}: {error}"),
+        Error::SignerMisbehaved { what: said, .. } => {
+            assert!(said.contains(what), "{what}: {error}");
+            assert!(error.to_string().contains("it was killed"), "{error}");
+        }
         other => panic!("{what}: expected a protocol error, got {other:?}"),
     }
     assert!(
@@ -114,9 +117,9 @@ fn an_undecodable_answer_is_a_protocol_error_and_ends_the_signer() {
 
 #[test]
 fn an_answer_of_the_wrong_kind_is_a_protocol_error_and_ends_the_signer() {
-    // id 1, `KeyDropped` (variant 8) to a request to generate a key.
+    // id 1, `KeyDropped` (variant 5) to a request to generate a key.
     assert_protocol_violation(
-        &Impostor::answering(r"\002\000\000\000\001\010"),
+        &Impostor::answering(r"\002\000\000\000\001\005"),
         "wrong kind",
     );
 }
@@ -131,21 +134,21 @@ fn an_answer_longer_than_the_cap_is_refused_before_it_is_read() {
 fn an_answer_to_a_request_never_made_is_a_protocol_error() {
     // id 99 (octal 143), `KeyDropped`.
     assert_protocol_violation(
-        &Impostor::answering(r"\002\000\000\000\143\010"),
+        &Impostor::answering(r"\002\000\000\000\143\005"),
         "nobody is waiting",
     );
 }
 
 #[test]
 fn a_signer_that_speaks_another_protocol_version_is_refused() {
-    // `Ready` with protocol version 2.
+    // `Ready` with protocol version 3.
     let impostor = Impostor::new(&format!(
-        r"printf '\004\000\000\000\000\000\002\001' >&19
+        r"printf '\013\000\000\000\000\003\001\000\000\000\000\000\000\000\000' >&19
 {WAIT_FOR_END}"
     ));
     match SecretService::spawn(impostor.config()) {
         Err(Error::Spawn(SpawnError::VersionMismatch { ours, theirs })) => {
-            assert_eq!((ours, theirs), (keyward::PROTOCOL_VERSION, 2));
+            assert_eq!((ours, theirs), (keyward::PROTOCOL_VERSION, 3));
         }
         other => panic!(
             "expected a version mismatch, got {:?}",
@@ -158,7 +161,7 @@ fn a_signer_that_speaks_another_protocol_version_is_refused() {
 fn a_failed_hardening_step_is_reported_by_name_and_errno() {
     // `HardeningFailed { step: SeccompFilter (10), errno: EINVAL (22, zigzag 44) }`.
     let impostor = Impostor::new(&format!(
-        r"printf '\004\000\000\000\000\001\012\054' >&19
+        r"printf '\003\000\000\000\001\012\054' >&19
 {WAIT_FOR_END}"
     ));
     match SecretService::spawn(impostor.config()) {

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
-use keyward::{KeySpec, Purpose, SecretService};
+use keyward::{KeyService, KeySpec, Purpose, SecretService};
 
 /// The tests here scan this process's children; run them one at a time so that one test's
 /// signers (briefly zombies while being reaped) cannot show up in another's scan.
@@ -154,9 +154,11 @@ fn a_signer_replaced_while_calls_are_in_flight_is_reaped_once_they_finish() {
                                 public.verify_strict(&[thread; 32], &signature).unwrap();
                                 signed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             }
-                            Err(keyward::Error::KeyFromEndedSigner { key: k, current: 2 })
-                                if k == key =>
-                            {
+                            Err(keyward::Error::KeyFromEndedSigner {
+                                key: k,
+                                ended: 1,
+                                current: 2,
+                            }) if k == key => {
                                 return;
                             }
                             Err(error) => panic!("{mode}: {error:?}"),

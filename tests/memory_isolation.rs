@@ -9,7 +9,9 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
 
-use keyward::{Config, KeySpec, MachineReport, Purpose, SecretMemory, SecretService, SpawnMode};
+use keyward::{
+    Config, KeyService, KeySpec, MachineReport, Purpose, SecretMemory, SecretService, SpawnMode,
+};
 
 /// The uid and gid of `nobody`: an unprivileged identity.
 const NOBODY: u32 = 65534;

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use keyward::{Error, KeySpec, Purpose, SecretService, SignerEnd};
+use keyward::{Error, KeyService, KeySpec, Purpose, SecretService, SignerEnd};
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;

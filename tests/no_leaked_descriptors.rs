@@ -6,7 +6,7 @@
 
 mod common;
 
-use keyward::{KeySpec, Purpose, SecretService};
+use keyward::{KeyService, KeySpec, Purpose, SecretService};
 
 /// The descriptors this process has open (the count includes the one `read_dir` uses, the
 /// same every time).

@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use ed25519_dalek::{Signature, VerifyingKey};
-use keyward::fuzzing::{
+use keyward::testing::{
     DispatchResult, Dispatcher, FRAME_CAP, generate_key_frame, list_keys_frame, sign_frame,
     split_frames,
 };
@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The request wire format, mirrored from the protocol (checked against the library's own
 /// encoder in `the_mirror_encodes_like_the_library`), so the tests can build every request and
-/// know which payloads are valid requests. Without `sandbox-test-hooks`, variant 6 does not
+/// know which payloads are valid requests. Without `test-support`, variant 6 does not
 /// exist.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 enum WireRequest {
@@ -53,12 +53,12 @@ fn encode(id: u64, request: WireRequest) -> Vec<u8> {
     postcard::to_allocvec(&WireFrame { id, request }).unwrap()
 }
 
-/// With `sandbox-test-hooks` on, the dispatcher would really make a forbidden system call (fork,
+/// With `test-support` on, the dispatcher would really make a forbidden system call (fork,
 /// execve, ptrace ...) in this test process for a payload naming variant 6 (see
 /// `the_in_process_dispatcher_never_makes_a_test_hook_system_call`). Such payloads are never fed
 /// to it here.
 fn unsafe_to_dispatch(payload: &[u8]) -> bool {
-    cfg!(feature = "sandbox-test-hooks")
+    cfg!(feature = "test-support")
         && postcard::take_from_bytes::<u64>(payload)
             .and_then(|(_, body)| postcard::take_from_bytes::<u32>(body))
             .is_ok_and(|(variant, _)| variant == HOOK_VARIANT)
@@ -608,7 +608,7 @@ fn every_request_kind_is_served_correctly_in_process() {
 }
 
 /// The file descriptors of this process that point at `path`.
-#[cfg(feature = "sandbox-test-hooks")]
+#[cfg(feature = "test-support")]
 fn descriptors_open_on(path: &str) -> usize {
     std::fs::read_dir("/proc/self/fd")
         .unwrap()
@@ -620,11 +620,11 @@ fn descriptors_open_on(path: &str) -> usize {
         .count()
 }
 
-/// With `sandbox-test-hooks` on, `fuzzing::Dispatcher` must refuse the test-only
+/// With `test-support` on, `testing::Dispatcher` must refuse the test-only
 /// `AttemptForbiddenSyscall` request rather than make the call, unsandboxed, in the calling
 /// process (a 3-byte payload once made a property test open files, fork, or execve). Shown with
 /// the harmless one: `Open` would leave a descriptor on /etc/hostname open in this process.
-#[cfg(feature = "sandbox-test-hooks")]
+#[cfg(feature = "test-support")]
 #[test]
 fn the_in_process_dispatcher_never_makes_a_test_hook_system_call() {
     let before = descriptors_open_on("/etc/hostname");

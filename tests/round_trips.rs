@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::error::Error as _;
 
 use ed25519_dalek::{Signature, VerifyingKey};
-use keyward::{Algorithm, Error, KeyId, KeySpec, PublicKey, Purpose, SecretService};
+use keyward::{Algorithm, Error, KeyId, KeyService, KeySpec, PublicKey, Purpose, SecretService};
 use signature::{Keypair, Signer};
 
 fn random_bytes() -> [u8; 32] {
@@ -62,7 +62,6 @@ fn every_purpose_reports_its_id_purpose_and_algorithm() {
         let mut seen = Vec::new();
         for purpose in Purpose::ALL {
             let key = service.generate_key(KeySpec::new(purpose)).unwrap();
-            assert_eq!(key.generation(), 1, "{mode} {purpose}");
             let info = service.key_info(key).unwrap();
             assert_eq!(info.id, key, "{mode} {purpose}");
             assert_eq!(info.purpose, purpose, "{mode} {purpose}");
@@ -227,43 +226,87 @@ fn drop_key_removes_exactly_that_key() {
 }
 
 /// Signs through nothing but the `signature` traits, as generic code would.
-fn sign_generically<S>(signer: &S, digest: &[u8; 32]) -> (Signature, VerifyingKey)
+fn sign_generically<S>(signer: &S, message: &[u8]) -> (Signature, VerifyingKey)
 where
     S: Signer<Signature> + Keypair<VerifyingKey = VerifyingKey>,
 {
-    (signer.sign(digest), signer.verifying_key())
+    (signer.sign(message), signer.verifying_key())
+}
+
+/// Message lengths around every boundary: empty, one byte, around a digest, 1 KiB, the cap.
+fn message_lengths() -> [usize; 7] {
+    [0, 1, 31, 32, 33, 1024, keyward::MAX_MESSAGE_LEN]
 }
 
 #[test]
-fn signer_handle_signs_digests_and_refuses_other_lengths() {
+fn signer_handle_signs_messages_of_any_length_up_to_the_cap() {
     for (mode, service) in services() {
         for purpose in purposes_using(Algorithm::Ed25519) {
             let key = service.generate_key(KeySpec::new(purpose)).unwrap();
             let signer = service.signing_key(key).unwrap();
             assert_eq!(signer.key_id(), key);
-            assert_eq!(signer.verifying_key(), ed25519(&service, key), "{mode}");
-            for digest in digests() {
-                let (signature, verifying_key) = sign_generically(&signer, &digest);
-                verifying_key.verify_strict(&digest, &signature).unwrap();
-                assert_eq!(signature, service.sign(key, &digest).unwrap());
+            let verifying = ed25519(&service, key);
+            assert_eq!(signer.verifying_key(), verifying, "{mode}");
+            for length in message_lengths() {
+                let message: Vec<u8> = (0..length).map(|i| (i * 7 + length) as u8).collect();
+                let (signature, verifying_key) = sign_generically(&signer, &message);
+                verifying_key
+                    .verify_strict(&message, &signature)
+                    .unwrap_or_else(|e| panic!("{mode} {purpose}: {length} bytes: {e}"));
+                // Pure Ed25519 is deterministic: the trait, the service call and the plain
+                // library agree byte for byte.
+                assert_eq!(signature, service.sign_message(key, &message).unwrap());
             }
-            for length in [0usize, 1, 31, 33, 64, 1000] {
-                let message = vec![0x5a; length];
-                let error = signer.try_sign(&message).unwrap_err();
-                let source = error
-                    .source()
-                    .unwrap_or_else(|| panic!("{mode}: a {length}-byte refusal has no source"));
-                let keyward_error = source
-                    .downcast_ref::<Error>()
-                    .unwrap_or_else(|| panic!("{mode}: the source is not a keyward::Error"));
-                assert!(
-                    matches!(keyward_error, Error::NotADigest(n) if *n == length),
-                    "{mode}: {keyward_error:?}"
+            // A 32-byte message signed as a message is the same signature as the digest.
+            for digest in digests() {
+                assert_eq!(
+                    service.sign(key, &digest).unwrap(),
+                    service.sign_message(key, &digest).unwrap(),
+                    "{mode}"
                 );
-                let text = keyward_error.to_string();
-                assert!(text.contains(&format!("{length} bytes")), "{text}");
-                assert!(text.contains("hash it first"), "{text}");
             }
         }
+    }
+}
+
+#[test]
+fn a_message_over_the_cap_is_refused_by_name_and_the_service_carries_on() {
+    for (mode, service) in services() {
+        let key = service
+            .generate_key(KeySpec::new(Purpose::NetworkDiscovery))
+            .unwrap();
+        let signer = service.signing_key(key).unwrap();
+        let too_long = vec![0x5a; keyward::MAX_MESSAGE_LEN + 1];
+        let error = signer.try_sign(&too_long).unwrap_err();
+        let source = error
+            .source()
+            .unwrap_or_else(|| panic!("{mode}: the refusal has no source"));
+        let keyward_error = source
+            .downcast_ref::<Error>()
+            .unwrap_or_else(|| panic!("{mode}: the source is not a keyward::Error"));
+        assert!(
+            matches!(
+                keyward_error,
+                Error::MessageTooLong { length, cap }
+                    if *length == keyward::MAX_MESSAGE_LEN + 1 && *cap == keyward::MAX_MESSAGE_LEN
+            ),
+            "{mode}: {keyward_error:?}"
+        );
+        let text = keyward_error.to_string();
+        assert!(
+            text.contains(&format!("up to {} bytes", keyward::MAX_MESSAGE_LEN)),
+            "{text}"
+        );
+        assert!(matches!(
+            service.sign_message(key, &too_long),
+            Err(Error::MessageTooLong { .. })
+        ));
+        // Nothing was lost: the same key, the same service, still sign.
+        let message = b"still serving";
+        let signature = service.sign_message(key, message).unwrap();
+        ed25519(&service, key)
+            .verify_strict(message, &signature)
+            .unwrap();
+        assert_eq!(service.generation(), 1, "{mode}: the signer was replaced");
     }
 }

@@ -8,9 +8,10 @@ mod common;
 use std::time::Duration;
 
 use ed25519_dalek::Signature;
-use keyward::fuzzing::RawSigner;
+use keyward::testing::RawSigner;
 use keyward::{
-    Algorithm, Config, Error, KeySpec, Latency, MAX_KEY_LIMIT, Purpose, SecretService, SignerEnd,
+    Algorithm, Config, Error, KeyService, KeySpec, Latency, MAX_KEY_LIMIT, Purpose, SecretService,
+    SignerEnd,
 };
 use signature::{Keypair, Signer};
 

@@ -2,14 +2,15 @@
 //! (SIGSYS, the whole process), the caller is told `SignerEnded { SandboxViolation }`, and
 //! `respawn()` gives a working signer. A control shows the same attempts go through without the
 //! filter, so these tests can fail.
-#![cfg(feature = "sandbox-test-hooks")]
+#![cfg(feature = "test-support")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use std::time::{Duration, Instant};
 
 use keyward::{
-    Config, Error, ForbiddenSyscall, KeySpec, Purpose, Sandbox, SecretService, SignerEnd,
+    Config, Error, ForbiddenSyscall, KeyService, KeySpec, Purpose, Sandbox, SecretService,
+    SignerEnd,
 };
 
 /// Two workers at least, so that a `kill_thread` action (which would kill only the worker that

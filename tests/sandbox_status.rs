@@ -6,7 +6,8 @@
 mod common;
 
 use keyward::{
-    Config, KeyMemory, KeySpec, MachineReport, Purpose, Sandbox, SecretMemory, SecretService,
+    Config, KeyMemory, KeyService, KeySpec, MachineReport, Purpose, Sandbox, SecretMemory,
+    SecretService,
 };
 
 /// The memory kinds to check here: locked anonymous always, memfd_secret where the kernel has it.

@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
-use keyward::{KeySpec, Purpose, SecretService};
+use keyward::{KeyService, KeySpec, Purpose, SecretService};
 
 #[test]
 fn every_spawn_mode_signs_and_verifies() {

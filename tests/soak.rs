@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::VerifyingKey;
 use fault_util::{Xorshift, own_rss_kib, signal_child};
-use keyward::{Config, Error, KeyId, KeySpec, Purpose, RestartPolicy, SecretService};
+use keyward::{Config, Error, KeyId, KeyService, KeySpec, Purpose, RestartPolicy, SecretService};
 use nix::sys::signal::Signal;
 
 /// Runs `work`, turning a panic (a failed assertion) into an error the main thread reports.
@@ -245,11 +245,13 @@ fn fault_worker(
         let outcome: Result<(), Error> = (|| {
             if mine.is_none() {
                 let signing = service.generate_key(KeySpec::new(Purpose::Consensus))?;
-                let verifying = *service.public_key(signing)?.as_ed25519().unwrap();
                 let handshake = service.generate_key(KeySpec::new(Purpose::NetworkHandshake))?;
                 let ours = *service.public_key(handshake)?.as_x25519().unwrap();
-                if signing.generation() == handshake.generation() {
-                    // (Generated across a restart, the first key is gone: start again.)
+                // The signing key still answers after the handshake key was made, so no restart
+                // came between them: both are the current signer's. (Across a restart, the
+                // first key is gone and this fails as KeyFromEndedSigner: start again.)
+                let verifying = *service.public_key(signing)?.as_ed25519().unwrap();
+                {
                     let expected = *peer_secret.diffie_hellman(&ours).as_bytes();
                     mine = Some(Mine {
                         signing,
@@ -268,8 +270,8 @@ fn fault_worker(
                     let signature = service.sign(keys.signing, &digest)?;
                     assert!(
                         keys.verifying.verify_strict(&digest, &signature).is_ok(),
-                        "a wrong signature from generation {}",
-                        keys.signing.generation()
+                        "a wrong signature from key {:#}",
+                        keys.signing
                     );
                 }
                 2 => {

@@ -1,9 +1,9 @@
-//! The signer's frame reader (`keyward::fuzzing::split_frames`) on any byte stream: it never
+//! The signer's frame reader (`keyward::testing::split_frames`) on any byte stream: it never
 //! panics, never loops, and splits exactly as the framing rule says (a little-endian u32 length
 //! of at most the cap, then that many bytes).
 #![no_main]
 
-use keyward::fuzzing::{FRAME_CAP, split_frames};
+use keyward::testing::{FRAME_CAP, split_frames};
 use libfuzzer_sys::fuzz_target;
 
 /// The framing rule, written out independently of the reader.

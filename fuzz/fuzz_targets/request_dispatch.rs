@@ -1,4 +1,4 @@
-//! The signer's request dispatch (`keyward::fuzzing::Dispatcher::handle`) on every frame of the
+//! The signer's request dispatch (`keyward::testing::Dispatcher::handle`) on every frame of the
 //! input, as one lane would see them. Checks, for each frame: no panic; an answer exactly when an
 //! id decodes, carrying that id; `MalformedRequest` exactly when the body is not a whole request;
 //! and the dispatcher's own check that every answer decodes.
@@ -8,7 +8,7 @@
 //! never guess them), so signing and Diffie-Hellman are reached too.
 #![no_main]
 
-use keyward::fuzzing::{DispatchResult, Dispatcher, FRAME_CAP, generated_key_from_summary};
+use keyward::testing::{DispatchResult, Dispatcher, FRAME_CAP, generated_key_from_summary};
 use keyward::{KeySpec, Purpose};
 use libfuzzer_sys::fuzz_target;
 use serde::Deserialize;
@@ -48,7 +48,7 @@ const ED25519_PLACEHOLDER: [u8; 16] = *b"KKKKKKKKKKKKKKKK";
 const X25519_PLACEHOLDER: [u8; 16] = *b"XXXXXXXXXXXXXXXX";
 
 fn generate(dispatcher: &mut Dispatcher, id: u64, purpose: Purpose) -> [u8; 16] {
-    let frame = keyward::fuzzing::generate_key_frame(id, KeySpec::new(purpose));
+    let frame = keyward::testing::generate_key_frame(id, KeySpec::new(purpose));
     match dispatcher.handle(&frame[4..]) {
         DispatchResult::Answered { summary, .. } => {
             generated_key_from_summary(&summary).expect("a generated key")

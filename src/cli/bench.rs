@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use ed25519_dalek::{Signer as _, SigningKey};
-use keyward::{Config, KeyId, KeySpec, Latency, Purpose, SecretService, SpawnMode};
+use keyward::{Config, KeyId, KeyService, KeySpec, Latency, Purpose, SecretService, SpawnMode};
 
 /// The options of `keyward bench`.
 #[derive(Args, Debug, Clone)]

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use ed25519_dalek::Verifier;
-use keyward::{Config, KeySpec, Purpose, SecretService};
+use keyward::{Config, KeyService, KeySpec, Purpose, SecretService};
 use sha2::{Digest, Sha256};
 
 pub(crate) fn run() -> Result<()> {

@@ -1,28 +1,9 @@
-//! What the kernel says about a running signer, read from `/proc/<pid>/status` and
+//! Runs in the host: what the kernel says about a running signer, read from `/proc/<pid>/status` and
 //! `/proc/<pid>/smaps`. This is the kernel's view, not the signer's claim.
 
 use std::fmt;
 
-/// The kind of memory the signer put its keys in, as it reported when it became ready.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[non_exhaustive]
-pub enum KeyMemory {
-    /// `memfd_secret` pages.
-    MemfdSecret,
-    /// Locked, don't-dump, wipe-on-fork anonymous pages.
-    LockedAnonymous,
-}
-
-impl fmt::Display for KeyMemory {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            KeyMemory::MemfdSecret => "memfd_secret (unreadable even by root through /proc)",
-            KeyMemory::LockedAnonymous => {
-                "locked anonymous pages (mlock, don't-dump, wipe-on-fork)"
-            }
-        })
-    }
-}
+use crate::wire::key_types::KeyMemory;
 
 /// One mapping of the signer that holds keys, as `/proc/<pid>/smaps` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,127 +1,46 @@
-//! The public vocabulary of keys: what a key is for, which algorithm it uses, how a caller names
-//! it, and the values that come back across the boundary (public keys, signatures, shared
-//! secrets). No type here ever holds a secret key.
+//! Runs in the host: the public vocabulary of keys as a caller holds them (how a caller names a
+//! key, its public key, the shared secrets that come back). No type here ever holds a secret key.
+//! What a key is for and its algorithm are wire types (`wire::key_types`), re-exported.
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-/// What a key is for. A key carries its purpose from the moment it is generated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum Purpose {
-    /// The validator's account key, which controls the other three.
-    Account,
-    /// The consensus signing key.
-    Consensus,
-    /// The network discovery signing key.
-    NetworkDiscovery,
-    /// The network handshake Diffie-Hellman static key.
-    NetworkHandshake,
-}
+use crate::wire::key_types::{Algorithm, Purpose, StoreId, WireKeyId};
 
-impl Purpose {
-    /// Every purpose, in the order a validator usually sets them up.
-    pub const ALL: [Purpose; 4] = [
-        Purpose::Account,
-        Purpose::Consensus,
-        Purpose::NetworkDiscovery,
-        Purpose::NetworkHandshake,
-    ];
-
-    /// The algorithm a key of this purpose uses.
-    pub fn algorithm(self) -> Algorithm {
-        match self {
-            Purpose::Account | Purpose::Consensus | Purpose::NetworkDiscovery => Algorithm::Ed25519,
-            Purpose::NetworkHandshake => Algorithm::X25519,
-        }
-    }
-}
-
-impl fmt::Display for Purpose {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Purpose::Account => "account",
-            Purpose::Consensus => "consensus",
-            Purpose::NetworkDiscovery => "network discovery",
-            Purpose::NetworkHandshake => "network handshake",
-        })
-    }
-}
-
-/// The algorithm of a key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum Algorithm {
-    /// Ed25519 signatures (RFC 8032, pure, over a 32-byte prehashed digest).
-    Ed25519,
-    /// X25519 Diffie-Hellman (RFC 7748).
-    X25519,
-}
-
-impl fmt::Display for Algorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Algorithm::Ed25519 => "Ed25519",
-            Algorithm::X25519 => "X25519",
-        })
-    }
-}
-
-/// What to generate: a purpose and the algorithm for it.
+/// The name of one key: the store that holds it and its id within that store.
 ///
-/// `KeySpec::new(purpose)` picks the purpose's algorithm; a spec naming another algorithm is
-/// refused by the signer with [`Error::PurposeAlgorithmMismatch`](crate::Error).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct KeySpec {
-    /// What the key is for.
-    pub purpose: Purpose,
-    /// The algorithm asked for.
-    pub algorithm: Algorithm,
-}
-
-impl KeySpec {
-    /// A spec for `purpose` with the algorithm that purpose uses.
-    pub fn new(purpose: Purpose) -> Self {
-        Self {
-            purpose,
-            algorithm: purpose.algorithm(),
-        }
-    }
-
-    /// A spec naming an explicit algorithm; the signer refuses a pair that does not belong
-    /// together.
-    pub fn with_algorithm(purpose: Purpose, algorithm: Algorithm) -> Self {
-        Self { purpose, algorithm }
-    }
-}
-
-/// The bytes that name a key inside one signer: random, not derived from the key.
-pub(crate) type LocalKeyId = [u8; 16];
-
-/// A handle that names one key held by one signer of one [`SecretService`](crate::SecretService).
+/// It holds no secret, and it is stable: it names the same key for as long as the key exists,
+/// whichever signer process serves its store. A memory-only signer makes a new store each time it
+/// starts, so after a respawn an old id is refused as the id of a store that is gone
+/// ([`Error::KeyFromEndedSigner`](crate::Error)), never confused with a new key.
 ///
-/// It holds no secret. It records which service and which signer (generation) made the key, so
-/// that an id from a signer that has ended is refused as such, never confused with a new key.
+/// `Display` prints a short form for logs (`3f2a1b9c…`); the alternate form (`{:#}`) prints all
+/// 48 hex digits (store, then key), which [`str::parse`] reads back, for configuration files and
+/// for clients of a service in another process.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct KeyId {
-    pub(crate) service: u64,
-    pub(crate) generation: u32,
-    pub(crate) local: LocalKeyId,
-}
+pub struct KeyId(pub(crate) WireKeyId);
 
 impl KeyId {
-    /// Which signer of its service made this key: 1 for the first, then one more per respawn.
-    pub fn generation(&self) -> u32 {
-        self.generation
+    pub(crate) fn wire(self) -> WireKeyId {
+        self.0
+    }
+
+    pub(crate) fn store(self) -> StoreId {
+        self.0.store
     }
 }
 
 impl fmt::Display for KeyId {
-    /// The first four bytes in hex, enough to tell keys apart in a log line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for byte in &self.local[..4] {
+        if f.alternate() {
+            for byte in self.0.store.iter().chain(&self.0.local) {
+                write!(f, "{byte:02x}")?;
+            }
+            return Ok(());
+        }
+        // The first four bytes of the key's own id, enough to tell keys apart in a log line.
+        for byte in &self.0.local[..4] {
             write!(f, "{byte:02x}")?;
         }
         f.write_str("…")
@@ -130,7 +49,33 @@ impl fmt::Display for KeyId {
 
 impl fmt::Debug for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "KeyId({self} gen {})", self.generation)
+        write!(f, "KeyId({self:#})")
+    }
+}
+
+/// A key id's text form was not 48 hex digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("a key id is 48 hex digits (store, then key), as `{{:#}}` prints it")]
+pub struct ParseKeyIdError;
+
+impl std::str::FromStr for KeyId {
+    type Err = ParseKeyIdError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut bytes = [0u8; 24];
+        let digits = text.as_bytes();
+        if digits.len() != 2 * bytes.len() {
+            return Err(ParseKeyIdError);
+        }
+        for (byte, pair) in bytes.iter_mut().zip(digits.chunks_exact(2)) {
+            let pair = std::str::from_utf8(pair).map_err(|_| ParseKeyIdError)?;
+            *byte = u8::from_str_radix(pair, 16).map_err(|_| ParseKeyIdError)?;
+        }
+        let (store, local) = bytes.split_at(8);
+        Ok(KeyId(WireKeyId {
+            store: store.try_into().map_err(|_| ParseKeyIdError)?,
+            local: local.try_into().map_err(|_| ParseKeyIdError)?,
+        }))
     }
 }
 

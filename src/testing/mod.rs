@@ -1,18 +1,21 @@
-//! Entry points for the fuzzers and the property tests: the same decode and dispatch code the
-//! signer runs, driven in-process. Not part of the API.
+//! Test support, compiled only with the `test-support` feature: entry points for the fuzzers and
+//! the property tests (the same decode and dispatch code the signer runs, driven in-process), a
+//! raw-pipe harness to a real signer, and request frames built from the real request type. Not
+//! part of the API, never in a build that holds real keys.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
-use crate::dispatch::{LaneState, Outcome, handle_frame};
-use crate::error::{Error, SignerEnd};
-use crate::key_store::KeyStore;
-use crate::keys::{KeySpec, LocalKeyId};
-use crate::protocol::{Request, RequestFrame, Response, ResponseFrame, SecretMemory};
-use crate::signer_process::SignerProcess;
-use crate::transport::{FrameReader, ReadError, encode_frame, frame_buffer, write_all};
+use crate::host::config::Config;
+use crate::host::error::{Error, SignerEnd};
+use crate::host::keys::KeyId;
+use crate::host::signer_process::SignerProcess;
+use crate::signer::dispatch::{LaneState, Outcome, handle_frame};
+use crate::signer::key_store::KeyStore;
+use crate::wire::framing::{FrameReader, ReadError, encode_frame, frame_buffer, write_all};
+use crate::wire::key_types::{KeySpec, LocalKeyId, SecretMemory, WireKeyId};
+use crate::wire::messages::{Answer, AnswerFrame, Request, RequestFrame, decode_request};
 
 /// A signer's request handling without the process around it: a key store in locked memory and
 /// one lane's state.
@@ -58,15 +61,15 @@ impl Dispatcher {
     pub fn handle(&mut self, payload: &[u8]) -> DispatchResult {
         match handle_frame(&self.store, &mut self.lane, payload, &mut self.answer) {
             Outcome::Answer(length) => {
-                let frame = postcard::from_bytes::<ResponseFrame>(&self.answer[4..length]);
+                let frame = postcard::from_bytes::<AnswerFrame>(&self.answer[4..length]);
                 match frame {
                     Ok(frame) => DispatchResult::Answered {
                         id: frame.id,
-                        summary: match &frame.response {
-                            Response::SharedSecret(secret) => {
+                        summary: match &frame.answer {
+                            Answer::SharedSecret(secret) => {
                                 format!("SharedSecret({:?})", secret.0)
                             }
-                            response => format!("{response:?}"),
+                            answer => format!("{answer:?}"),
                         },
                     },
                     Err(error) => panic!("the dispatcher wrote an undecodable answer: {error}"),
@@ -120,7 +123,7 @@ impl RawSigner {
         let mut process = SignerProcess::spawn(&config, 1)?;
         let (request, response) = process
             .take_raw_lane()
-            .ok_or(Error::Protocol("the signer has no lane"))?;
+            .ok_or(Error::Internal("the signer has no lane"))?;
         Ok(Self {
             request: Some(request),
             response,
@@ -171,9 +174,9 @@ impl RawSigner {
                 ReadError::TimedOut => "timed out".to_owned(),
                 other => format!("{other:?}"),
             })?;
-        let frame = postcard::from_bytes::<ResponseFrame>(payload)
+        let frame = postcard::from_bytes::<AnswerFrame>(payload)
             .map_err(|error| format!("undecodable answer: {error}"))?;
-        Ok((frame.id, format!("{:?}", frame.response)))
+        Ok((frame.id, format!("{:?}", frame.answer)))
     }
 
     /// How the signer ended (waits up to two seconds for the kernel to report it).
@@ -184,41 +187,102 @@ impl RawSigner {
 
 /// A valid frame asking to generate a key for `spec`.
 pub fn generate_key_frame(id: u64, spec: KeySpec) -> Vec<u8> {
-    request_frame(id, Request::GenerateKey { spec })
+    request_frame(id, &Request::GenerateKey { spec })
 }
 
-/// A valid frame asking to sign `digest` with the key whose local id is `key`.
-pub fn sign_frame(id: u64, key: [u8; 16], digest: [u8; 32]) -> Vec<u8> {
-    request_frame(id, Request::Sign { key, digest })
+/// A valid frame asking to sign a 32-byte `digest` with `key`.
+pub fn sign_frame(id: u64, key: KeyId, digest: [u8; 32]) -> Vec<u8> {
+    request_frame(
+        id,
+        &Request::SignDigest {
+            key: key.wire(),
+            digest,
+        },
+    )
+}
+
+/// A valid frame asking to sign `message` with `key` (any length: the frame may exceed the cap).
+pub fn sign_message_frame(id: u64, key: KeyId, message: &[u8]) -> Vec<u8> {
+    let request = Request::SignMessage {
+        key: key.wire(),
+        message,
+    };
+    let mut payload = postcard::to_allocvec(&id).unwrap_or_default();
+    payload.extend(postcard::to_allocvec(&request).unwrap_or_default());
+    let length = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    let mut frame = length.to_le_bytes().to_vec();
+    frame.extend(payload);
+    frame
 }
 
 /// A valid frame asking for the key listing.
 pub fn list_keys_frame(id: u64) -> Vec<u8> {
-    request_frame(id, Request::ListKeys)
+    request_frame(id, &Request::ListKeys)
 }
 
-/// The local id bytes of the key named in a `KeyGenerated` answer's `Debug` form, if any.
-pub fn generated_key_from_summary(summary: &str) -> Option<[u8; 16]> {
-    let start = summary.find("key: [")? + "key: [".len();
-    let end = start + summary[start..].find(']')?;
-    let bytes: Vec<u8> = summary[start..end]
-        .split(',')
-        .map(|byte| byte.trim().parse::<u8>())
-        .collect::<Result<_, _>>()
-        .ok()?;
-    let key: LocalKeyId = bytes.try_into().ok()?;
-    Some(key)
+/// A frame holding an arbitrary, well-formed request drawn from `bytes` (through the real
+/// request type's `arbitrary` derive, so a new request kind is covered without a mirror), with
+/// the given id. `None` when `bytes` ran out before a request was drawn, or when the request
+/// does not fit in one frame.
+pub fn arbitrary_request_frame(id: u64, bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut unstructured = arbitrary::Unstructured::new(bytes);
+    let request: Request<'_> = arbitrary::Arbitrary::arbitrary(&mut unstructured).ok()?;
+    let mut buffer = frame_buffer();
+    let length = encode_frame(&RequestFrame { id, request }, &mut buffer).ok()?;
+    Some(buffer[..length].to_vec())
 }
 
-fn request_frame(id: u64, request: Request) -> Vec<u8> {
+/// Whether a frame payload decodes as a request, exactly as the signer decides it.
+pub fn is_valid_request(payload: &[u8]) -> bool {
+    decode_request(payload).is_ok()
+}
+
+/// Whether a frame payload is a request that makes a signer with live test hooks attempt a
+/// forbidden system call (the in-process dispatcher refuses it).
+pub fn is_test_hook_request(payload: &[u8]) -> bool {
+    matches!(
+        decode_request(payload),
+        Ok(RequestFrame {
+            request: Request::AttemptForbiddenSyscall { .. },
+            ..
+        })
+    )
+}
+
+/// The key id named in a `KeyGenerated` answer's `Debug` form, if any.
+pub fn generated_key_from_summary(summary: &str) -> Option<KeyId> {
+    let bytes_after = |label: &str| -> Option<Vec<u8>> {
+        let start = summary.find(label)? + label.len();
+        let end = start + summary[start..].find(']')?;
+        summary[start..end]
+            .split(',')
+            .map(|byte| byte.trim().parse::<u8>().ok())
+            .collect()
+    };
+    if !summary.starts_with("KeyGenerated") {
+        return None;
+    }
+    let local: LocalKeyId = bytes_after("local: [")?.try_into().ok()?;
+    let store = bytes_after("store: [")?.try_into().ok()?;
+    Some(KeyId(WireKeyId { store, local }))
+}
+
+fn request_frame(id: u64, request: &Request<'_>) -> Vec<u8> {
     let mut buffer = frame_buffer();
     // Every request built here is a few dozen bytes; the buffer holds a frame at the cap.
-    let length = encode_frame(&RequestFrame { id, request }, &mut buffer).unwrap_or(0);
+    let length = encode_frame(
+        &RequestFrame {
+            id,
+            request: request.clone(),
+        },
+        &mut buffer,
+    )
+    .unwrap_or(0);
     buffer[..length].to_vec()
 }
 
 /// The frame cap, re-exported for tests that build over-long frames.
-pub const FRAME_CAP: usize = crate::protocol::MAX_FRAME_LEN;
+pub const FRAME_CAP: usize = crate::wire::MAX_FRAME_LEN;
 
 /// How the signer reports an end caused by a corrupt stream, for tests to compare against.
 pub const CORRUPT_STREAM_END: SignerEnd = SignerEnd::CorruptRequestStream;

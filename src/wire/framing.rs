@@ -1,4 +1,4 @@
-//! Length-prefixed frames over pipes, read with a hard cap and a bounded spin.
+//! Shared by both sides: length-prefixed frames over pipes, read with a hard cap and a bounded spin.
 //!
 //! A frame is a little-endian `u32` payload length followed by the payload. The reader's buffer
 //! is allocated once, at the cap, so an untrusted length can never make anything allocate: a
@@ -17,7 +17,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use serde::Serialize;
 use zeroize::Zeroize;
 
-use crate::protocol::{FRAME_HEADER_LEN, MAX_FRAME_LEN};
+use crate::wire::{FRAME_HEADER_LEN, MAX_FRAME_LEN};
 
 /// Why no frame could be read.
 #[derive(Debug)]

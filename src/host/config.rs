@@ -1,12 +1,13 @@
-//! How a [`SecretService`](crate::SecretService) is started: spawn mode, sandbox, limits,
+//! Runs in the host: how a [`SecretService`](crate::SecretService) is started: spawn mode, sandbox, limits,
 //! deadlines, restart policy and the latency/CPU trade-off.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::error::{Error, Result};
-use crate::protocol::{MAX_KEY_LIMIT, MAX_WORKERS, SecretMemory};
-use crate::sandbox::Sandbox;
+use crate::host::error::{Error, Result};
+use crate::host::sandbox_policy::Sandbox;
+use crate::wire::key_types::SecretMemory;
+use crate::wire::{MAX_KEY_LIMIT, MAX_WORKERS};
 
 /// How the signer process is started.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! The seccomp policy: reviewable data in `sandbox/<arch>.json`, embedded in the binary,
+//! Runs in the host: the seccomp policy, reviewable data in `sandbox/<arch>.json`, embedded in the binary,
 //! compiled by the supervisor before fork (the signer only applies it), the same in every build
 //! profile.
 
@@ -6,11 +6,11 @@ use std::sync::OnceLock;
 
 use serde::Deserialize;
 
-use crate::error::SpawnError;
+use crate::host::error::SpawnError;
 
 /// The policy for this architecture, as the JSON a reviewer reads.
 #[cfg(target_arch = "x86_64")]
-pub const POLICY_JSON: Option<&str> = Some(include_str!("../sandbox/x86_64.json"));
+pub const POLICY_JSON: Option<&str> = Some(include_str!("../../sandbox/x86_64.json"));
 /// There is no policy for this architecture.
 #[cfg(not(target_arch = "x86_64"))]
 pub const POLICY_JSON: Option<&str> = None;

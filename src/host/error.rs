@@ -1,10 +1,12 @@
-//! Every error a caller can get, each saying what happened and what to do. None carries key
+//! Runs in the host: every error a caller can get, each saying what happened and what to do, and
+//! whose fault it is (bad input, a signer that misbehaved, keyward's own bug). None carries key
 //! bytes: keys are named by their id's short form only.
 
 use std::time::Duration;
 
-use crate::keys::{Algorithm, KeyId, KeySpec};
-use crate::protocol::HardeningStep;
+use crate::host::keys::KeyId;
+use crate::wire::key_types::{Algorithm, KeySpec};
+use crate::wire::startup::HardeningStep;
 
 /// The result type of every keyward operation.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -36,6 +38,19 @@ pub enum Error {
     #[error("the signer did not answer within {0:?}; it was killed, call respawn() for a new one")]
     Timeout(Duration),
 
+    /// The service was used from a process forked from the one that spawned it. Its pipes and
+    /// request ids belong to the original process, which goes on using them; this copy refuses
+    /// every call, before touching them. Spawn a service in this process instead.
+    #[error(
+        "this service was spawned by process {creator} and cannot be used from process {this} (a fork of it): spawn a new service here"
+    )]
+    ForkedProcess {
+        /// The process that spawned the service.
+        creator: u32,
+        /// This process.
+        this: u32,
+    },
+
     /// The key is not held by this service's current signer.
     #[error(
         "key {0} is not held by this signer: it was dropped, or made by another service; \
@@ -43,11 +58,16 @@ pub enum Error {
     )]
     UnknownKey(KeyId),
 
-    /// The key was made by a signer of this service that has since ended.
-    #[error("key {key} belonged to signer generation {}, which has ended; its keys are gone (the current signer is generation {current})", key.generation())]
+    /// The key was made by a signer of this service that has since ended, and its store (memory
+    /// only) ended with it.
+    #[error(
+        "key {key} belonged to signer generation {ended}, which has ended; its keys are gone (the current signer is generation {current})"
+    )]
     KeyFromEndedSigner {
         /// The key asked for.
         key: KeyId,
+        /// The generation of the signer that held it.
+        ended: u32,
         /// The generation of the signer now serving.
         current: u32,
     },
@@ -87,17 +107,44 @@ pub enum Error {
         limit: u32,
     },
 
-    /// A message for [`Signer`](signature::Signer) was not a 32-byte digest.
-    #[error("keyward signs 32-byte prehashed digests; this message is {0} bytes (hash it first)")]
-    NotADigest(usize),
+    /// A message to sign is longer than keyward signs in one request.
+    #[error(
+        "this message is {length} bytes; keyward signs messages of up to {cap} bytes (hash a longer one and sign the digest)"
+    )]
+    MessageTooLong {
+        /// The message's length.
+        length: usize,
+        /// [`MAX_MESSAGE_LEN`](crate::MAX_MESSAGE_LEN).
+        cap: usize,
+    },
 
-    /// The signer broke the protocol; it has been killed.
-    #[error("the signer broke the protocol ({0}); it was killed")]
-    Protocol(&'static str),
+    /// The signer sent something the protocol does not allow; it can no longer be trusted and
+    /// was killed.
+    #[error(
+        "the signer (generation {generation}) broke the protocol ({what}); it was killed, call respawn() for a new one"
+    )]
+    SignerMisbehaved {
+        /// Which signer of the service misbehaved.
+        generation: u32,
+        /// What it did.
+        what: &'static str,
+    },
 
-    /// The supervisor's pipe to the signer failed in a way that does not mean the signer ended.
-    #[error("pipe to the signer failed: {0}")]
-    Io(#[from] std::io::Error),
+    /// keyward broke one of its own invariants: a bug in this library, not in the caller's
+    /// input nor in the signer. The signer was left running.
+    #[error("a bug in keyward: {0}; please report it")]
+    Internal(&'static str),
+
+    /// The host's pipe to the signer failed in a way that does not mean the signer ended; the
+    /// signer was killed, since its stream can no longer be trusted.
+    #[error(
+        "the pipe to the signer failed: {0}; the signer was killed, call respawn() for a new one"
+    )]
+    Io(std::io::Error),
+
+    /// The signer's status could not be read from `/proc` (is `/proc` mounted?).
+    #[error("could not read the signer's status from /proc: {0}")]
+    Status(std::io::Error),
 }
 
 /// Why the signer could not be started.

@@ -1,4 +1,4 @@
-//! The signer's keys: one type with one owner, in locked memory, sized once at start.
+//! Runs in the signer: the keys, one type with one owner, in locked memory, sized once at start.
 //!
 //! Every key record and the key generator's state live in [`SecretCells`]: `memfd_secret` pages
 //! or locked, don't-dump, wipe-on-fork pages. Nothing here allocates after construction, so the
@@ -12,9 +12,11 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::keys::{Algorithm, KeySpec, LocalKeyId, Purpose};
-use crate::protocol::{KeyListing, Refusal, SecretMemory};
 use crate::sys::{SecretCells, SecretMemoryBacking};
+use crate::wire::key_types::{
+    Algorithm, KeySpec, LocalKeyId, Purpose, SecretMemory, StoreId, WireKeyId,
+};
+use crate::wire::messages::{KeyListing, MESSAGE_CAP, Refusal};
 
 /// A secret key. No `Debug`, no `Clone`, no `Serialize`; wiped on drop by the dalek types.
 enum SecretKey {
@@ -24,6 +26,7 @@ enum SecretKey {
 
 /// One held key.
 struct KeyRecord {
+    store: StoreId,
     id: LocalKeyId,
     purpose: Purpose,
     secret: SecretKey,
@@ -41,7 +44,10 @@ impl KeyRecord {
 
     fn listing(&self) -> KeyListing {
         KeyListing {
-            key: self.id,
+            key: WireKeyId {
+                store: self.store,
+                local: self.id,
+            },
             purpose: self.purpose,
             algorithm: self.algorithm(),
             public_key: self.public_key,
@@ -76,6 +82,8 @@ pub(crate) struct KeyStore {
     records: SecretCells<Option<KeyRecord>>,
     generator: SecretCells<GeneratorState>,
     limit: u32,
+    /// This store's name, drawn at start: a memory-only store is a new store every time.
+    id: StoreId,
 }
 
 impl KeyStore {
@@ -106,11 +114,19 @@ impl KeyStore {
             getrandom::fill(&mut state.seed)
                 .map_err(|error| StoreSetupError::Entropy(error.raw_os_error().unwrap_or(0)))?;
         }
-        Ok(Self {
+        let mut store = Self {
             records,
             generator,
             limit,
-        })
+            id: [0; 8],
+        };
+        store.id = *store.generator().draw::<8>();
+        Ok(store)
+    }
+
+    /// This store's id; every key id it hands out carries it.
+    pub(crate) fn id(&self) -> StoreId {
+        self.id
     }
 
     /// Which kind of memory the keys ended up in.
@@ -124,7 +140,7 @@ impl KeyStore {
     }
 
     /// Generates a key for `spec`; returns its id and public key.
-    pub(crate) fn generate(&mut self, spec: KeySpec) -> Result<(LocalKeyId, [u8; 32]), Refusal> {
+    pub(crate) fn generate(&mut self, spec: KeySpec) -> Result<(WireKeyId, [u8; 32]), Refusal> {
         if spec.purpose.algorithm() != spec.algorithm {
             return Err(Refusal::PurposeAlgorithmMismatch);
         }
@@ -133,7 +149,10 @@ impl KeyStore {
             return Err(Refusal::KeyLimitReached { limit });
         };
         let id = loop {
-            let candidate: LocalKeyId = *self.generator().draw::<16>();
+            let candidate = WireKeyId {
+                store: self.id,
+                local: *self.generator().draw::<16>(),
+            };
             if self.find(&candidate).is_err() {
                 break candidate;
             }
@@ -152,7 +171,8 @@ impl KeyStore {
             }
         };
         self.records.as_mut_slice()[free] = Some(KeyRecord {
-            id,
+            store: self.id,
+            id: id.local,
             purpose: spec.purpose,
             secret,
             public_key,
@@ -160,7 +180,11 @@ impl KeyStore {
         Ok((id, public_key))
     }
 
-    fn find(&self, id: &LocalKeyId) -> Result<&KeyRecord, Refusal> {
+    fn find(&self, key: &WireKeyId) -> Result<&KeyRecord, Refusal> {
+        if key.store != self.id {
+            return Err(Refusal::UnknownKey);
+        }
+        let id = &key.local;
         self.records
             .as_slice()
             .iter()
@@ -172,22 +196,26 @@ impl KeyStore {
     /// A key's algorithm, purpose and public key.
     pub(crate) fn public_key(
         &self,
-        id: &LocalKeyId,
+        id: &WireKeyId,
     ) -> Result<(Algorithm, Purpose, [u8; 32]), Refusal> {
         let record = self.find(id)?;
         Ok((record.algorithm(), record.purpose, record.public_key))
     }
 
-    /// Signs a 32-byte prehashed digest with pure Ed25519; returns (R, S).
+    /// Signs `message` (a prehashed digest, or a message of up to the cap) with pure Ed25519
+    /// (RFC 8032) over its bytes; returns (R, S).
     pub(crate) fn sign(
         &self,
-        id: &LocalKeyId,
-        digest: &[u8; 32],
+        id: &WireKeyId,
+        message: &[u8],
     ) -> Result<([u8; 32], [u8; 32]), Refusal> {
         let record = self.find(id)?;
+        if message.len() > MESSAGE_CAP as usize {
+            return Err(Refusal::MessageTooLong { cap: MESSAGE_CAP });
+        }
         match &record.secret {
             SecretKey::Ed25519(key) => {
-                let signature = key.sign(digest);
+                let signature = key.sign(message);
                 Ok((*signature.r_bytes(), *signature.s_bytes()))
             }
             SecretKey::X25519(_) => Err(Refusal::WrongAlgorithm {
@@ -200,7 +228,7 @@ impl KeyStore {
     /// X25519 with a handshake key; refuses a peer point that gives an all-zero secret.
     pub(crate) fn diffie_hellman(
         &self,
-        id: &LocalKeyId,
+        id: &WireKeyId,
         peer_public: &[u8; 32],
     ) -> Result<Zeroizing<[u8; 32]>, Refusal> {
         let record = self.find(id)?;
@@ -230,7 +258,11 @@ impl KeyStore {
 
     /// Erases a key: its record is dropped in place (the dalek types wipe themselves) and the
     /// slot is free again.
-    pub(crate) fn drop_key(&mut self, id: &LocalKeyId) -> Result<(), Refusal> {
+    pub(crate) fn drop_key(&mut self, key: &WireKeyId) -> Result<(), Refusal> {
+        if key.store != self.id {
+            return Err(Refusal::UnknownKey);
+        }
+        let id = &key.local;
         let slot = self
             .records
             .as_mut_slice()

@@ -1,4 +1,4 @@
-//! What this machine offers the sandbox: seccomp filters, locked memory, `memfd_secret`.
+//! Runs in the host: what this machine offers the sandbox: seccomp filters, locked memory, `memfd_secret`.
 
 use nix::sys::resource::{Resource, getrlimit};
 
@@ -37,7 +37,7 @@ impl MachineReport {
             memfd_secret: crate::sys::memfd_secret_available(),
             memlock_limit_bytes,
             can_lock_without_limit: effective & (1 << CAP_IPC_LOCK) != 0,
-            memlock_needed_bytes: crate::key_store::locked_bytes_for(
+            memlock_needed_bytes: crate::signer::key_store::locked_bytes_for(
                 crate::Config::default().key_limit,
             ),
         }

@@ -1,0 +1,198 @@
+//! Runs in the host: the typed call path. Each operation is a type that knows its request and
+//! the one answer kind that completes it, so an answer of the wrong kind is caught in one place
+//! (`SignerProcess::perform`) and no method matches answers by hand. The later
+//! persist-before-release step (the sealed store) hooks in there too.
+
+use crate::wire::key_types::{Algorithm, KeySpec, Purpose, StoreId, WireKeyId};
+use crate::wire::messages::{Answer, ForbiddenSyscall, KeyListing, Request, WireSecret};
+
+/// One operation the signer performs.
+pub(crate) trait Operation {
+    /// What a caller gets when the signer performs it.
+    type Output;
+
+    /// The request that asks for it.
+    fn request(&self) -> Request<'_>;
+
+    /// The output, from an answer that is not a refusal; `Err` says what is wrong with an
+    /// answer of another kind or with impossible content. `store` is the signer's store, which
+    /// every key id it hands out must name.
+    fn output(answer: Answer, store: StoreId) -> Result<Self::Output, &'static str>;
+}
+
+const WRONG_KIND: &str = "an answer of the wrong kind";
+
+/// Generate a key.
+pub(crate) struct GenerateKey(pub(crate) KeySpec);
+
+impl Operation for GenerateKey {
+    type Output = (WireKeyId, [u8; 32]);
+
+    fn request(&self) -> Request<'_> {
+        Request::GenerateKey { spec: self.0 }
+    }
+
+    fn output(answer: Answer, store: StoreId) -> Result<Self::Output, &'static str> {
+        match answer {
+            Answer::KeyGenerated { key, .. } if key.store != store => {
+                Err("a new key named with another store")
+            }
+            Answer::KeyGenerated { key, public_key } => Ok((key, public_key)),
+            _ => Err(WRONG_KIND),
+        }
+    }
+}
+
+/// A key's algorithm, purpose and public key.
+pub(crate) struct DescribeKey(pub(crate) WireKeyId);
+
+impl Operation for DescribeKey {
+    type Output = (Algorithm, Purpose, [u8; 32]);
+
+    fn request(&self) -> Request<'_> {
+        Request::PublicKey { key: self.0 }
+    }
+
+    fn output(answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
+        match answer {
+            Answer::PublicKey {
+                algorithm,
+                purpose,
+                public_key,
+            } => Ok((algorithm, purpose, public_key)),
+            _ => Err(WRONG_KIND),
+        }
+    }
+}
+
+/// Sign a 32-byte prehashed digest.
+pub(crate) struct SignDigest<'a> {
+    pub(crate) key: WireKeyId,
+    pub(crate) digest: &'a [u8; 32],
+}
+
+impl Operation for SignDigest<'_> {
+    type Output = ed25519_dalek::Signature;
+
+    fn request(&self) -> Request<'_> {
+        Request::SignDigest {
+            key: self.key,
+            digest: *self.digest,
+        }
+    }
+
+    fn output(answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
+        signature_from(answer)
+    }
+}
+
+/// Sign a message of any length up to the cap.
+pub(crate) struct SignMessage<'a> {
+    pub(crate) key: WireKeyId,
+    pub(crate) message: &'a [u8],
+}
+
+impl Operation for SignMessage<'_> {
+    type Output = ed25519_dalek::Signature;
+
+    fn request(&self) -> Request<'_> {
+        Request::SignMessage {
+            key: self.key,
+            message: self.message,
+        }
+    }
+
+    fn output(answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
+        signature_from(answer)
+    }
+}
+
+fn signature_from(answer: Answer) -> Result<ed25519_dalek::Signature, &'static str> {
+    match answer {
+        Answer::Signature { r, s } => Ok(ed25519_dalek::Signature::from_components(r, s)),
+        _ => Err(WRONG_KIND),
+    }
+}
+
+/// X25519 with a handshake key.
+pub(crate) struct DiffieHellman {
+    pub(crate) key: WireKeyId,
+    pub(crate) peer_public: [u8; 32],
+}
+
+impl Operation for DiffieHellman {
+    type Output = WireSecret;
+
+    fn request(&self) -> Request<'_> {
+        Request::DiffieHellman {
+            key: self.key,
+            peer_public: self.peer_public,
+        }
+    }
+
+    fn output(answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
+        match answer {
+            Answer::SharedSecret(secret) => Ok(secret),
+            _ => Err(WRONG_KIND),
+        }
+    }
+}
+
+/// Every key held.
+pub(crate) struct ListKeys;
+
+impl Operation for ListKeys {
+    type Output = Vec<KeyListing>;
+
+    fn request(&self) -> Request<'_> {
+        Request::ListKeys
+    }
+
+    fn output(answer: Answer, store: StoreId) -> Result<Self::Output, &'static str> {
+        match answer {
+            Answer::KeyList(listings) if listings.iter().any(|l| l.key.store != store) => {
+                Err("a key listed with another store")
+            }
+            Answer::KeyList(listings) => Ok(listings),
+            _ => Err(WRONG_KIND),
+        }
+    }
+}
+
+/// Erase a key.
+pub(crate) struct DropKey(pub(crate) WireKeyId);
+
+impl Operation for DropKey {
+    type Output = ();
+
+    fn request(&self) -> Request<'_> {
+        Request::DropKey { key: self.0 }
+    }
+
+    fn output(answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
+        match answer {
+            Answer::KeyDropped => Ok(()),
+            _ => Err(WRONG_KIND),
+        }
+    }
+}
+
+/// The sandbox tests' hook: attempt a forbidden system call.
+#[cfg(feature = "test-support")]
+pub(crate) struct AttemptForbiddenSyscall(pub(crate) ForbiddenSyscall);
+
+#[cfg(feature = "test-support")]
+impl Operation for AttemptForbiddenSyscall {
+    type Output = i64;
+
+    fn request(&self) -> Request<'_> {
+        Request::AttemptForbiddenSyscall { call: self.0 }
+    }
+
+    fn output(answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
+        match answer {
+            Answer::SurvivedForbiddenSyscall { result } => Ok(result),
+            _ => Err(WRONG_KIND),
+        }
+    }
+}

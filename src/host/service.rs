@@ -1,0 +1,412 @@
+//! Runs in the host: the validator's handle, [`SecretService`]. It owns the current signer
+//! process, checks key ids before anything crosses the pipe, turns answers into typed results and
+//! refusals into errors that say what to do, and replaces the signer when asked (or
+//! automatically).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::host::config::{Config, RestartPolicy};
+use crate::host::error::{Error, Result};
+use crate::host::key_handle::KeySigner;
+use crate::host::key_service::KeyService;
+use crate::host::keys::{KeyId, KeyInfo, PublicKey, SharedSecret};
+use crate::host::operations::{self, Operation};
+use crate::host::signer_process::{CallFailure, SignerProcess};
+use crate::host::status::SignerStatus;
+use crate::wire::MAX_MESSAGE_LEN;
+use crate::wire::key_types::{KeySpec, StoreId};
+use crate::wire::messages::Refusal;
+
+/// How many ended signers' stores a service remembers, to tell a key of an ended signer from a
+/// key it never had. Beyond this, an old key is reported as unknown.
+const ENDED_STORES_REMEMBERED: usize = 1024;
+
+/// The isolated key service: a handle to a sandboxed signer process that holds every key.
+///
+/// `SecretService` is `Send + Sync`: share it (by reference or in an `Arc`) and call it from as
+/// many threads as you like, through [`KeyService`]. The signer is shut down and reaped, and
+/// its keys erased, when the service and every [`KeySigner`] made from it have been dropped.
+pub struct SecretService {
+    core: Arc<ServiceCore>,
+}
+
+/// What a service and its key handles share.
+pub(crate) struct ServiceCore {
+    config: Config,
+    /// The process that spawned the service. A copy of the service in a process forked from it
+    /// refuses every call: its pipes and request ids are the original's.
+    creator: u32,
+    current: RwLock<Arc<SignerProcess>>,
+    respawning: Mutex<()>,
+    generations: AtomicU32,
+    /// The stores of this service's ended signers, with their generations, newest last.
+    ended_stores: Mutex<VecDeque<(StoreId, u32)>>,
+}
+
+impl std::fmt::Debug for SecretService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.core.fmt(f)
+    }
+}
+
+impl std::fmt::Debug for ServiceCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let signer = self.signer();
+        f.debug_struct("SecretService")
+            .field("generation", &signer.generation())
+            .field("pid", &signer.pid())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SecretService {
+    /// Starts a signer with `config` and waits until it is hardened and ready.
+    pub fn spawn(config: Config) -> Result<Self> {
+        config.validate()?;
+        let signer = SignerProcess::spawn(&config, 1)?;
+        Ok(Self {
+            core: Arc::new(ServiceCore {
+                config,
+                creator: std::process::id(),
+                current: RwLock::new(Arc::new(signer)),
+                respawning: Mutex::new(()),
+                generations: AtomicU32::new(1),
+                ended_stores: Mutex::new(VecDeque::new()),
+            }),
+        })
+    }
+
+    /// A [`signature::Signer`] for one Ed25519 key, for code that takes a `Signer`: it owns a
+    /// share of the service, so it can be stored, cloned and moved into other threads.
+    pub fn signing_key(&self, key: KeyId) -> Result<KeySigner> {
+        KeySigner::new(Arc::clone(&self.core) as Arc<dyn KeyService>, key)
+    }
+
+    /// What the kernel says about the current signer (`/proc/<pid>/status` and `smaps`).
+    pub fn status(&self) -> Result<SignerStatus> {
+        self.core.check_process()?;
+        self.core.signer().status().map_err(Error::Status)
+    }
+
+    /// The current signer's generation: 1, then one more per respawn.
+    pub fn generation(&self) -> u32 {
+        self.core.signer().generation()
+    }
+
+    /// The current signer's process id.
+    pub fn pid(&self) -> i32 {
+        self.core.signer().pid()
+    }
+
+    /// Whether the current signer is still serving (it has not ended or been killed).
+    pub fn is_running(&self) -> bool {
+        !self.core.signer().has_ended()
+    }
+
+    /// Starts a new signer in place of the current one, which is shut down (or, if it already
+    /// ended, reaped). Every key of the old signer is gone; its ids are refused with
+    /// [`Error::KeyFromEndedSigner`]. Returns the new generation.
+    pub fn respawn(&self) -> Result<u32> {
+        self.core.check_process()?;
+        let _respawning = self
+            .core
+            .respawning
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.core.replace_signer()
+    }
+
+    /// Test builds only: makes the signer attempt a forbidden system call.
+    ///
+    /// Under the sandbox the signer dies of SIGSYS and this returns
+    /// `Error::SignerEnded { end: SignerEnd::SandboxViolation, .. }`. `Ok(result)` means the
+    /// signer made the call and survived (no filter): `result` is what the kernel returned.
+    #[cfg(feature = "test-support")]
+    #[doc(hidden)]
+    pub fn attempt_forbidden_syscall(&self, call: crate::ForbiddenSyscall) -> Result<i64> {
+        let signer = self.core.signer();
+        self.core
+            .perform(&signer, &operations::AttemptForbiddenSyscall(call))?
+            .map_err(|refusal| refusal_error(&signer, refusal, None, "attempt_forbidden_syscall"))
+    }
+}
+
+impl ServiceCore {
+    fn signer(&self) -> Arc<SignerProcess> {
+        Arc::clone(
+            &self
+                .current
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    /// Refuses a call from a process forked from the one that spawned the service.
+    fn check_process(&self) -> Result<()> {
+        let this = std::process::id();
+        if this == self.creator {
+            Ok(())
+        } else {
+            Err(Error::ForkedProcess {
+                creator: self.creator,
+                this,
+            })
+        }
+    }
+
+    fn replace_signer(&self) -> Result<u32> {
+        let generation = self.generations.fetch_add(1, Ordering::AcqRel) + 1;
+        let fresh = Arc::new(SignerProcess::spawn(&self.config, generation)?);
+        let old = std::mem::replace(
+            &mut *self
+                .current
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            fresh,
+        );
+        let mut ended = self
+            .ended_stores
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if ended.len() == ENDED_STORES_REMEMBERED {
+            ended.pop_front();
+        }
+        ended.push_back((old.store(), old.generation()));
+        // The old signer is shut down when its last in-flight call lets go of it.
+        drop(old);
+        Ok(generation)
+    }
+
+    /// The current signer, if `key` belongs to its store.
+    fn signer_for(&self, key: KeyId) -> Result<Arc<SignerProcess>> {
+        self.check_process()?;
+        let signer = self.signer();
+        if key.store() == signer.store() {
+            return Ok(signer);
+        }
+        let ended = self
+            .ended_stores
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .find(|(store, _)| *store == key.store())
+            .map(|&(_, generation)| generation);
+        Err(match ended {
+            Some(ended) => Error::KeyFromEndedSigner {
+                key,
+                ended,
+                current: signer.generation(),
+            },
+            None => Error::UnknownKey(key),
+        })
+    }
+
+    /// Performs `operation` on `signer`; restarts an ended signer if so configured.
+    fn perform<O: Operation>(
+        &self,
+        signer: &Arc<SignerProcess>,
+        operation: &O,
+    ) -> Result<Result<O::Output, Refusal>> {
+        let result = signer.perform(operation);
+        if result.is_err() && self.config.restart == RestartPolicy::Automatic && signer.has_ended()
+        {
+            self.restart_after(signer);
+        }
+        result
+    }
+
+    /// Automatic restart: replace `ended` unless another caller already did.
+    fn restart_after(&self, ended: &Arc<SignerProcess>) {
+        let _respawning = self
+            .respawning
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if Arc::ptr_eq(&self.signer(), ended) {
+            // If this fails the old signer stays in place and the next call reports it ended.
+            let _ = self.replace_signer();
+        }
+    }
+
+    /// A public key from the signer's bytes; a point that does not decode means the signer is
+    /// not to be trusted.
+    fn public_key_from(
+        &self,
+        signer: &SignerProcess,
+        algorithm: crate::Algorithm,
+        bytes: [u8; 32],
+    ) -> Result<PublicKey> {
+        PublicKey::from_wire(algorithm, bytes).ok_or_else(|| {
+            signer.verdict(CallFailure::Misbehaved(
+                "a public key that is not a valid point",
+            ))
+        })
+    }
+}
+
+impl KeyService for ServiceCore {
+    fn generate_key(&self, spec: KeySpec) -> Result<KeyId> {
+        self.check_process()?;
+        let signer = self.signer();
+        match self.perform(&signer, &operations::GenerateKey(spec))? {
+            Ok((key, _public_key)) => Ok(KeyId(key)),
+            Err(Refusal::PurposeAlgorithmMismatch) => Err(Error::PurposeAlgorithmMismatch { spec }),
+            Err(refusal) => Err(refusal_error(&signer, refusal, None, "generate_key")),
+        }
+    }
+
+    fn key_info(&self, key: KeyId) -> Result<KeyInfo> {
+        let signer = self.signer_for(key)?;
+        let (algorithm, purpose, public_key) = self
+            .perform(&signer, &operations::DescribeKey(key.wire()))?
+            .map_err(|refusal| refusal_error(&signer, refusal, Some(key), "key_info"))?;
+        Ok(KeyInfo {
+            id: key,
+            purpose,
+            public_key: self.public_key_from(&signer, algorithm, public_key)?,
+        })
+    }
+
+    fn list_keys(&self) -> Result<Vec<KeyInfo>> {
+        self.check_process()?;
+        let signer = self.signer();
+        let listings = self
+            .perform(&signer, &operations::ListKeys)?
+            .map_err(|refusal| refusal_error(&signer, refusal, None, "list_keys"))?;
+        listings
+            .into_iter()
+            .map(|listing| {
+                Ok(KeyInfo {
+                    id: KeyId(listing.key),
+                    purpose: listing.purpose,
+                    public_key: self.public_key_from(
+                        &signer,
+                        listing.algorithm,
+                        listing.public_key,
+                    )?,
+                })
+            })
+            .collect()
+    }
+
+    fn drop_key(&self, key: KeyId) -> Result<()> {
+        let signer = self.signer_for(key)?;
+        self.perform(&signer, &operations::DropKey(key.wire()))?
+            .map_err(|refusal| refusal_error(&signer, refusal, Some(key), "drop_key"))
+    }
+
+    fn sign(&self, key: KeyId, digest: &[u8; 32]) -> Result<ed25519_dalek::Signature> {
+        let signer = self.signer_for(key)?;
+        let operation = operations::SignDigest {
+            key: key.wire(),
+            digest,
+        };
+        self.perform(&signer, &operation)?
+            .map_err(|refusal| refusal_error(&signer, refusal, Some(key), "sign"))
+    }
+
+    fn sign_message(&self, key: KeyId, message: &[u8]) -> Result<ed25519_dalek::Signature> {
+        if message.len() > MAX_MESSAGE_LEN {
+            return Err(Error::MessageTooLong {
+                length: message.len(),
+                cap: MAX_MESSAGE_LEN,
+            });
+        }
+        let signer = self.signer_for(key)?;
+        let operation = operations::SignMessage {
+            key: key.wire(),
+            message,
+        };
+        self.perform(&signer, &operation)?
+            .map_err(|refusal| refusal_error(&signer, refusal, Some(key), "sign_message"))
+    }
+
+    fn diffie_hellman(
+        &self,
+        key: KeyId,
+        peer_public: &x25519_dalek::PublicKey,
+    ) -> Result<SharedSecret> {
+        let signer = self.signer_for(key)?;
+        let operation = operations::DiffieHellman {
+            key: key.wire(),
+            peer_public: peer_public.to_bytes(),
+        };
+        let secret = self
+            .perform(&signer, &operation)?
+            .map_err(|refusal| refusal_error(&signer, refusal, Some(key), "diffie_hellman"))?;
+        Ok(SharedSecret::new(secret.0))
+    }
+}
+
+/// The service's API, served by its signer process.
+impl KeyService for SecretService {
+    fn generate_key(&self, spec: KeySpec) -> Result<KeyId> {
+        self.core.generate_key(spec)
+    }
+
+    fn key_info(&self, key: KeyId) -> Result<KeyInfo> {
+        self.core.key_info(key)
+    }
+
+    fn list_keys(&self) -> Result<Vec<KeyInfo>> {
+        self.core.list_keys()
+    }
+
+    fn drop_key(&self, key: KeyId) -> Result<()> {
+        self.core.drop_key(key)
+    }
+
+    fn sign(&self, key: KeyId, digest: &[u8; 32]) -> Result<ed25519_dalek::Signature> {
+        self.core.sign(key, digest)
+    }
+
+    fn sign_message(&self, key: KeyId, message: &[u8]) -> Result<ed25519_dalek::Signature> {
+        self.core.sign_message(key, message)
+    }
+
+    fn diffie_hellman(
+        &self,
+        key: KeyId,
+        peer_public: &x25519_dalek::PublicKey,
+    ) -> Result<SharedSecret> {
+        self.core.diffie_hellman(key, peer_public)
+    }
+}
+
+/// The error for a refusal; `key` names the key the request was about.
+fn refusal_error(
+    signer: &SignerProcess,
+    refusal: Refusal,
+    key: Option<KeyId>,
+    operation: &'static str,
+) -> Error {
+    match (refusal, key) {
+        (Refusal::UnknownKey, Some(key)) => Error::UnknownKey(key),
+        (Refusal::WrongAlgorithm { algorithm, needed }, Some(key)) => Error::WrongKeyType {
+            key,
+            algorithm,
+            operation,
+            needed,
+        },
+        (Refusal::LowOrderPoint, _) => Error::LowOrderPoint,
+        (Refusal::KeyLimitReached { limit }, _) => Error::KeyLimitReached { limit },
+        (Refusal::MalformedRequest | Refusal::RequestIdNotIncreasing, _) => Error::Internal(
+            "the signer could not decode a request from this library: build both from one source",
+        ),
+        (Refusal::NotInThisBuild, _) => Error::Internal(
+            "the signer was built without a request this library sent: build both from one source",
+        ),
+        // The host checks a message's length before sending it, and only a key's request can be
+        // refused for its key: a signer that says otherwise is not to be trusted.
+        (
+            Refusal::MessageTooLong { .. }
+            | Refusal::UnknownKey
+            | Refusal::WrongAlgorithm { .. }
+            | Refusal::PurposeAlgorithmMismatch,
+            _,
+        ) => signer.verdict(CallFailure::Misbehaved(
+            "a refusal that does not fit the request",
+        )),
+    }
+}

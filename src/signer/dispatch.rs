@@ -1,0 +1,162 @@
+//! Runs in the signer: request handling, one exhaustive `match` over [`Request`], in one place.
+//!
+//! A well-framed request that does not decode, or that reuses an id, is answered with a refusal
+//! and the signer carries on. A frame whose id cannot even be read means the stream can no
+//! longer be trusted, and the signer stops. Nothing here allocates: requests are decoded from the
+//! frame buffer (a message to sign is signed where it lies) and answers are encoded into a
+//! buffer made before the sandbox was applied.
+
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use serde::Serialize;
+
+use crate::signer::key_store::{KeyStore, scrub_stack};
+use crate::wire::framing::encode_frame;
+use crate::wire::messages::{
+    Answer, AnswerFrame, ListingView, Refusal, Request, RequestDecodeError, WireSecret,
+    decode_request,
+};
+
+/// What one lane remembers between requests.
+#[derive(Debug, Default)]
+pub(crate) struct LaneState {
+    last_id: Option<u64>,
+    /// Whether a test-hook request may really make its system call: true only in a signer
+    /// process, never in the in-process dispatcher the fuzzers and property tests drive.
+    test_hooks_live: bool,
+}
+
+impl LaneState {
+    /// The state of a lane in a real signer process.
+    pub(crate) fn in_signer() -> Self {
+        Self {
+            test_hooks_live: cfg!(feature = "test-support"),
+            ..Self::default()
+        }
+    }
+}
+
+/// What to do after handling one frame.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Write the first `n` bytes of the answer buffer, then wipe them.
+    Answer(usize),
+    /// The stream cannot be trusted any more: stop serving.
+    CorruptStream,
+}
+
+/// The store, for reading. A poisoned lock means another worker panicked, and a panic ends the
+/// whole process through the panic hook before anyone could observe the poison; so the inner
+/// value is always sound.
+pub(crate) fn read_store(store: &RwLock<KeyStore>) -> RwLockReadGuard<'_, KeyStore> {
+    store
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The store, for writing (see [`read_store`] on poison).
+fn write_store(store: &RwLock<KeyStore>) -> RwLockWriteGuard<'_, KeyStore> {
+    store
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Handles one request frame payload and encodes the answer into `answer`.
+pub(crate) fn handle_frame(
+    store: &RwLock<KeyStore>,
+    lane: &mut LaneState,
+    payload: &[u8],
+    answer: &mut [u8],
+) -> Outcome {
+    let frame = match decode_request(payload) {
+        Ok(frame) => frame,
+        Err(RequestDecodeError::NoId) => return Outcome::CorruptStream,
+        Err(RequestDecodeError::Body { id }) => {
+            return reply(id, Answer::Refused(Refusal::MalformedRequest), answer);
+        }
+    };
+    let id = frame.id;
+    if lane.last_id.is_some_and(|last| id <= last) {
+        return reply(id, Answer::Refused(Refusal::RequestIdNotIncreasing), answer);
+    }
+    lane.last_id = Some(id);
+    let result = match frame.request {
+        Request::GenerateKey { spec } => {
+            let generated = write_store(store).generate(spec);
+            scrub_stack();
+            generated.map(|(key, public_key)| Answer::KeyGenerated { key, public_key })
+        }
+        Request::PublicKey { key } => {
+            read_store(store)
+                .public_key(&key)
+                .map(|(algorithm, purpose, public_key)| Answer::PublicKey {
+                    algorithm,
+                    purpose,
+                    public_key,
+                })
+        }
+        Request::SignDigest { key, digest } => read_store(store)
+            .sign(&key, &digest)
+            .map(|(r, s)| Answer::Signature { r, s }),
+        Request::SignMessage { key, message } => read_store(store)
+            .sign(&key, message)
+            .map(|(r, s)| Answer::Signature { r, s }),
+        Request::DiffieHellman { key, peer_public } => read_store(store)
+            .diffie_hellman(&key, &peer_public)
+            .map(|shared| Answer::SharedSecret(WireSecret(*shared))),
+        Request::ListKeys => {
+            let store = read_store(store);
+            return encode(id, Answer::KeyList(ListingView(store.listings())), answer);
+        }
+        Request::DropKey { key } => write_store(store)
+            .drop_key(&key)
+            .map(|()| Answer::KeyDropped),
+        Request::AttemptForbiddenSyscall { call } => attempt_forbidden_syscall(lane, call),
+    };
+    match result {
+        Ok(response) => reply(id, response, answer),
+        Err(refusal) => reply(id, Answer::Refused(refusal), answer),
+    }
+}
+
+/// The sandbox tests' hook. Under the sandbox the kernel ends the process inside the call;
+/// without it the call returns, and the caller is told so explicitly. Refused in-process (never
+/// make the call in the host) and in builds without `test-support`.
+fn attempt_forbidden_syscall(
+    lane: &LaneState,
+    call: crate::wire::messages::ForbiddenSyscall,
+) -> Result<Answer<()>, Refusal> {
+    if !lane.test_hooks_live {
+        return Err(Refusal::NotInThisBuild);
+    }
+    #[cfg(feature = "test-support")]
+    {
+        let result = crate::sys::attempt_forbidden_syscall(call);
+        Ok(Answer::SurvivedForbiddenSyscall { result })
+    }
+    #[cfg(not(feature = "test-support"))]
+    {
+        let _ = call;
+        Err(Refusal::NotInThisBuild)
+    }
+}
+
+/// Encodes an answer that carries no key listing.
+fn reply(id: u64, answer_value: Answer<()>, answer: &mut [u8]) -> Outcome {
+    encode(id, answer_value, answer)
+}
+
+/// Encodes an answer. Every answer fits: the largest is a listing at `MAX_KEY_LIMIT` keys,
+/// well under the frame cap; if one ever did not, the stream stops rather than lie.
+fn encode<L: Serialize>(id: u64, answer_value: Answer<L>, answer: &mut [u8]) -> Outcome {
+    match encode_frame(
+        &AnswerFrame {
+            id,
+            answer: answer_value,
+        },
+        answer,
+    ) {
+        Ok(length) => Outcome::Answer(length),
+        Err(_) => Outcome::CorruptStream,
+    }
+}

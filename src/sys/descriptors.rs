@@ -1,0 +1,100 @@
+//! Both sides: descriptor plumbing. The fixed layout the signer serves from, and (for the
+//! raw-pipe test harness) a write that never raises SIGPIPE in the host.
+
+use std::io;
+#[cfg(feature = "test-support")]
+use std::mem::MaybeUninit;
+#[cfg(feature = "test-support")]
+use std::os::fd::AsRawFd;
+use std::os::fd::{BorrowedFd, RawFd};
+
+use super::{check, check_long};
+
+#[cfg(feature = "test-support")]
+/// Writes to a pipe without the host process ever seeing SIGPIPE, whatever its disposition.
+///
+/// A library cannot assume its host ignores SIGPIPE, and installing a handler would change the
+/// host's behaviour. Instead SIGPIPE is blocked in this thread for the duration of the write,
+/// and if the write raised one, it is consumed before the mask is restored.
+pub(crate) fn write_without_sigpipe(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
+    let mut sigpipe = MaybeUninit::<libc::sigset_t>::uninit();
+    let mut previous = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset/sigaddset initialise the set we pass; pthread_sigmask only changes
+    // this thread's mask and writes the old mask into `previous`.
+    unsafe {
+        libc::sigemptyset(sigpipe.as_mut_ptr());
+        libc::sigaddset(sigpipe.as_mut_ptr(), libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, sigpipe.as_ptr(), previous.as_mut_ptr());
+    }
+    // SAFETY: `previous` was written by pthread_sigmask above.
+    let previous = unsafe { previous.assume_init() };
+    // SAFETY: `sigpipe` was initialised by sigemptyset/sigaddset above.
+    let sigpipe = unsafe { sigpipe.assume_init() };
+    // SAFETY: `previous` is an initialised set; sigismember only reads it.
+    let was_blocked = unsafe { libc::sigismember(&previous, libc::SIGPIPE) } == 1;
+    let result = loop {
+        // SAFETY: `bytes` is a valid slice for its whole length; the fd is borrowed, so open.
+        let written = unsafe { libc::write(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
+        if written >= 0 {
+            break Ok(written.unsigned_abs());
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            break Err(error);
+        }
+    };
+    if let Err(error) = &result
+        && error.raw_os_error() == Some(libc::EPIPE)
+        && !was_blocked
+    {
+        // The EPIPE raised a SIGPIPE for this thread, pending while blocked: take it back.
+        let no_wait = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `sigpipe` is initialised; a null siginfo pointer is allowed; the zero timeout
+        // makes this a poll that never blocks.
+        unsafe {
+            libc::sigtimedwait(&sigpipe, std::ptr::null_mut(), &no_wait);
+        }
+    }
+    if !was_blocked {
+        // SAFETY: restores this thread's previous mask, which pthread_sigmask gave us.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
+        }
+    }
+    result
+}
+
+/// Borrows one of the signer's fixed descriptors (its lane pipes) for the rest of the process.
+///
+/// Only for the descriptors the signer laid out at fixed numbers before serving: nothing closes
+/// them while the process runs (the seccomp filter does not even allow `close`).
+pub(crate) fn fixed_descriptor(fd: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: per the contract above, `fd` is open and stays open until the process exits, so a
+    // 'static borrow never outlives it.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// Duplicates `fd` onto the lowest free descriptor at or above `minimum`, close-on-exec clear.
+pub(crate) fn duplicate_at_or_above(fd: RawFd, minimum: RawFd) -> io::Result<RawFd> {
+    // SAFETY: F_DUPFD takes an int argument and creates a new descriptor; no memory involved.
+    check(unsafe { libc::fcntl(fd, libc::F_DUPFD, minimum) })
+}
+
+/// Makes `target` refer to what `source` refers to (dup2), close-on-exec clear.
+pub(crate) fn duplicate_onto(source: RawFd, target: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 takes two integers; it may close `target`, which the child no longer uses
+    // (the caller has moved every descriptor it needs out of the way first).
+    check(unsafe { libc::dup2(source, target) }).map(drop)
+}
+
+/// Closes every descriptor in `first..=last`.
+pub(crate) fn close_range(first: u32, last: u32) -> io::Result<()> {
+    if first > last {
+        return Ok(());
+    }
+    // SAFETY: close_range takes integers; the caller no longer uses any fd in the range.
+    check_long(unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) }).map(drop)
+}

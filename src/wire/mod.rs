@@ -1,0 +1,30 @@
+//! Shared by both sides of the boundary: what crosses the pipe between the host and the
+//! sandboxed signer, and how it is framed. Both the host and the signer compile this code; it
+//! holds no secret and makes no decision about one.
+
+pub(crate) mod framing;
+pub(crate) mod key_types;
+pub(crate) mod messages;
+pub(crate) mod startup;
+
+/// The protocol version both sides must speak; checked when a signer starts. Version 2: start-up
+/// messages apart from answers, key ids with their store, message signing.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The largest frame payload either side accepts, checked before anything is allocated or
+/// decoded. The largest legitimate frames are a key listing at the largest key limit and a
+/// message to sign at [`MAX_MESSAGE_LEN`].
+pub const MAX_FRAME_LEN: usize = 64 * 1024;
+
+/// The length prefix of a frame: a little-endian `u32`.
+pub(crate) const FRAME_HEADER_LEN: usize = 4;
+
+/// The longest message [`sign_message`](crate::KeyService::sign_message) signs: the frame cap
+/// less 1 KiB for the request's id, kind and key.
+pub const MAX_MESSAGE_LEN: usize = MAX_FRAME_LEN - 1024;
+
+/// The most keys one signer may be configured to hold.
+pub const MAX_KEY_LIMIT: u32 = 1024;
+
+/// The most signer workers (lanes) one signer may run.
+pub const MAX_WORKERS: usize = 16;
