@@ -68,7 +68,10 @@ fn exercise_whole_api(what: &str, config: Config, workers: usize) {
             verifying.verify_strict(&message, &signature).unwrap();
         }
         let over_the_cap = signer.try_sign(&vec![0; keyward::MAX_MESSAGE_LEN + 1]);
-        assert!(over_the_cap.is_err(), "{what}: a message over the cap was signed");
+        assert!(
+            over_the_cap.is_err(),
+            "{what}: a message over the cap was signed"
+        );
     }
 
     // Diffie-Hellman with the handshake key, checked against the peer's side.

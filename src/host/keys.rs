@@ -4,9 +4,8 @@
 
 use std::fmt;
 
-use zeroize::{Zeroize, ZeroizeOnDrop};
-
 use crate::wire::key_types::{Algorithm, Purpose, StoreId, WireKeyId};
+use crate::wire::messages::WireSecret;
 
 /// The name of one key: the store that holds it and its id within that store.
 ///
@@ -159,17 +158,20 @@ pub struct KeyInfo {
 
 /// The result of an X25519 Diffie-Hellman: 32 secret bytes, wiped when dropped, redacted when
 /// printed, readable only through [`SharedSecret::expose_secret`].
-#[derive(Zeroize, ZeroizeOnDrop)]
-pub struct SharedSecret([u8; 32]);
+///
+/// The bytes live in one heap buffer, the one the signer's answer was decoded into; it is handed
+/// here by pointer, never copied.
+pub struct SharedSecret(WireSecret);
 
 impl SharedSecret {
-    pub(crate) fn new(bytes: [u8; 32]) -> Self {
-        Self(bytes)
+    /// Takes the buffer the answer was decoded into.
+    pub(crate) fn new(secret: WireSecret) -> Self {
+        Self(secret)
     }
 
     /// The secret bytes. Every use of the secret goes through here, so it can be found by grep.
     pub fn expose_secret(&self) -> &[u8; 32] {
-        &self.0
+        &self.0.0
     }
 }
 
@@ -183,7 +185,7 @@ impl PartialEq for SharedSecret {
     /// Constant-time comparison.
     fn eq(&self, other: &Self) -> bool {
         use subtle_eq::ConstantTimeEq;
-        self.0.ct_eq(&other.0)
+        self.0.0.ct_eq(&other.0.0)
     }
 }
 
@@ -211,11 +213,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_key_id_prints_short_for_logs_and_whole_for_configs_and_parses_back() {
+        let id = KeyId(WireKeyId {
+            store: [0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef],
+            local: [0xfe; 16],
+        });
+        assert_eq!(id.to_string(), "fefefefe…");
+        let whole = format!("{id:#}");
+        assert_eq!(whole, format!("0123456789abcdef{}", "fe".repeat(16)));
+        assert_eq!(whole.parse::<KeyId>(), Ok(id));
+        assert_eq!(format!("{id:?}"), format!("KeyId({whole})"));
+        for bad in [
+            "",
+            "0123",
+            &whole[1..],
+            &format!("{whole}0"),
+            &whole.replace('f', "g"),
+        ] {
+            assert_eq!(bad.parse::<KeyId>(), Err(ParseKeyIdError), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn a_shared_secret_prints_redacted_and_compares_by_value() {
-        let secret = SharedSecret::new([0xcd; 32]);
+        let secret = SharedSecret::new(WireSecret(Box::new([0xcd; 32])));
         let printed = format!("{secret:?}");
         assert_eq!(printed, "SharedSecret([REDACTED])");
-        assert_eq!(secret, SharedSecret::new([0xcd; 32]));
-        assert_ne!(secret, SharedSecret::new([0xce; 32]));
+        assert_eq!(secret, SharedSecret::new(WireSecret(Box::new([0xcd; 32]))));
+        assert_ne!(secret, SharedSecret::new(WireSecret(Box::new([0xce; 32]))));
     }
 }

@@ -335,7 +335,7 @@ impl KeyService for ServiceCore {
         let secret = self
             .perform(&signer, &operation)?
             .map_err(|refusal| refusal_error(&signer, refusal, Some(key), "diffie_hellman"))?;
-        Ok(SharedSecret::new(secret.0))
+        Ok(SharedSecret::new(secret))
     }
 }
 

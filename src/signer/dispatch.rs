@@ -13,8 +13,7 @@ use serde::Serialize;
 use crate::signer::key_store::{KeyStore, scrub_stack};
 use crate::wire::framing::encode_frame;
 use crate::wire::messages::{
-    Answer, AnswerFrame, ListingView, Refusal, Request, RequestDecodeError, WireSecret,
-    decode_request,
+    Answer, AnswerFrame, ListingView, Refusal, Request, RequestDecodeError, decode_request,
 };
 
 /// What one lane remembers between requests.
@@ -101,12 +100,19 @@ pub(crate) fn handle_frame(
         Request::SignMessage { key, message } => read_store(store)
             .sign(&key, message)
             .map(|(r, s)| Answer::Signature { r, s }),
-        Request::DiffieHellman { key, peer_public } => read_store(store)
-            .diffie_hellman(&key, &peer_public)
-            .map(|shared| Answer::SharedSecret(WireSecret(*shared))),
+        Request::DiffieHellman { key, peer_public } => {
+            let shared = read_store(store).diffie_hellman(&key, &peer_public);
+            // Encoded from where it lies (`Zeroizing`, wiped when this arm ends); the answer
+            // buffer is wiped once written.
+            return match shared {
+                Ok(shared) => encode(id, Answer::<(), &[u8; 32]>::SharedSecret(&shared), answer),
+                Err(refusal) => reply(id, Answer::Refused(refusal), answer),
+            };
+        }
         Request::ListKeys => {
             let store = read_store(store);
-            return encode(id, Answer::KeyList(ListingView(store.listings())), answer);
+            let listing = Answer::<_, &[u8; 32]>::KeyList(ListingView(store.listings()));
+            return encode(id, listing, answer);
         }
         Request::DropKey { key } => write_store(store)
             .drop_key(&key)
@@ -125,7 +131,7 @@ pub(crate) fn handle_frame(
 fn attempt_forbidden_syscall(
     lane: &LaneState,
     call: crate::wire::messages::ForbiddenSyscall,
-) -> Result<Answer<()>, Refusal> {
+) -> Result<Answer<(), &'static [u8; 32]>, Refusal> {
     if !lane.test_hooks_live {
         return Err(Refusal::NotInThisBuild);
     }
@@ -141,14 +147,18 @@ fn attempt_forbidden_syscall(
     }
 }
 
-/// Encodes an answer that carries no key listing.
-fn reply(id: u64, answer_value: Answer<()>, answer: &mut [u8]) -> Outcome {
+/// Encodes an answer that carries no key listing and no secret.
+fn reply(id: u64, answer_value: Answer<(), &[u8; 32]>, answer: &mut [u8]) -> Outcome {
     encode(id, answer_value, answer)
 }
 
 /// Encodes an answer. Every answer fits: the largest is a listing at `MAX_KEY_LIMIT` keys,
 /// well under the frame cap; if one ever did not, the stream stops rather than lie.
-fn encode<L: Serialize>(id: u64, answer_value: Answer<L>, answer: &mut [u8]) -> Outcome {
+fn encode<L: Serialize, S: Serialize>(
+    id: u64,
+    answer_value: Answer<L, S>,
+    answer: &mut [u8],
+) -> Outcome {
     match encode_frame(
         &AnswerFrame {
             id,

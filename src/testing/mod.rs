@@ -67,7 +67,7 @@ impl Dispatcher {
                         id: frame.id,
                         summary: match &frame.answer {
                             Answer::SharedSecret(secret) => {
-                                format!("SharedSecret({:?})", secret.0)
+                                format!("SharedSecret({:?})", *secret.0)
                             }
                             answer => format!("{answer:?}"),
                         },

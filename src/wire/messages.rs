@@ -91,11 +91,12 @@ pub(crate) struct KeyListing {
     pub(crate) public_key: [u8; 32],
 }
 
-/// An answer from the signer. `L` is the key listing: a `Vec` when decoded by the host, a
-/// borrowed view of the key store when encoded by the signer (which allocates nothing once
-/// sandboxed).
+/// An answer from the signer. `L` is the key listing and `S` a shared secret: a `Vec` and a
+/// [`WireSecret`] when decoded by the host; a borrowed view of the key store and a borrowed
+/// `&[u8; 32]` when encoded by the signer (which allocates nothing once sandboxed). Both encode
+/// the same.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum Answer<L = Vec<KeyListing>> {
+pub(crate) enum Answer<L = Vec<KeyListing>, S = WireSecret> {
     KeyGenerated {
         key: WireKeyId,
         public_key: [u8; 32],
@@ -110,7 +111,7 @@ pub(crate) enum Answer<L = Vec<KeyListing>> {
         r: [u8; 32],
         s: [u8; 32],
     },
-    SharedSecret(WireSecret),
+    SharedSecret(S),
     KeyList(L),
     KeyDropped,
     /// The request was understood and refused; the signer carries on.
@@ -122,13 +123,15 @@ pub(crate) enum Answer<L = Vec<KeyListing>> {
     },
 }
 
-/// A Diffie-Hellman result on its way to the caller: wiped when dropped (an answer waiting for
-/// another caller, a decoded frame) and redacted when a response is printed.
-#[derive(
-    Clone, PartialEq, Eq, Serialize, Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop,
-)]
-#[serde(transparent)]
-pub(crate) struct WireSecret(pub(crate) [u8; 32]);
+/// A Diffie-Hellman result as the host receives it: decoded straight into one heap buffer,
+/// which is handed on by pointer (through the answer, the pending-call table and the result)
+/// into the caller's `SharedSecret`, and wiped when dropped. No copy of the bytes is left on a
+/// stack or in a moved-from enum. Redacted when printed.
+///
+/// On the wire it is 32 bytes (a postcard tuple, as `[u8; 32]` encodes), so the signer, which
+/// cannot allocate once sandboxed, sends a borrowed `&[u8; 32]` in its place.
+#[derive(Clone, PartialEq, Eq, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
+pub(crate) struct WireSecret(pub(crate) Box<[u8; 32]>);
 
 impl std::fmt::Debug for WireSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -136,11 +139,48 @@ impl std::fmt::Debug for WireSecret {
     }
 }
 
+impl Serialize for WireSecret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for WireSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// Fills a zeroed heap buffer byte by byte, so the secret never exists as a value that
+        /// moves.
+        struct InPlace;
+
+        impl<'de> serde::de::Visitor<'de> for InPlace {
+            type Value = WireSecret;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("32 bytes")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut bytes: A,
+            ) -> Result<WireSecret, A::Error> {
+                let mut secret = WireSecret(Box::new([0u8; 32]));
+                for (index, slot) in secret.0.iter_mut().enumerate() {
+                    *slot = bytes
+                        .next_element::<u8>()?
+                        .ok_or_else(|| serde::de::Error::invalid_length(index, &self))?;
+                }
+                Ok(secret)
+            }
+        }
+
+        deserializer.deserialize_tuple(32, InPlace)
+    }
+}
+
 /// An answer with the id of the request it answers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct AnswerFrame<L = Vec<KeyListing>> {
+pub(crate) struct AnswerFrame<L = Vec<KeyListing>, S = WireSecret> {
     pub(crate) id: u64,
-    pub(crate) answer: Answer<L>,
+    pub(crate) answer: Answer<L, S>,
 }
 
 /// Why the signer refused a request. None of these ends the signer.
@@ -223,7 +263,7 @@ mod tests {
         let secret = [0xab_u8; 32];
         let frame = AnswerFrame::<()> {
             id: 7,
-            answer: Answer::SharedSecret(WireSecret(secret)),
+            answer: Answer::SharedSecret(WireSecret(Box::new(secret))),
         };
         let printed = format!("{frame:?}");
         assert!(printed.contains("REDACTED"), "{printed}");
@@ -236,5 +276,32 @@ mod tests {
         let length = postcard::to_slice(&frame, &mut buffer).map(|bytes| bytes.len());
         let encoded = &buffer[..length.unwrap_or(0)];
         assert!(encoded.windows(32).any(|window| window == secret));
+    }
+
+    #[test]
+    fn the_signer_borrowed_secret_and_the_host_boxed_one_encode_alike_and_round_trip() {
+        let secret = [0x5c_u8; 32];
+        let mut sent = [0u8; 64];
+        let signer_side = AnswerFrame::<(), &[u8; 32]> {
+            id: 9,
+            answer: Answer::SharedSecret(&secret),
+        };
+        let sent = postcard::to_slice(&signer_side, &mut sent).map(|bytes| bytes.to_vec());
+        let host_side = AnswerFrame::<()> {
+            id: 9,
+            answer: Answer::SharedSecret(WireSecret(Box::new(secret))),
+        };
+        let mut boxed = [0u8; 64];
+        let boxed = postcard::to_slice(&host_side, &mut boxed).map(|bytes| bytes.to_vec());
+        assert_eq!(sent, boxed);
+        let decoded = postcard::from_bytes::<AnswerFrame>(&sent.unwrap_or_default());
+        assert!(matches!(
+            decoded,
+            Ok(AnswerFrame { id: 9, answer: Answer::SharedSecret(WireSecret(bytes)) }) if *bytes == secret
+        ));
+        // A secret cut short is an error, never a padded secret.
+        let mut short = vec![9u8, 3];
+        short.extend([0x5c; 31]);
+        assert!(postcard::from_bytes::<AnswerFrame>(&short).is_err());
     }
 }
