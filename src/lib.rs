@@ -54,7 +54,9 @@ pub use host::key_handle::KeySigner;
 pub use host::key_service::KeyService;
 pub use host::keys::{KeyId, KeyInfo, ParseKeyIdError, PublicKey, SharedSecret};
 pub use host::machine::MachineReport;
-pub use host::sandbox_policy::{POLICY_JSON, Policy, PolicyCondition, PolicyRule, Sandbox, policy};
+pub use host::sandbox_policy::{
+    POLICY_JSON, POLICY_PROGRAM, Policy, PolicyCondition, PolicyRule, Sandbox, policy,
+};
 pub use host::service::SecretService;
 pub use host::status::{KeyMapping, SignerStatus};
 pub use signer::entry::{SIGNER_ARGUMENT, run_signer_if_requested};

@@ -1,16 +1,18 @@
 //! Property: the seccomp policy file is the reviewed allowlist: it parses, kills by default, every
-//! rule and condition says why, no dangerous call is in it, read and write are confined to the
-//! lane pipes, the binary embeds exactly the file on disk, and the kernel enforces its argument
-//! conditions (probed in throw-away processes under the same compiled policy).
+//! rule and condition says why, and every call site a comment names exists in the source; no
+//! dangerous call is in it, read and write are confined to the lane pipes, the binary embeds
+//! exactly the file on disk and the program build.rs compiled from it is, instruction by
+//! instruction, what seccompiler compiles from it at run time; and the kernel enforces its
+//! argument conditions (probed in throw-away processes under the built-in program).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use std::collections::BTreeSet;
 use std::os::unix::process::ExitStatusExt;
 
-use keyward::{MAX_WORKERS, POLICY_JSON, PolicyCondition, policy};
+use keyward::{MAX_WORKERS, POLICY_JSON, POLICY_PROGRAM, PolicyCondition, policy};
 
-/// The file as the crate embeds it, by the same path `src/sandbox.rs` uses.
+/// The file as the crate embeds it, by the same path `src/host/sandbox_policy.rs` uses.
 const FILE_AT_BUILD: &str = include_str!("../sandbox/x86_64.json");
 
 /// Calls the signer must never be able to make.
@@ -53,7 +55,8 @@ const ALLOWED: [&str; 8] = [
     "exit_group",
 ];
 
-/// The first request pipe (`child::REQUEST_FD_BASE`) and the first response pipe.
+/// The first request pipe (`src/signer/descriptors.rs::REQUEST_FD_BASE`) and the first response
+/// pipe (`RESPONSE_FD_BASE`).
 const REQUEST_FD_BASE: u64 = 3;
 const RESPONSE_FD_BASE: u64 = REQUEST_FD_BASE + MAX_WORKERS as u64;
 
@@ -216,9 +219,204 @@ fn the_binary_embeds_the_file_on_disk() {
     assert_eq!(POLICY_JSON.unwrap(), on_disk);
 }
 
+/// The switch from compiling the policy at run time to compiling it in build.rs changed nothing:
+/// seccompiler, run here on the same JSON, gives the same program, instruction by instruction.
+#[test]
+fn the_built_in_program_is_what_seccompiler_compiles_from_the_file() {
+    let built = POLICY_PROGRAM.expect("x86_64 has a built-in program");
+    let mut filters = seccompiler::compile_from_json(
+        POLICY_JSON.unwrap().as_bytes(),
+        seccompiler::TargetArch::x86_64,
+    )
+    .unwrap();
+    let at_run_time = filters.remove("signer").unwrap();
+    assert!(filters.is_empty(), "one filter, named signer");
+    for (index, (built, compiled)) in built.iter().zip(&at_run_time).enumerate() {
+        assert_eq!(
+            *built,
+            (compiled.code, compiled.jt, compiled.jf, compiled.k),
+            "instruction {index} differs"
+        );
+    }
+    assert_eq!(
+        built.len(),
+        at_run_time.len(),
+        "the programs differ in length"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The comments name call sites that exist. The format (sandbox/README.md, "What a reviewer
+// checks"): a call site or constant is named by its file and item, `src/<file>.rs::function`,
+// `src/<file>.rs::Type::method` or `src/<file>.rs::CONSTANT`; any other Rust path in a comment is
+// the standard library's (`std::...`).
+
+/// A source path a text names: a file under `src/` (or a folder), and the items named in it.
+#[derive(Debug)]
+struct SourceReference {
+    text: String,
+    file: String,
+    items: Vec<String>,
+}
+
+/// The `src/...` references in `text`, and every other Rust path (`a::b`) in it.
+fn references_in(text: &str) -> (Vec<SourceReference>, Vec<String>) {
+    let mut sources = Vec::new();
+    let mut other_paths = Vec::new();
+    let tokens = text.split(|c: char| !(c.is_ascii_alphanumeric() || "_:/.".contains(c)));
+    for token in tokens {
+        let token = token.trim_end_matches(['.', ':']);
+        if let Some(at) = token.find("src/") {
+            let token = &token[at..];
+            let (file, items) = match token.find(".rs") {
+                Some(end) => {
+                    let (file, rest) = token.split_at(end + ".rs".len());
+                    let items = rest
+                        .strip_prefix("::")
+                        .map(|items| items.split("::").map(str::to_owned).collect())
+                        .unwrap_or_default();
+                    (file, items)
+                }
+                None => (token, Vec::new()),
+            };
+            sources.push(SourceReference {
+                text: token.to_owned(),
+                file: file.to_owned(),
+                items,
+            });
+        } else if token.contains("::") {
+            other_paths.push(token.to_owned());
+        }
+    }
+    (sources, other_paths)
+}
+
+/// Whether `source` declares `name` with one of `keywords` (`fn name`, `const name`, ...), as
+/// whole words.
+fn declares(source: &str, keywords: &[&str], name: &str) -> bool {
+    let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    keywords.iter().any(|keyword| {
+        let needle = format!("{keyword} {name}");
+        source.match_indices(&needle).any(|(at, _)| {
+            let before = source[..at].chars().next_back();
+            let after = source[at + needle.len()..].chars().next();
+            !before.is_some_and(is_word) && !after.is_some_and(is_word)
+        })
+    })
+}
+
+/// Why `reference` does not resolve in this source tree, if it does not.
+fn unresolved(reference: &SourceReference) -> Option<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = root.join(&reference.file);
+    if reference.items.is_empty() {
+        return (!path.exists()).then(|| format!("{}: no such path", reference.text));
+    }
+    let Ok(source) = std::fs::read_to_string(&path) else {
+        return Some(format!("{}: no file {}", reference.text, reference.file));
+    };
+    let (last, qualifiers) = reference.items.split_last()?;
+    for qualifier in qualifiers {
+        if !declares(
+            &source,
+            &["struct", "enum", "trait", "impl", "mod"],
+            qualifier,
+        ) {
+            return Some(format!(
+                "{}: {} declares no type {qualifier}",
+                reference.text, reference.file
+            ));
+        }
+    }
+    let kinds = [
+        "fn", "const", "static", "struct", "enum", "trait", "type", "mod",
+    ];
+    (!declares(&source, &kinds, last)).then(|| {
+        format!(
+            "{}: {} has no fn, const or type named {last}",
+            reference.text, reference.file
+        )
+    })
+}
+
+#[test]
+fn every_call_site_a_policy_comment_names_exists() {
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for rule in policy().unwrap().rules {
+        let comments = std::iter::once(("rule", &rule.reason))
+            .chain(rule.conditions.iter().map(|c| ("condition", &c.reason)));
+        for (what, comment) in comments {
+            let (sources, other_paths) = references_in(comment);
+            if what == "rule" && !sources.iter().any(|r| !r.items.is_empty()) {
+                failures.push(format!(
+                    "{}: the rule's comment names no call site as src/<file>.rs::<function>",
+                    rule.syscall
+                ));
+            }
+            for path in other_paths.iter().filter(|p| !p.starts_with("std::")) {
+                failures.push(format!(
+                    "{} ({what}): {path:?} is not a call site this test can check; name it as \
+                     src/<file>.rs::<function> (or std::... for the standard library)",
+                    rule.syscall
+                ));
+            }
+            for reference in &sources {
+                checked += 1;
+                if let Some(why) = unresolved(reference) {
+                    failures.push(format!("{} ({what}): {why}", rule.syscall));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(checked >= ALLOWED.len(), "only {checked} references found");
+}
+
+#[test]
+fn every_source_path_the_sandbox_readme_names_exists() {
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sandbox/README.md"),
+    )
+    .unwrap();
+    let (sources, _) = references_in(&readme);
+    assert!(!sources.is_empty());
+    let failures: Vec<String> = sources.iter().filter_map(unresolved).collect();
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// The checker itself: a name that is gone, a file that is gone and an unchecked module path
+/// are all caught; the forms the policy uses resolve.
+#[test]
+fn the_call_site_check_catches_a_name_that_is_gone() {
+    let resolves = |text: &str| {
+        let (sources, _) = references_in(text);
+        assert_eq!(sources.len(), 1, "{text}");
+        unresolved(&sources[0])
+    };
+    assert_eq!(
+        resolves("src/wire/framing.rs::FrameReader::read_frame:"),
+        None
+    );
+    assert_eq!(
+        resolves("(src/signer/descriptors.rs::REQUEST_FD_BASE)"),
+        None
+    );
+    assert_eq!(resolves("src/signer/ holds the signer"), None);
+    assert!(resolves("src/wire/framing.rs::wait_readable").is_some());
+    assert!(resolves("src/wire/framing.rs::NoSuchType::read_frame").is_some());
+    assert!(resolves("src/transport.rs::wait_for").is_some());
+    assert!(resolves("src/child.rs").is_some());
+    let (_, other_paths) = references_in("transport::wait_readable and std::thread::yield_now");
+    assert_eq!(
+        other_paths,
+        ["transport::wait_readable", "std::thread::yield_now"]
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The kernel enforces the conditions: each probe runs in a re-run of this test that loads the
-// compiled policy on its own thread, makes one call, then `exit_group(SURVIVED)`.
+// built-in program on its own thread, makes one call, then `exit_group(SURVIVED)`.
 
 const PROBE_TEST: &str = "the_kernel_enforces_the_argument_conditions";
 const SURVIVED: i32 = 42;
@@ -341,12 +539,12 @@ fn play_probe(name: &str) -> ! {
         }
         _ => {}
     }
-    let mut filters = seccompiler::compile_from_json(
-        POLICY_JSON.unwrap().as_bytes(),
-        seccompiler::TargetArch::x86_64,
-    )
-    .unwrap();
-    let filter = filters.remove("signer").unwrap();
+    // The program the signer loads, as build.rs compiled it.
+    let filter: Vec<seccompiler::sock_filter> = POLICY_PROGRAM
+        .unwrap()
+        .iter()
+        .map(|&(code, jt, jf, k)| seccompiler::sock_filter { code, jt, jf, k })
+        .collect();
     seccompiler::apply_filter(&filter).unwrap();
     let [a, b, c, d, e, f] = arguments;
     // SAFETY: every pointer argument points at live memory of this function that is large enough

@@ -9,7 +9,10 @@ pub(crate) fn run() -> Result<()> {
         policy.rules.len(),
         policy.default_action
     );
-    println!("Source: sandbox/x86_64.json, compiled by the supervisor before fork.\n");
+    let instructions = keyward::POLICY_PROGRAM.map_or(0, <[_]>::len);
+    println!(
+        "Source: sandbox/x86_64.json, compiled into the binary at build time ({instructions} BPF instructions).\n"
+    );
     for rule in &policy.rules {
         println!("{:<14} {}", rule.syscall, rule.reason);
         for condition in &rule.conditions {

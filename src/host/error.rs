@@ -166,8 +166,9 @@ pub enum SpawnError {
     )]
     UnsupportedArchitecture(&'static str),
 
-    /// The embedded policy did not compile.
-    #[error("the sandbox policy did not compile: {0}")]
+    /// The embedded policy could not be read for display ([`crate::policy`]). It compiled: a
+    /// policy that does not compile fails the build.
+    #[error("the sandbox policy could not be read: {0}")]
     Policy(String),
 
     /// An operating system call in the supervisor failed.

@@ -1,8 +1,7 @@
-//! Runs in the host: the seccomp policy, reviewable data in `sandbox/<arch>.json`, embedded in the binary,
-//! compiled by the supervisor before fork (the signer only applies it), the same in every build
-//! profile.
-
-use std::sync::OnceLock;
+//! Runs in the host: the seccomp policy, reviewable data in `sandbox/<arch>.json`. `build.rs`
+//! compiles it into a BPF program at build time (a policy that does not compile fails the build);
+//! the binary carries that program and the JSON it came from, the same in every build profile.
+//! The supervisor hands the program to the signer before fork; the signer only applies it.
 
 use serde::Deserialize;
 
@@ -14,6 +13,20 @@ pub const POLICY_JSON: Option<&str> = Some(include_str!("../../sandbox/x86_64.js
 /// There is no policy for this architecture.
 #[cfg(not(target_arch = "x86_64"))]
 pub const POLICY_JSON: Option<&str> = None;
+
+/// The program `build.rs` compiled from the same file as [`POLICY_JSON`].
+#[cfg(target_arch = "x86_64")]
+mod built {
+    include!(concat!(env!("OUT_DIR"), "/seccomp_program.rs"));
+}
+
+/// The seccomp program the signer loads, compiled by `build.rs` from [`POLICY_JSON`] with
+/// seccompiler: one `(code, jt, jf, k)` tuple per BPF instruction, in order.
+#[cfg(target_arch = "x86_64")]
+pub const POLICY_PROGRAM: Option<&[(u16, u8, u8, u32)]> = Some(&built::PROGRAM);
+/// There is no policy, and so no program, for this architecture.
+#[cfg(not(target_arch = "x86_64"))]
+pub const POLICY_PROGRAM: Option<&[(u16, u8, u8, u32)]> = None;
 
 /// The name of the filter inside the policy file.
 const FILTER_NAME: &str = "signer";
@@ -31,30 +44,15 @@ pub enum Sandbox {
     UnsandboxedInsecure,
 }
 
-/// The compiled filter, or why there is none.
+/// The built-in filter, or why there is none.
 pub(crate) fn compiled_filter() -> Result<Vec<seccompiler::sock_filter>, SpawnError> {
-    static COMPILED: OnceLock<Result<Vec<seccompiler::sock_filter>, String>> = OnceLock::new();
-    let Some(json) = POLICY_JSON else {
+    let Some(program) = POLICY_PROGRAM else {
         return Err(SpawnError::UnsupportedArchitecture(std::env::consts::ARCH));
     };
-    COMPILED
-        .get_or_init(|| compile(json))
-        .clone()
-        .map_err(SpawnError::Policy)
-}
-
-fn compile(json: &str) -> Result<Vec<seccompiler::sock_filter>, String> {
-    let arch = seccompiler::TargetArch::try_from(std::env::consts::ARCH)
-        .map_err(|error| error.to_string())?;
-    let mut filters =
-        seccompiler::compile_from_json(json.as_bytes(), arch).map_err(|error| error.to_string())?;
-    let filter = filters
-        .remove(FILTER_NAME)
-        .ok_or_else(|| format!("the policy has no filter named {FILTER_NAME:?}"))?;
-    if filter.is_empty() {
-        return Err("the compiled filter is empty".to_owned());
-    }
-    Ok(filter)
+    Ok(program
+        .iter()
+        .map(|&(code, jt, jf, k)| seccompiler::sock_filter { code, jt, jf, k })
+        .collect())
 }
 
 /// One allowed system call as the policy states it, for people to read.
