@@ -26,8 +26,7 @@ use ed25519_dalek::{Signer as _, SigningKey};
 use keyward::{Config, KeyId, KeyService, KeySpec, Purpose, SecretService};
 
 // The ssh-agent client of `keyward bench`, shared rather than copied.
-#[allow(dead_code)]
-#[path = "../src/cli/bench.rs"]
+#[path = "../src/cli/bench/ssh_agent.rs"]
 mod cli_bench;
 
 const DIGEST: [u8; 32] = [0x5a; 32];
