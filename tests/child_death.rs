@@ -477,6 +477,7 @@ fn parent_death_takes_the_signer_with_it() {
 }
 
 /// The process's signal dispositions and this thread's mask, as the kernel shows them.
+#[cfg(feature = "test-support")]
 fn signal_dispositions() -> [Option<String>; 3] {
     [
         status_field("/proc/self/status", "SigCgt"),
@@ -486,6 +487,7 @@ fn signal_dispositions() -> [Option<String>; 3] {
 }
 
 #[test]
+#[cfg(feature = "test-support")]
 fn the_library_installs_no_signal_handler_and_leaves_the_mask_alone() {
     let before = signal_dispositions();
     assert!(before.iter().all(Option::is_some));
@@ -519,6 +521,7 @@ fn the_library_installs_no_signal_handler_and_leaves_the_mask_alone() {
 
 /// The role for `a_host_with_default_sigpipe_survives_a_dead_signer`.
 #[test]
+#[cfg(feature = "test-support")]
 #[ignore = "a subprocess role of a_host_with_default_sigpipe_survives_a_dead_signer; runs that test when invoked directly"]
 fn role_default_sigpipe() {
     if fault_util::role().as_deref() != Some("default-sigpipe") {
@@ -570,6 +573,7 @@ fn role_default_sigpipe() {
 }
 
 #[test]
+#[cfg(feature = "test-support")]
 fn a_host_with_default_sigpipe_survives_a_dead_signer() {
     let child = spawn_role("role_default_sigpipe", "default-sigpipe");
     let output = child.wait_with_output().unwrap();

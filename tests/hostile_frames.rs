@@ -1,4 +1,5 @@
 //! A real sandboxed signer fed hostile frames through its pipe either refuses them and carries on, or stops on a stream it can no longer trust, exactly as its input policy says; and the supervisor survives a signer killed mid-answer.
+#![cfg(feature = "test-support")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

@@ -8,10 +8,10 @@ mod common;
 use std::time::Duration;
 
 use ed25519_dalek::Signature;
+#[cfg(feature = "test-support")]
 use keyward::testing::RawSigner;
 use keyward::{
     Algorithm, Config, Error, KeyService, KeySpec, Latency, MAX_KEY_LIMIT, Purpose, SecretService,
-    SignerEnd,
 };
 use signature::{Keypair, Signer};
 
@@ -225,6 +225,7 @@ fn whole_api_works_under_the_filter_without_spinning_and_with_long_spins() {
 /// The shutdown path (end of file on the request pipe, then `_exit(0)`) is allowed: the signer
 /// exits with code 0 rather than being killed by SIGSYS.
 #[test]
+#[cfg(feature = "test-support")]
 fn a_sandboxed_signer_shuts_down_cleanly() {
     for (mode, config) in common::spawn_modes() {
         let mut raw = RawSigner::spawn(config).unwrap_or_else(|e| panic!("{mode}: {e}"));
@@ -235,6 +236,10 @@ fn a_sandboxed_signer_shuts_down_cleanly() {
             "{mode}"
         );
         raw.close_requests();
-        assert_eq!(raw.wait_end(), SignerEnd::Exited { code: 0 }, "{mode}");
+        assert_eq!(
+            raw.wait_end(),
+            keyward::SignerEnd::Exited { code: 0 },
+            "{mode}"
+        );
     }
 }

@@ -4,7 +4,9 @@
 //! persist-before-release step (the sealed store) hooks in there too.
 
 use crate::wire::key_types::{Algorithm, KeySpec, Purpose, StoreId, WireKeyId};
-use crate::wire::messages::{Answer, ForbiddenSyscall, KeyListing, Request, WireSecret};
+#[cfg(feature = "test-support")]
+use crate::wire::messages::ForbiddenSyscall;
+use crate::wire::messages::{Answer, KeyListing, Request, WireSecret};
 
 /// One operation the signer performs.
 pub(crate) trait Operation {

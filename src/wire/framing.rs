@@ -79,7 +79,8 @@ impl FrameReader {
         Ok(Some((self.start + FRAME_HEADER_LEN, length)))
     }
 
-    /// Takes the next whole frame if one is already buffered, without reading.
+    /// Takes the next whole frame if one is already buffered, without reading. For the fuzzers.
+    #[cfg(feature = "test-support")]
     pub(crate) fn take_buffered(&mut self) -> Result<Option<&mut [u8]>, ReadError> {
         match self.buffered_frame()? {
             Some((payload_start, length)) => {
@@ -139,6 +140,7 @@ impl FrameReader {
     }
 
     /// Appends bytes as if read from the pipe; returns how many fit. For the fuzzers.
+    #[cfg(feature = "test-support")]
     pub(crate) fn push(&mut self, bytes: &[u8]) -> usize {
         self.make_room();
         let count = bytes.len().min(self.buffer.len() - self.end);

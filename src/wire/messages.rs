@@ -56,7 +56,12 @@ fn as_bytes<S: Serializer>(bytes: &&[u8], serializer: S) -> Result<S::Ok, S::Err
     serializer.serialize_bytes(bytes)
 }
 
-/// A system call the sandbox must forbid; used only by the sandbox tests.
+/// A system call the sandbox must forbid; used only by the sandbox tests. Public (and exported)
+/// only with `test-support`.
+#[cfg_attr(
+    not(feature = "test-support"),
+    allow(unreachable_pub, reason = "exported only with test-support")
+)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "test-support", derive(arbitrary::Arbitrary))]
 #[allow(missing_docs)]
@@ -249,6 +254,10 @@ pub(crate) fn decode_request(payload: &[u8]) -> Result<RequestFrame<'_>, Request
 }
 
 /// The cap on a message to sign, as the wire carries it.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "checked by the assertion above it"
+)]
 pub(crate) const MESSAGE_CAP: u32 = {
     assert!(MAX_MESSAGE_LEN <= u32::MAX as usize);
     MAX_MESSAGE_LEN as u32
@@ -296,8 +305,8 @@ mod tests {
         assert_eq!(sent, boxed);
         let decoded = postcard::from_bytes::<AnswerFrame>(&sent.unwrap_or_default());
         assert!(matches!(
-            decoded,
-            Ok(AnswerFrame { id: 9, answer: Answer::SharedSecret(WireSecret(bytes)) }) if *bytes == secret
+            &decoded,
+            Ok(AnswerFrame { id: 9, answer: Answer::SharedSecret(WireSecret(bytes)) }) if **bytes == secret
         ));
         // A secret cut short is an error, never a padded secret.
         let mut short = vec![9u8, 3];
