@@ -14,8 +14,7 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use fault_util::{
-    all_threads_stopped, is_dead, is_reaped, process_state, signal_child, spawn_role, status_field,
-    wait_for,
+    all_threads_stopped, is_dead, is_reaped, process_state, signal_child, spawn_role, wait_for,
 };
 use keyward::{
     Config, Error, KeyId, KeyService, KeySpec, Purpose, RestartPolicy, SecretService, SignerEnd,
@@ -480,9 +479,9 @@ fn parent_death_takes_the_signer_with_it() {
 #[cfg(feature = "test-support")]
 fn signal_dispositions() -> [Option<String>; 3] {
     [
-        status_field("/proc/self/status", "SigCgt"),
-        status_field("/proc/self/status", "SigIgn"),
-        status_field("/proc/thread-self/status", "SigBlk"),
+        fault_util::status_field("/proc/self/status", "SigCgt"),
+        fault_util::status_field("/proc/self/status", "SigIgn"),
+        fault_util::status_field("/proc/thread-self/status", "SigBlk"),
     ]
 }
 
@@ -513,7 +512,7 @@ fn the_library_installs_no_signal_handler_and_leaves_the_mask_alone() {
     assert_eq!(error.kind(), std::io::ErrorKind::BrokenPipe);
     assert_eq!(signal_dispositions(), before, "after EPIPE");
     assert_eq!(
-        status_field("/proc/thread-self/status", "SigPnd").as_deref(),
+        fault_util::status_field("/proc/thread-self/status", "SigPnd").as_deref(),
         Some("0000000000000000"),
         "a SIGPIPE was left pending on this thread"
     );
@@ -531,8 +530,11 @@ fn role_default_sigpipe() {
     // SAFETY: SIG_DFL installs no code; this subprocess runs only this test, on this thread,
     // before it starts any other thread, so no other code races on the disposition.
     unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }.unwrap();
-    let ignored =
-        u64::from_str_radix(&status_field("/proc/self/status", "SigIgn").unwrap(), 16).unwrap();
+    let ignored = u64::from_str_radix(
+        &fault_util::status_field("/proc/self/status", "SigIgn").unwrap(),
+        16,
+    )
+    .unwrap();
     assert_eq!(
         ignored & (1 << (libc::SIGPIPE - 1)),
         0,
