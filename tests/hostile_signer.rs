@@ -230,3 +230,45 @@ fn a_signer_that_says_ready_without_its_sandbox_never_serves() {
         .generate_key(KeySpec::new(Purpose::Consensus))
         .unwrap();
 }
+
+/// A signer that reads requests but never answers, while running, is hung: the call returns
+/// `Error::Timeout` at the deadline, the signer is killed and reaped, and later calls say it
+/// ended on a timeout. (A stopped signer is left alone: `child_death.rs`.)
+#[test]
+fn a_running_signer_that_never_answers_is_killed_as_hung() {
+    let impostor = Impostor::new(&format!("printf '{READY}' >&19\n{WAIT_FOR_END}"));
+    let timeout = Duration::from_millis(300);
+    let service = SecretService::spawn(impostor.config().with_request_timeout(timeout)).unwrap();
+    let pid = service.pid();
+    let started = Instant::now();
+    let error = service
+        .generate_key(KeySpec::new(Purpose::Consensus))
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(error, Error::Timeout(t) if t == timeout),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("killed as hung"), "{error}");
+    assert!(
+        took >= timeout && took < timeout + Duration::from_secs(2),
+        "the timed-out call took {took:?}"
+    );
+    assert!(
+        reaped_within(pid, Duration::from_secs(3)),
+        "the hung signer {pid} is still there"
+    );
+    let later = service
+        .generate_key(KeySpec::new(Purpose::Account))
+        .unwrap_err();
+    assert!(
+        matches!(
+            later,
+            Error::SignerEnded {
+                end: SignerEnd::TimedOut,
+                ..
+            }
+        ),
+        "a later call got {later:?}"
+    );
+}

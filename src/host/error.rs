@@ -34,9 +34,20 @@ pub enum Error {
         end: SignerEnd,
     },
 
-    /// The signer did not answer within the request deadline; it has been killed.
-    #[error("the signer did not answer within {0:?}; it was killed, call respawn() for a new one")]
+    /// The signer did not answer within the request deadline while running (or a request could
+    /// not even be written whole): it is hung, and has been killed.
+    #[error(
+        "the signer did not answer within {0:?}; it was killed as hung, call respawn() for a new one"
+    )]
     Timeout(Duration),
+
+    /// The signer did not answer within the request deadline because the kernel shows it
+    /// stopped (SIGSTOP, a debugger, job control). A stop is not a hang: it was left running with
+    /// its keys, and serves again once continued. Calls meanwhile fail with this error.
+    #[error(
+        "the signer is stopped (SIGSTOP, a debugger or job control) and did not answer within {0:?}; it keeps its keys and serves again once continued (SIGCONT)"
+    )]
+    SignerStopped(Duration),
 
     /// The service was used from a process forked from the one that spawned it. Its pipes and
     /// request ids belong to the original process, which goes on using them; this copy refuses

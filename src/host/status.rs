@@ -80,6 +80,26 @@ impl SignerStatus {
     }
 }
 
+/// Whether the kernel shows any thread of `pid` stopped (`T`, by a signal, or `t`, by a
+/// debugger), from `/proc/<pid>/task/*/stat`. The caller checks through the process's pidfd that
+/// `pid` still names its process after the read.
+pub(crate) fn any_thread_stopped(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|task| {
+        std::fs::read_to_string(task.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                // The state follows the command name, which is in parentheses and may itself
+                // hold spaces or parentheses: read after the last ')'.
+                let after = &stat[stat.rfind(')')? + 1..];
+                after.split_whitespace().next().map(str::to_owned)
+            })
+            .is_some_and(|state| matches!(state.as_str(), "T" | "t"))
+    })
+}
+
 /// The per-thread hardening fields of a process, each for its weakest thread: the lowest
 /// seccomp mode and filter count, no-new-privileges only if every thread has it, the union of
 /// the capability masks. `None` where a thread lacks the field.

@@ -188,7 +188,7 @@ impl Lane {
                 write_frame(fd.as_fd(), &buffer[..length], pidfd.as_fd(), deadline).map_err(
                     |error| match error {
                         WriteError::PeerExited => CallFailure::Ended,
-                        WriteError::TimedOut => CallFailure::TimedOut,
+                        WriteError::TimedOut => CallFailure::WriteTimedOut,
                         WriteError::Io(error) => CallFailure::Io(error.kind()),
                     },
                 )
@@ -245,12 +245,21 @@ impl Lane {
                     // found it taken is registered as sleeping by now, and is woken here.
                     let mut pending = lock(&self.pending);
                     pending.calls.remove(&id);
-                    if let Err(failure) = &result {
-                        pending.abandoned.insert(id);
-                        pending.failed.get_or_insert_with(|| failure.clone());
-                        pending.wake_all();
-                    } else {
-                        pending.wake_next_reader();
+                    match &result {
+                        // A deadline passing is this caller's failure, not the lane's: the
+                        // signer may only be stopped, and the next reader carries on (a late
+                        // answer to this id is dropped). If the signer is hung, the verdict
+                        // kills it and the others see it end.
+                        Err(CallFailure::TimedOut) => {
+                            pending.abandoned.insert(id);
+                            pending.wake_next_reader();
+                        }
+                        Err(failure) => {
+                            pending.abandoned.insert(id);
+                            pending.failed.get_or_insert_with(|| failure.clone());
+                            pending.wake_all();
+                        }
+                        Ok(_) => pending.wake_next_reader(),
                     }
                     return result;
                 }

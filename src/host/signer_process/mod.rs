@@ -39,6 +39,9 @@ pub(crate) enum CallFailure {
     Ended,
     /// No answer before the deadline.
     TimedOut,
+    /// A request could not be written whole before the deadline (the pipe stayed full): the
+    /// request stream is broken, whatever state the signer is in.
+    WriteTimedOut,
     /// The signer sent something the protocol does not allow.
     Misbehaved(&'static str),
     /// keyward itself broke an invariant (a bug); the signer is not to blame.
@@ -333,6 +336,15 @@ impl SignerProcess {
         self.child.has_ended()
     }
 
+    /// Whether the kernel shows the signer stopped. The pid is read through `/proc` only while
+    /// the pidfd shows the process alive, before and after, so a reused pid is never read (the
+    /// process is not reaped while this `SignerProcess` lives: only the watcher reaps it, after
+    /// the pidfd reports its end).
+    fn is_stopped(&self) -> bool {
+        let alive = || sys::pidfd_send_signal(self.child.pidfd.as_fd(), 0).is_ok();
+        alive() && status::any_thread_stopped(self.pid) && alive()
+    }
+
     /// What the kernel says about the signer.
     pub(crate) fn status(&self) -> std::io::Result<SignerStatus> {
         SignerStatus::read(self.pid, self.generation, self.key_memory)
@@ -364,7 +376,13 @@ impl SignerProcess {
                 generation: self.generation,
                 end: self.child.end_after_close(),
             },
-            CallFailure::TimedOut => {
+            // A stopped signer (SIGSTOP, a debugger, job control) is not hung: killing it would
+            // destroy its keys for an operator's pause. It is left as it is; its late answers
+            // are dropped when they come. A running signer that misses the deadline is hung.
+            CallFailure::TimedOut if self.is_stopped() => {
+                Error::SignerStopped(self.request_timeout)
+            }
+            CallFailure::TimedOut | CallFailure::WriteTimedOut => {
                 self.child.kill(SignerEnd::TimedOut);
                 Error::Timeout(self.request_timeout)
             }
