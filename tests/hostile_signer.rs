@@ -272,3 +272,69 @@ fn a_running_signer_that_never_answers_is_killed_as_hung() {
         "a later call got {later:?}"
     );
 }
+
+/// `bytes` as `printf` octal escapes.
+fn octal(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("\\{byte:03o}")).collect()
+}
+
+/// An answer frame for request 1 carrying `payload` after the id, as `printf` escapes.
+fn answer_to_request_one(payload: &[u8]) -> String {
+    let mut frame = u32::try_from(payload.len() + 1)
+        .unwrap()
+        .to_le_bytes()
+        .to_vec();
+    frame.push(1);
+    frame.extend_from_slice(payload);
+    octal(&frame)
+}
+
+#[test]
+fn a_new_key_named_in_another_store_is_a_protocol_error() {
+    // `KeyGenerated` (0) naming store 09×8, while the signer greeted with store 00×8.
+    let mut payload = vec![0u8];
+    payload.extend([9u8; 8]);
+    payload.extend([0u8; 16]);
+    payload.extend([0x58u8; 32]);
+    assert_protocol_violation(
+        &Impostor::answering(&answer_to_request_one(&payload)),
+        "another store",
+    );
+}
+
+#[test]
+fn a_refusal_that_cannot_apply_to_the_request_is_a_protocol_error() {
+    // `Refused(UnknownKey)` to a request to generate a key, which names no key.
+    assert_protocol_violation(
+        &Impostor::answering(&answer_to_request_one(&[6, 0])),
+        "does not fit",
+    );
+}
+
+#[test]
+fn a_public_key_that_is_not_a_point_is_a_protocol_error() {
+    // The first y coordinate with no point on the curve.
+    let not_a_point = (0u8..=255)
+        .map(|first| {
+            let mut bytes = [0u8; 32];
+            bytes[0] = first;
+            bytes
+        })
+        .find(|bytes| ed25519_dalek::VerifyingKey::from_bytes(bytes).is_err())
+        .unwrap();
+    // `PublicKey` (1): Ed25519 (0), consensus (1), the bytes.
+    let mut payload = vec![1u8, 0, 1];
+    payload.extend(not_a_point);
+    let impostor = Impostor::answering(&answer_to_request_one(&payload));
+    let service = SecretService::spawn(impostor.config()).unwrap();
+    // A key id in the impostor's store (all zeros), so the request is sent.
+    let key: keyward::KeyId = "00".repeat(24).parse().unwrap();
+    let error = service.public_key(key).unwrap_err();
+    match &error {
+        Error::SignerMisbehaved { what, .. } => {
+            assert!(what.contains("not a valid point"), "{error}")
+        }
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+    assert!(!service.is_running());
+}

@@ -313,4 +313,110 @@ mod tests {
         short.extend([0x5c; 31]);
         assert!(postcard::from_bytes::<AnswerFrame>(&short).is_err());
     }
+
+    /// The hex of the worked example named `name` in docs/wire-protocol.md.
+    fn documented_frame(name: &str) -> Vec<u8> {
+        let document = include_str!("../../docs/wire-protocol.md");
+        let row = document
+            .lines()
+            .find(|line| line.starts_with(&format!("| {name}")))
+            .unwrap_or_else(|| panic!("no worked example {name:?}"));
+        let hex: String = row
+            .rsplit('|')
+            .nth(1)
+            .unwrap_or_default()
+            .chars()
+            .filter(char::is_ascii_hexdigit)
+            .collect();
+        (0..hex.len())
+            .step_by(2)
+            .map(|at| u8::from_str_radix(&hex[at..at + 2], 16).unwrap_or_default())
+            .collect()
+    }
+
+    fn framed<T: Serialize>(message: &T) -> Vec<u8> {
+        let mut buffer = crate::wire::framing::frame_buffer();
+        let length = crate::wire::framing::encode_frame(message, &mut buffer).unwrap_or(0);
+        buffer[..length].to_vec()
+    }
+
+    #[test]
+    fn the_worked_examples_in_the_protocol_document_are_exact() {
+        use crate::wire::key_types::KeyMemory;
+        use crate::wire::startup::{Greeting, HardeningStep};
+        let key = WireKeyId {
+            store: [1; 8],
+            local: [2; 16],
+        };
+        let examples: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "request 1: `SignDigest`",
+                framed(&RequestFrame {
+                    id: 1,
+                    request: Request::SignDigest {
+                        key,
+                        digest: [3; 32],
+                    },
+                }),
+            ),
+            (
+                "request 300: `SignMessage`",
+                framed(&RequestFrame {
+                    id: 300,
+                    request: Request::SignMessage {
+                        key,
+                        message: b"abc",
+                    },
+                }),
+            ),
+            (
+                "greeting: `Ready`",
+                framed(&Greeting::Ready {
+                    protocol_version: 2,
+                    key_memory: KeyMemory::LockedAnonymous,
+                    store: [0xaa; 8],
+                }),
+            ),
+            (
+                "greeting: `HardeningFailed`",
+                framed(&Greeting::HardeningFailed {
+                    step: HardeningStep::SeccompFilter,
+                    errno: 22,
+                }),
+            ),
+            (
+                "answer 7: `Refused(UnknownKey)`",
+                framed(&AnswerFrame::<(), &[u8; 32]> {
+                    id: 7,
+                    answer: Answer::Refused(Refusal::UnknownKey),
+                }),
+            ),
+            (
+                "answer 1: `Signature`",
+                framed(&AnswerFrame::<(), &[u8; 32]> {
+                    id: 1,
+                    answer: Answer::Signature {
+                        r: [0x11; 32],
+                        s: [0x22; 32],
+                    },
+                }),
+            ),
+        ];
+        for (name, encoded) in examples {
+            assert_eq!(
+                documented_frame(name),
+                encoded,
+                "{name}: the document says otherwise; the code encodes {}",
+                encoded
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            );
+        }
+        assert_eq!(
+            crate::wire::PROTOCOL_VERSION,
+            2,
+            "the document describes version 2"
+        );
+    }
 }
