@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 use fault_util::{is_reaped, process_state, signal_child, wait_for};
 use keyward::testing::{
     self, FRAME_CAP, RawSigner, generate_key_frame, generated_key_from_summary, list_keys_frame,
-    sign_frame,
+    sign_frame, sign_message_frame,
 };
-use keyward::{Config, Error, KeyService, KeySpec, Purpose, SecretService, SignerEnd};
+use keyward::{
+    Config, Error, KeyService, KeySpec, MAX_MESSAGE_LEN, Purpose, SecretService, SignerEnd,
+};
 use nix::sys::signal::Signal;
 
 const ANSWER_WAIT: Duration = Duration::from_secs(5);
@@ -103,6 +105,53 @@ fn a_length_over_the_cap_ends_the_signer() {
     }
 }
 
+/// A message to sign that makes its frame longer than the cap is a corrupt stream like any frame
+/// over the cap: the signer stops on the header alone and never reads the message. The same
+/// request one byte shorter, a frame exactly at the cap, is read whole and its message refused
+/// as too long (it is over `MAX_MESSAGE_LEN`), and the signer carries on.
+#[test]
+fn a_sign_message_frame_over_the_cap_ends_the_signer() {
+    for (mode, config) in common::spawn_modes() {
+        let mut raw = spawn_raw(mode, config);
+        let (_, summary) = ask(
+            mode,
+            &mut raw,
+            &generate_key_frame(1, KeySpec::new(Purpose::Consensus)),
+        );
+        let key = generated_key_from_summary(&summary)
+            .unwrap_or_else(|| panic!("{mode}: not a generated key: {summary}"));
+        // What a sign-message request adds to its message: id, kind, key, message length.
+        let message = vec![0x5A; MAX_MESSAGE_LEN];
+        let overhead = payload(&sign_message_frame(2, key, &message)).len() - message.len();
+        let at_cap = sign_message_frame(2, key, &vec![0x5A; FRAME_CAP - overhead]);
+        assert_eq!(at_cap.len(), 4 + FRAME_CAP, "{mode}");
+        let (id, summary) = ask(mode, &mut raw, &at_cap);
+        assert_eq!(id, 2, "{mode}");
+        assert_eq!(
+            summary,
+            format!("Refused(MessageTooLong {{ cap: {MAX_MESSAGE_LEN} }})"),
+            "{mode}"
+        );
+        assert_still_serving(mode, &mut raw, 3);
+        let over = sign_message_frame(6, key, &vec![0x5A; FRAME_CAP + 1 - overhead]);
+        assert_eq!(over.len(), 4 + FRAME_CAP + 1, "{mode}");
+        // The signer stops after the header, so the write may find the pipe closed part-way.
+        let written = raw.write(&over);
+        assert!(
+            written
+                .as_ref()
+                .map_or_else(|e| e.kind() == std::io::ErrorKind::BrokenPipe, |()| true),
+            "{mode}: {written:?}"
+        );
+        assert_ends(
+            mode,
+            raw,
+            SignerEnd::CorruptRequestStream,
+            "a message to sign making its frame over the cap",
+        );
+    }
+}
+
 /// u32::MAX announced: the signer must not try to allocate (a sandboxed signer that did would
 /// die by SIGSYS, reported as SandboxViolation); it stops on the header alone.
 #[test]
@@ -181,6 +230,7 @@ fn undecodable_bodies_are_refused_and_the_signer_carries_on() {
         let list = payload(&list_keys_frame(0));
         let key: keyward::KeyId = "01".repeat(24).parse().unwrap();
         let sign = payload(&sign_frame(0, key, [2; 32]));
+        let sign_message = payload(&sign_message_frame(0, key, &[3; 40]));
         let cases: Vec<(&str, Vec<u8>)> = vec![
             ("garbage after the id", vec![0xFF; 9]),
             ("an unterminated variant varint", vec![0x80]),
@@ -191,6 +241,10 @@ fn undecodable_bodies_are_refused_and_the_signer_carries_on() {
                 [&list[1..], &[0][..]].concat(),
             ),
             ("a sign request cut short", sign[1..sign.len() - 5].to_vec()),
+            (
+                "a message to sign shorter than its length says",
+                sign_message[1..sign_message.len() - 1].to_vec(),
+            ),
             (
                 "a key spec with an unknown purpose",
                 [varint(0), varint(9), varint(0)].concat(),
@@ -296,8 +350,8 @@ fn a_signer_killed_mid_answer_leaves_a_cut_frame_and_is_reaped() {
             );
             assert!(summary.starts_with("KeyGenerated"), "{mode}: {summary}");
         }
-        // Two listings of ~51 KB each: together more than the 64 KiB pipe, so the second write
-        // blocks part-way.
+        // Two listings of ~59 KB each (58 bytes a key): together more than the 64 KiB pipe, so
+        // the second write blocks part-way.
         let mut bytes = list_keys_frame(id + 1);
         bytes.extend_from_slice(&list_keys_frame(id + 2));
         raw.write(&bytes).unwrap();
@@ -359,7 +413,7 @@ fn drain(raw: &RawSigner) -> Vec<u8> {
     }
 }
 
-/// Through the public API: callers reading ~51 KB listings while the signer is killed at random
+/// Through the public API: callers reading ~59 KB listings while the signer is killed at random
 /// moments all get SignerEnded{Killed 9} within the deadline (never a panic, a hang or a wrong
 /// answer), and the service respawns.
 #[test]

@@ -1,81 +1,54 @@
-//! Property: the signer's frame reader and request dispatch never panic on any bytes; every answer decodes and carries its request's id; a body that does not decode is refused (never executed) and valid requests after garbage still work.
+//! Property: the signer's frame reader and request dispatch never panic on any bytes; every answer decodes and carries its request's id; a body that does not decode is refused (never executed) and valid requests after garbage still work. Requests come from the real request type (drawn through its `arbitrary` derive by `testing::arbitrary_request_frame`, or built by the `testing` helpers), never from a copy of it.
+#![cfg(feature = "test-support")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use keyward::testing::{
-    DispatchResult, Dispatcher, FRAME_CAP, generate_key_frame, list_keys_frame, sign_frame,
-    split_frames,
+    DispatchResult, Dispatcher, FRAME_CAP, arbitrary_request_frame, diffie_hellman_frame,
+    drop_key_frame, generate_key_frame, generated_key_from_summary, is_test_hook_request,
+    is_valid_request, key_id_bytes, key_id_from_bytes, list_keys_frame, public_key_frame,
+    sign_frame, sign_message_frame, split_frames, test_hook_frame,
 };
-use keyward::{Algorithm, KeySpec, Purpose};
+use keyward::{Algorithm, ForbiddenSyscall, KeyId, KeySpec, MAX_MESSAGE_LEN, Purpose};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::{TestCaseError, TestRunner};
-use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// The request wire format, mirrored from the protocol (checked against the library's own
-/// encoder in `the_mirror_encodes_like_the_library`), so the tests can build every request and
-/// know which payloads are valid requests. Without `test-support`, variant 6 does not
-/// exist.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-enum WireRequest {
-    GenerateKey {
-        spec: KeySpec,
-    },
-    PublicKey {
-        key: [u8; 16],
-    },
-    Sign {
-        key: [u8; 16],
-        digest: [u8; 32],
-    },
-    DiffieHellman {
-        key: [u8; 16],
-        peer_public: [u8; 32],
-    },
-    ListKeys,
-    DropKey {
-        key: [u8; 16],
-    },
-}
+/// How many kinds of request the protocol has (variant indexes `0..REQUEST_KINDS`). A new kind
+/// fails `every_arbitrary_request_decodes_and_is_answered_with_its_id` until it is counted here
+/// and checked for its meaning in `every_request_kind_is_served_correctly_in_process`.
+const REQUEST_KINDS: usize = 8;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-struct WireFrame {
-    id: u64,
-    request: WireRequest,
-}
-
-/// The variant index of the test-only request that makes the dispatcher attempt a forbidden
-/// system call.
-const HOOK_VARIANT: u32 = 6;
-
-fn encode(id: u64, request: WireRequest) -> Vec<u8> {
-    postcard::to_allocvec(&WireFrame { id, request }).unwrap()
-}
-
-/// With `test-support` on, the dispatcher would really make a forbidden system call (fork,
-/// execve, ptrace ...) in this test process for a payload naming variant 6 (see
-/// `the_in_process_dispatcher_never_makes_a_test_hook_system_call`). Such payloads are never fed
-/// to it here.
+/// A signer with live test hooks makes a forbidden system call (fork, execve, ptrace ...) for a
+/// test-hook request. The in-process dispatcher refuses it, as
+/// `the_in_process_dispatcher_never_makes_a_test_hook_system_call` shows with calls whose effect
+/// would be harmless and visible. The random properties never feed it one all the same: were that
+/// refusal ever lost, an `execve` of this test binary in the middle of a property would end the
+/// run looking like a pass, before that test could say what happened.
 fn unsafe_to_dispatch(payload: &[u8]) -> bool {
-    cfg!(feature = "test-support")
-        && postcard::take_from_bytes::<u64>(payload)
-            .and_then(|(_, body)| postcard::take_from_bytes::<u32>(body))
-            .is_ok_and(|(variant, _)| variant == HOOK_VARIANT)
+    is_test_hook_request(payload)
 }
 
-/// Whether the payload is a whole, valid request (as the signer decodes it).
-fn is_valid_request(payload: &[u8]) -> bool {
-    matches!(postcard::take_from_bytes::<WireFrame>(payload), Ok((_, [])))
+/// The id a payload starts with, if one decodes (a postcard varint `u64`).
+fn id_of(payload: &[u8]) -> Option<u64> {
+    postcard::take_from_bytes::<u64>(payload)
+        .ok()
+        .map(|(id, _)| id)
+}
+
+/// The request kind (variant index) after the id, if one decodes.
+fn kind_of(payload: &[u8]) -> Option<u32> {
+    let (_, body) = postcard::take_from_bytes::<u64>(payload).ok()?;
+    postcard::take_from_bytes::<u32>(body)
+        .ok()
+        .map(|(kind, _)| kind)
 }
 
 /// Checks one answer against what the input policy says it must be; returns the answer's
 /// summary if there was one.
 fn check(payload: &[u8], result: &DispatchResult) -> Option<String> {
-    let id = postcard::take_from_bytes::<u64>(payload)
-        .ok()
-        .map(|(id, _)| id);
-    match (id, result) {
+    match (id_of(payload), result) {
         (None, DispatchResult::Stopped) => None,
         (
             Some(id),
@@ -124,9 +97,9 @@ fn payload_of(frame: &[u8]) -> &[u8] {
     &frame[4..]
 }
 
-/// A key generated in a dispatcher: its local id and public key.
+/// A key generated in a dispatcher: its id and public key.
 struct Generated {
-    key: [u8; 16],
+    key: KeyId,
     public: [u8; 32],
 }
 
@@ -134,36 +107,64 @@ fn generate(dispatcher: &mut Dispatcher, id: u64, purpose: Purpose) -> Generated
     let frame = generate_key_frame(id, KeySpec::new(purpose));
     let summary = dispatch(dispatcher, payload_of(&frame)).unwrap();
     Generated {
-        key: array(bytes_after(&summary, "key: [")),
+        key: generated_key_from_summary(&summary)
+            .unwrap_or_else(|| panic!("not a generated key: {summary}")),
         public: array(bytes_after(&summary, "public_key: [")),
     }
 }
 
-/// Signs with the dispatcher and verifies the signature with `verify_strict`.
-fn assert_signs(dispatcher: &mut Dispatcher, id: u64, key: &Generated, digest: [u8; 32]) {
+/// The signature in a `Signature` answer.
+fn signature_in(summary: &str) -> Signature {
+    Signature::from_components(
+        array(bytes_after(summary, "r: [")),
+        array(bytes_after(summary, "s: [")),
+    )
+}
+
+/// Signs a digest with the dispatcher and verifies the signature with `verify_strict`.
+fn assert_signs(
+    dispatcher: &mut Dispatcher,
+    id: u64,
+    key: &Generated,
+    digest: [u8; 32],
+) -> Signature {
     let summary = dispatch(dispatcher, payload_of(&sign_frame(id, key.key, digest))).unwrap();
-    let signature = Signature::from_components(
-        array(bytes_after(&summary, "r: [")),
-        array(bytes_after(&summary, "s: [")),
-    );
+    let signature = signature_in(&summary);
     VerifyingKey::from_bytes(&key.public)
         .unwrap()
         .verify_strict(&digest, &signature)
-        .unwrap_or_else(|e| panic!("a wrong signature after garbage: {e}"));
+        .unwrap_or_else(|e| panic!("a wrong signature of a digest: {e}"));
+    signature
+}
+
+/// Signs a message with the dispatcher and verifies the signature with `verify_strict`.
+fn assert_signs_message(
+    dispatcher: &mut Dispatcher,
+    id: u64,
+    key: &Generated,
+    message: &[u8],
+) -> Signature {
+    let frame = sign_message_frame(id, key.key, message);
+    let summary = dispatch(dispatcher, payload_of(&frame)).unwrap();
+    assert!(
+        summary.starts_with("Signature {"),
+        "a message of {} bytes: {summary}",
+        message.len()
+    );
+    let signature = signature_in(&summary);
+    VerifyingKey::from_bytes(&key.public)
+        .unwrap()
+        .verify_strict(message, &signature)
+        .unwrap_or_else(|e| panic!("a wrong signature of a {}-byte message: {e}", message.len()));
+    signature
 }
 
 /// Diffie-Hellman with the dispatcher, checked against the peer's side.
 fn assert_agrees(dispatcher: &mut Dispatcher, id: u64, key: &Generated, peer_seed: [u8; 32]) {
     let peer = x25519_dalek::StaticSecret::from(peer_seed);
     let peer_public = x25519_dalek::PublicKey::from(&peer);
-    let payload = encode(
-        id,
-        WireRequest::DiffieHellman {
-            key: key.key,
-            peer_public: peer_public.to_bytes(),
-        },
-    );
-    let summary = dispatch(dispatcher, &payload).unwrap();
+    let frame = diffie_hellman_frame(id, key.key, peer_public.to_bytes());
+    let summary = dispatch(dispatcher, payload_of(&frame)).unwrap();
     let expected = peer.diffie_hellman(&x25519_dalek::PublicKey::from(key.public));
     if expected.as_bytes() == &[0; 32] {
         assert!(summary.contains("LowOrderPoint"), "{summary}");
@@ -174,28 +175,16 @@ fn assert_agrees(dispatcher: &mut Dispatcher, id: u64, key: &Generated, peer_see
 
 // ---- strategies ----
 
-fn purpose() -> impl Strategy<Value = Purpose> {
-    prop::sample::select(Purpose::ALL.to_vec())
+/// Bytes for `arbitrary` to draw one request from: enough for every kind (the longest fixed-size
+/// one takes 4 bytes for its kind, 24 for the key and 32 for the digest or the peer's key), and
+/// for messages to sign of up to about a hundred bytes.
+fn request_bytes() -> impl Strategy<Value = Vec<u8>> {
+    vec(any::<u8>(), 0..160)
 }
 
-fn algorithm() -> impl Strategy<Value = Algorithm> {
-    prop_oneof![Just(Algorithm::Ed25519), Just(Algorithm::X25519)]
-}
-
-fn request() -> impl Strategy<Value = WireRequest> {
-    prop_oneof![
-        (purpose(), algorithm()).prop_map(|(purpose, algorithm)| WireRequest::GenerateKey {
-            spec: KeySpec::with_algorithm(purpose, algorithm)
-        }),
-        any::<[u8; 16]>().prop_map(|key| WireRequest::PublicKey { key }),
-        (any::<[u8; 16]>(), any::<[u8; 32]>())
-            .prop_map(|(key, digest)| WireRequest::Sign { key, digest }),
-        (any::<[u8; 16]>(), any::<[u8; 32]>())
-            .prop_map(|(key, peer_public)| { WireRequest::DiffieHellman { key, peer_public } }),
-        Just(WireRequest::ListKeys),
-        any::<[u8; 16]>().prop_map(|key| WireRequest::DropKey { key }),
-    ]
-}
+/// Fewer bytes than this may run out before a request is drawn; from this many on, every kind is
+/// drawn whole.
+const ENOUGH_TO_DRAW: usize = 64;
 
 fn id() -> impl Strategy<Value = u64> {
     prop_oneof![0u64..1000, any::<u64>()]
@@ -245,25 +234,29 @@ fn apply(bytes: &mut Vec<u8>, mutation: &Mutation) {
     }
 }
 
-/// A payload: random bytes, bytes with no id, random bytes behind a small id and variant, or a
-/// valid request mutated a few times.
+/// A payload: random bytes, bytes with no id, random bytes behind a small id and kind, or a
+/// request drawn from the real request type and mutated a few times (or not at all).
 fn payload() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         3 => vec(any::<u8>(), 0..96),
         // No id: nothing, or a varint that never ends (or runs past 10 bytes).
         1 => vec(0x80u8..=0xFF, 0..14),
-        3 => (0u8..0x80, 0u8..10, vec(any::<u8>(), 0..80)).prop_map(|(id, variant, rest)| [
-            vec![id, variant],
+        // Kinds 0..=7 exist, 8 and 9 do not.
+        3 => (0u8..0x80, 0u8..10, vec(any::<u8>(), 0..80)).prop_map(|(id, kind, rest)| [
+            vec![id, kind],
             rest
         ]
         .concat()),
-        4 => (id(), request(), vec(mutation(), 0..4)).prop_map(|(id, request, mutations)| {
-            let mut bytes = encode(id, request);
-            for mutation in &mutations {
-                apply(&mut bytes, mutation);
+        4 => (id(), request_bytes(), vec(mutation(), 0..4)).prop_filter_map(
+            "no request drawn",
+            |(id, bytes, mutations)| {
+                let mut bytes = payload_of(&arbitrary_request_frame(id, &bytes)?).to_vec();
+                for mutation in &mutations {
+                    apply(&mut bytes, mutation);
+                }
+                Some(bytes)
             }
-            bytes
-        }),
+        ),
     ]
     .prop_filter("a test-hook request", |payload| {
         !unsafe_to_dispatch(payload)
@@ -438,15 +431,20 @@ fn the_frame_reader_splits_any_stream_by_the_rule() {
 }
 
 /// A sequence of hostile payloads on one lane: after each one that did not stop the signer, the
-/// next valid request (with an id above every id accepted so far) is served, signatures still
-/// verify and Diffie-Hellman still agrees with the peer.
+/// next valid request (with an id above every id accepted so far) is served, signatures of
+/// digests and of messages still verify and Diffie-Hellman still agrees with the peer.
 #[test]
 fn valid_requests_after_garbage_still_work() {
     const CASES: u32 = 256;
     let tally = Tally::default();
     let checks = AtomicUsize::new(0);
-    let strategy = (vec(payload(), 1..8), any::<[u8; 32]>(), any::<[u8; 32]>());
-    run(CASES, strategy, |(garbage, digest, peer)| {
+    let strategy = (
+        vec(payload(), 1..8),
+        any::<[u8; 32]>(),
+        any::<[u8; 32]>(),
+        vec(any::<u8>(), 0..200),
+    );
+    run(CASES, strategy, |(garbage, digest, peer, message)| {
         let mut dispatcher = Dispatcher::new(16).unwrap();
         let signing = generate(&mut dispatcher, 1, Purpose::Consensus);
         let handshake = generate(&mut dispatcher, 2, Purpose::NetworkHandshake);
@@ -460,11 +458,11 @@ fn valid_requests_after_garbage_still_work() {
             let refused =
                 summary.contains("MalformedRequest") || summary.contains("RequestIdNotIncreasing");
             if !refused {
-                let (id, _) = postcard::take_from_bytes::<u64>(payload).unwrap();
+                let id = id_of(payload).unwrap();
                 prop_assert!(id > last, "accepted id {} after {}", id, last);
                 last = id;
             }
-            if last >= u64::MAX - 3 {
+            if last >= u64::MAX - 4 {
                 break;
             }
             // A request that does not increase is refused whatever it is.
@@ -472,10 +470,12 @@ fn valid_requests_after_garbage_still_work() {
             prop_assert!(stale.contains("RequestIdNotIncreasing"), "{}", stale);
             let listed = dispatch(&mut dispatcher, payload_of(&list_keys_frame(last + 1))).unwrap();
             prop_assert!(listed.starts_with("KeyList("), "{}", listed);
-            // The garbage could drop a key only by guessing its random 16-byte id.
+            // The garbage could drop a key only by guessing its random 24-byte id (store and
+            // key).
             assert_signs(&mut dispatcher, last + 2, &signing, digest);
-            assert_agrees(&mut dispatcher, last + 3, &handshake, peer);
-            last += 3;
+            assert_signs_message(&mut dispatcher, last + 3, &signing, &message);
+            assert_agrees(&mut dispatcher, last + 4, &handshake, peer);
+            last += 4;
             checks.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
@@ -496,119 +496,188 @@ fn valid_requests_after_garbage_still_work() {
     assert!(Tally::get(&tally.malformed) >= 32 && Tally::get(&tally.served) >= 16);
 }
 
+/// Every request the real request type can hold, drawn through its `arbitrary` derive, makes one
+/// whole frame under the cap that the signer decodes as a request (the encoder and the decoder
+/// agree), that is a test hook exactly when it is of the hook's kind, and that is answered with
+/// its own id, never as malformed. Every kind is drawn, and only the kinds the protocol has.
 #[test]
-fn the_mirror_encodes_like_the_library() {
-    let spec = KeySpec::new(Purpose::NetworkDiscovery);
-    assert_eq!(
-        encode(7, WireRequest::GenerateKey { spec }),
-        payload_of(&generate_key_frame(7, spec))
-    );
-    assert_eq!(
-        encode(
-            u64::MAX,
-            WireRequest::Sign {
-                key: [9; 16],
-                digest: [8; 32]
+fn every_arbitrary_request_decodes_and_is_answered_with_its_id() {
+    const CASES: u32 = 512;
+    /// The variant index of the test hook, the last kind.
+    const HOOK_KIND: usize = REQUEST_KINDS - 1;
+    // One counter per kind, and one for any kind past the last.
+    let kinds: [AtomicUsize; REQUEST_KINDS + 1] = Default::default();
+    let not_drawn = AtomicUsize::new(0);
+    let tally = Tally::default();
+    let strategy = vec((1u64..1000, request_bytes()), 1..8);
+    run(CASES, strategy, |draws| {
+        let mut dispatcher = Dispatcher::new(4).unwrap();
+        let mut id = 0u64;
+        for (gap, bytes) in &draws {
+            id += gap;
+            let Some(frame) = arbitrary_request_frame(id, bytes) else {
+                prop_assert!(
+                    bytes.len() < ENOUGH_TO_DRAW,
+                    "no request drawn from {} bytes",
+                    bytes.len()
+                );
+                not_drawn.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let payload = payload_of(&frame);
+            prop_assert_eq!(split_frames(&frame), (vec![payload.len()], None));
+            prop_assert!(is_valid_request(payload), "{:?} does not decode", payload);
+            prop_assert_eq!(id_of(payload), Some(id));
+            let kind = usize::try_from(kind_of(payload).unwrap()).unwrap();
+            kinds[kind.min(REQUEST_KINDS)].fetch_add(1, Ordering::Relaxed);
+            prop_assert_eq!(is_test_hook_request(payload), kind == HOOK_KIND);
+            if unsafe_to_dispatch(payload) {
+                continue;
             }
-        ),
-        payload_of(&sign_frame(u64::MAX, [9; 16], [8; 32]))
+            let summary = dispatch(&mut dispatcher, payload).unwrap();
+            tally.count(Some(&summary));
+            prop_assert!(
+                !summary.contains("MalformedRequest")
+                    && !summary.contains("RequestIdNotIncreasing"),
+                "request {} refused: {}",
+                id,
+                summary
+            );
+        }
+        Ok(())
+    });
+    let kinds: Vec<usize> = kinds.iter().map(Tally::get).collect();
+    println!(
+        "{CASES} sequences: requests of each kind {:?}, {} not drawn (too few bytes), {} served",
+        &kinds[..REQUEST_KINDS],
+        not_drawn.into_inner(),
+        Tally::get(&tally.served)
     );
     assert_eq!(
-        encode(300, WireRequest::ListKeys),
-        payload_of(&list_keys_frame(300))
+        kinds[REQUEST_KINDS], 0,
+        "a request kind past the {REQUEST_KINDS} known: count it in REQUEST_KINDS and check it in \
+         every_request_kind_is_served_correctly_in_process"
     );
+    assert!(
+        kinds[..REQUEST_KINDS].iter().all(|&count| count >= 32),
+        "a request kind drawn too rarely: {kinds:?}"
+    );
+}
+
+/// A message of `length` bytes, not all alike.
+fn message(length: usize) -> Vec<u8> {
+    (0..length)
+        .map(|at| u8::try_from((at * 7 + length) % 251).unwrap())
+        .collect()
 }
 
 /// Every request kind through one dispatcher, checked for its meaning, not only its id.
 #[test]
 fn every_request_kind_is_served_correctly_in_process() {
     let mut dispatcher = Dispatcher::new(4).unwrap();
-    let signing = generate(&mut dispatcher, 1, Purpose::Account);
-    let handshake = generate(&mut dispatcher, 2, Purpose::NetworkHandshake);
-    assert_signs(&mut dispatcher, 3, &signing, [1; 32]);
-    assert_agrees(&mut dispatcher, 4, &handshake, [2; 32]);
-    let summary = dispatch(
-        &mut dispatcher,
-        &encode(5, WireRequest::PublicKey { key: signing.key }),
-    )
-    .unwrap();
+    let d = &mut dispatcher;
+    let ask = |d: &mut Dispatcher, frame: Vec<u8>| dispatch(d, payload_of(&frame)).unwrap();
+    // GenerateKey, SignDigest, DiffieHellman.
+    let signing = generate(d, 1, Purpose::Account);
+    let handshake = generate(d, 2, Purpose::NetworkHandshake);
+    let digest_signature = assert_signs(d, 3, &signing, [1; 32]);
+    assert_agrees(d, 4, &handshake, [2; 32]);
+    // PublicKey.
+    let summary = ask(d, public_key_frame(5, signing.key));
     assert_eq!(bytes_after(&summary, "public_key: ["), signing.public);
-    // X25519 key asked to sign; Ed25519 key asked for DH; low-order peer; unknown key.
-    let summary = dispatch(
-        &mut dispatcher,
-        payload_of(&sign_frame(6, handshake.key, [0; 32])),
-    )
-    .unwrap();
+    assert!(
+        summary.contains("algorithm: Ed25519, purpose: Account"),
+        "{summary}"
+    );
+    // X25519 key asked to sign; Ed25519 key asked for DH; low-order peer; unknown key; the id
+    // of a held key but in another store.
+    let summary = ask(d, sign_frame(6, handshake.key, [0; 32]));
     assert!(summary.contains("WrongAlgorithm"), "{summary}");
-    let summary = dispatch(
-        &mut dispatcher,
-        &encode(
-            7,
-            WireRequest::DiffieHellman {
-                key: signing.key,
-                peer_public: [1; 32],
-            },
-        ),
-    )
-    .unwrap();
+    let summary = ask(d, diffie_hellman_frame(7, signing.key, [1; 32]));
     assert!(summary.contains("WrongAlgorithm"), "{summary}");
-    let summary = dispatch(
-        &mut dispatcher,
-        &encode(
-            8,
-            WireRequest::DiffieHellman {
-                key: handshake.key,
-                peer_public: [0; 32],
-            },
-        ),
-    )
-    .unwrap();
+    let summary = ask(d, diffie_hellman_frame(8, handshake.key, [0; 32]));
     assert!(summary.contains("LowOrderPoint"), "{summary}");
-    let summary = dispatch(
-        &mut dispatcher,
-        payload_of(&sign_frame(9, [0xEE; 16], [0; 32])),
-    )
-    .unwrap();
+    let unknown: KeyId = "ee".repeat(24).parse().unwrap();
+    let summary = ask(d, sign_frame(9, unknown, [0; 32]));
     assert!(summary.contains("UnknownKey"), "{summary}");
-    let summary = dispatch(
-        &mut dispatcher,
-        &encode(
-            10,
-            WireRequest::GenerateKey {
-                spec: KeySpec::with_algorithm(Purpose::Consensus, Algorithm::X25519),
-            },
+    let mut elsewhere = key_id_bytes(signing.key);
+    elsewhere[0] ^= 1; // The store's first byte.
+    let elsewhere = key_id_from_bytes(&elsewhere).unwrap();
+    let summary = ask(d, sign_frame(10, elsewhere, [0; 32]));
+    assert!(summary.contains("UnknownKey"), "{summary}");
+    let summary = ask(
+        d,
+        generate_key_frame(
+            11,
+            KeySpec::with_algorithm(Purpose::Consensus, Algorithm::X25519),
         ),
-    )
-    .unwrap();
+    );
     assert!(summary.contains("PurposeAlgorithmMismatch"), "{summary}");
-    let summary = dispatch(
-        &mut dispatcher,
-        &encode(11, WireRequest::DropKey { key: signing.key }),
-    )
-    .unwrap();
-    assert_eq!(summary, "KeyDropped");
-    let summary = dispatch(
-        &mut dispatcher,
-        payload_of(&sign_frame(12, signing.key, [0; 32])),
-    )
-    .unwrap();
-    assert!(summary.contains("UnknownKey"), "{summary}");
-    // Fill the store: the limit is refused by name.
-    for id in 13..16 {
-        generate(&mut dispatcher, id, Purpose::Consensus);
+    // SignMessage: pure Ed25519 over the message, at every length up to the cap. A 32-byte
+    // message is signed exactly as the same 32 bytes sent as a digest.
+    let mut id = 12;
+    for length in [0, 1, 31, 32, 33, 1024, MAX_MESSAGE_LEN] {
+        let signature = assert_signs_message(d, id, &signing, &message(length));
+        if length == 32 {
+            let again = assert_signs_message(d, id + 1, &signing, &[1; 32]);
+            assert_eq!(
+                again, digest_signature,
+                "a 32-byte message and a digest differ"
+            );
+            id += 1;
+        }
+        assert_ne!(signature, digest_signature);
+        id += 1;
     }
-    let summary = dispatch(
-        &mut dispatcher,
-        payload_of(&generate_key_frame(16, KeySpec::new(Purpose::Consensus))),
-    )
-    .unwrap();
+    // One byte over the cap is refused by name, and the dispatcher carries on.
+    let summary = ask(
+        d,
+        sign_message_frame(id, signing.key, &message(MAX_MESSAGE_LEN + 1)),
+    );
+    assert_eq!(
+        summary,
+        format!("Refused(MessageTooLong {{ cap: {MAX_MESSAGE_LEN} }})")
+    );
+    assert_signs_message(d, id + 1, &signing, &message(100));
+    let summary = ask(d, sign_message_frame(id + 2, handshake.key, b"to sign"));
+    assert!(summary.contains("WrongAlgorithm"), "{summary}");
+    let summary = ask(d, sign_message_frame(id + 3, unknown, b"to sign"));
+    assert!(summary.contains("UnknownKey"), "{summary}");
+    id += 4;
+    // DropKey: the key is gone for every operation.
+    let summary = ask(d, drop_key_frame(id, signing.key));
+    assert_eq!(summary, "KeyDropped");
+    let summary = ask(d, sign_frame(id + 1, signing.key, [0; 32]));
+    assert!(summary.contains("UnknownKey"), "{summary}");
+    let summary = ask(d, sign_message_frame(id + 2, signing.key, b"to sign"));
+    assert!(summary.contains("UnknownKey"), "{summary}");
+    let summary = ask(d, public_key_frame(id + 3, signing.key));
+    assert!(summary.contains("UnknownKey"), "{summary}");
+    let summary = ask(d, drop_key_frame(id + 4, signing.key));
+    assert!(summary.contains("UnknownKey"), "{summary}");
+    id += 5;
+    // Fill the store: the limit is refused by name.
+    for _ in 0..3 {
+        generate(d, id, Purpose::Consensus);
+        id += 1;
+    }
+    let summary = ask(d, generate_key_frame(id, KeySpec::new(Purpose::Consensus)));
     assert!(summary.contains("KeyLimitReached"), "{summary}");
-    let summary = dispatch(&mut dispatcher, payload_of(&list_keys_frame(17))).unwrap();
+    // ListKeys: the four keys held, the handshake key among them.
+    let summary = ask(d, list_keys_frame(id + 1));
     assert_eq!(summary.matches("KeyListing").count(), 4, "{summary}");
+    assert!(
+        summary.contains(&format!("public_key: {:?}", handshake.public)),
+        "{summary}"
+    );
+    assert!(
+        !summary.contains(&format!("public_key: {:?}", signing.public)),
+        "a dropped key is listed: {summary}"
+    );
+    // AttemptForbiddenSyscall: in the_in_process_dispatcher_never_makes_a_test_hook_system_call.
 }
 
 /// The file descriptors of this process that point at `path`.
-#[cfg(feature = "test-support")]
 fn descriptors_open_on(path: &str) -> usize {
     std::fs::read_dir("/proc/self/fd")
         .unwrap()
@@ -623,17 +692,41 @@ fn descriptors_open_on(path: &str) -> usize {
 /// With `test-support` on, `testing::Dispatcher` must refuse the test-only
 /// `AttemptForbiddenSyscall` request rather than make the call, unsandboxed, in the calling
 /// process (a 3-byte payload once made a property test open files, fork, or execve). Shown with
-/// the harmless one: `Open` would leave a descriptor on /etc/hostname open in this process.
-#[cfg(feature = "test-support")]
+/// the calls that would be harmless here: `Open` and `OpenAt` would leave a descriptor on
+/// /etc/hostname open in this process, and every call made would be answered
+/// `SurvivedForbiddenSyscall`. (Execve, Fork, Clone, Ptrace, MmapExecutable and I386IntX80 are
+/// never sent: were they made, this process would be replaced, copied, traced or crashed.)
 #[test]
 fn the_in_process_dispatcher_never_makes_a_test_hook_system_call() {
-    let before = descriptors_open_on("/etc/hostname");
     let mut dispatcher = Dispatcher::new(1).unwrap();
-    // id 1, variant 6 (AttemptForbiddenSyscall), ForbiddenSyscall::Open (0).
-    let result = dispatcher.handle(&[1, 6, 0]);
-    let after = descriptors_open_on("/etc/hostname");
-    assert_eq!(
-        after, before,
-        "the dispatcher opened /etc/hostname in the test process (answer: {result:?})"
-    );
+    let calls = [
+        ForbiddenSyscall::Open,
+        ForbiddenSyscall::OpenAt,
+        ForbiddenSyscall::Socket,
+        ForbiddenSyscall::Mprotect,
+        ForbiddenSyscall::X32Write,
+    ];
+    for (id, call) in (1..).zip(calls) {
+        let frame = test_hook_frame(id, call);
+        let payload = payload_of(&frame);
+        assert!(
+            is_test_hook_request(payload),
+            "{call:?}: {payload:?} is not the test hook"
+        );
+        let before = descriptors_open_on("/etc/hostname");
+        let result = dispatcher.handle(payload);
+        let after = descriptors_open_on("/etc/hostname");
+        assert_eq!(
+            after, before,
+            "{call:?}: the dispatcher opened /etc/hostname in the test process (answer: {result:?})"
+        );
+        assert_eq!(
+            result,
+            DispatchResult::Answered {
+                id,
+                summary: "Refused(NotInThisBuild)".to_owned()
+            },
+            "{call:?}"
+        );
+    }
 }

@@ -1,68 +1,57 @@
-//! The signer's request dispatch (`keyward::testing::Dispatcher::handle`) on every frame of the
-//! input, as one lane would see them. Checks, for each frame: no panic; an answer exactly when an
-//! id decodes, carrying that id; `MalformedRequest` exactly when the body is not a whole request;
+//! The signer's request dispatch (`keyward::testing::Dispatcher::handle`) on a sequence of
+//! requests, as one lane would see them: raw frame payloads, and requests drawn through the real
+//! request type's `arbitrary` derive (`keyward::testing::arbitrary_request_frame`), so every
+//! request kind is reached whole, including a kind added later, without a copy of the type here.
+//!
+//! The input is a sequence of chunks, each framed as the signer frames requests (a little-endian
+//! u32 length of at most the frame cap, then that many bytes; a chunk over the cap or cut short
+//! ends the input, as the signer would stop). A chunk's first byte, its tag, says what the rest
+//! of it is:
+//!
+//! - tag even: a frame payload, handed to the dispatcher as it is;
+//! - tag odd: bytes to draw one request from, sent with the id `last + (tag >> 1)`, where `last`
+//!   is the last id the lane accepted (a gap of 0 repeats it, so the refusal of an id that does
+//!   not increase is reached too). Bytes that draw nothing, or a request too long for one frame,
+//!   are skipped.
+//!
+//! Checks, for each request: no panic; an answer exactly when an id decodes, carrying that id;
+//! `MalformedRequest` exactly when the body is not a whole request (`is_valid_request`, the
+//! signer's own decoder); a drawn request always decodes; a valid request whose id does not
+//! increase is refused as such; a test-hook request is refused (`NotInThisBuild`), never made;
 //! and the dispatcher's own check that every answer decodes.
 //!
-//! Two keys are generated first. Any 16 bytes `KKKKKKKKKKKKKKKK` in a frame stand for the Ed25519
-//! key's id and `XXXXXXXXXXXXXXXX` for the X25519 key's (the ids are random, so the fuzzer could
-//! never guess them), so signing and Diffie-Hellman are reached too.
+//! Two keys are generated first (ids 0 and 1). Any 24 bytes `K` in a chunk stand for the Ed25519
+//! key's id and 24 bytes `X` for the X25519 key's (the ids, store and key, are random, so the
+//! fuzzer could never guess them), so signing and Diffie-Hellman are reached too.
 #![no_main]
 
-use keyward::testing::{DispatchResult, Dispatcher, FRAME_CAP, generated_key_from_summary};
+use keyward::testing::{
+    DispatchResult, Dispatcher, FRAME_CAP, arbitrary_request_frame, generate_key_frame,
+    generated_key_from_summary, is_test_hook_request, is_valid_request, key_id_bytes,
+};
 use keyward::{KeySpec, Purpose};
 use libfuzzer_sys::fuzz_target;
-use serde::Deserialize;
 
-/// The request wire format, mirrored (keyward's default features: no test-hook variant).
-#[derive(Deserialize)]
-#[allow(dead_code)]
-enum WireRequest {
-    GenerateKey {
-        spec: KeySpec,
-    },
-    PublicKey {
-        key: [u8; 16],
-    },
-    Sign {
-        key: [u8; 16],
-        digest: [u8; 32],
-    },
-    DiffieHellman {
-        key: [u8; 16],
-        peer_public: [u8; 32],
-    },
-    ListKeys,
-    DropKey {
-        key: [u8; 16],
-    },
-}
+const ED25519_PLACEHOLDER: [u8; 24] = [b'K'; 24];
+const X25519_PLACEHOLDER: [u8; 24] = [b'X'; 24];
 
-#[derive(Deserialize)]
-#[allow(dead_code)]
-struct WireFrame {
-    id: u64,
-    request: WireRequest,
-}
-
-const ED25519_PLACEHOLDER: [u8; 16] = *b"KKKKKKKKKKKKKKKK";
-const X25519_PLACEHOLDER: [u8; 16] = *b"XXXXXXXXXXXXXXXX";
-
-fn generate(dispatcher: &mut Dispatcher, id: u64, purpose: Purpose) -> [u8; 16] {
-    let frame = keyward::testing::generate_key_frame(id, KeySpec::new(purpose));
+/// Generates a key; returns its id as a request frame carries it.
+fn generate(dispatcher: &mut Dispatcher, id: u64, purpose: Purpose) -> Vec<u8> {
+    let frame = generate_key_frame(id, KeySpec::new(purpose));
     match dispatcher.handle(&frame[4..]) {
         DispatchResult::Answered { summary, .. } => {
-            generated_key_from_summary(&summary).expect("a generated key")
+            key_id_bytes(generated_key_from_summary(&summary).expect("a generated key"))
         }
         DispatchResult::Stopped => panic!("the dispatcher stopped on a valid request"),
     }
 }
 
-fn substitute(payload: &mut [u8], placeholder: &[u8; 16], key: &[u8; 16]) {
+fn substitute(bytes: &mut [u8], placeholder: &[u8], key: &[u8]) {
     let mut at = 0;
-    while at + 16 <= payload.len() {
-        if &payload[at..at + 16] == placeholder {
-            payload[at..at + 16].copy_from_slice(key);
-            at += 16;
+    while at + placeholder.len() <= bytes.len() {
+        if &bytes[at..at + placeholder.len()] == placeholder {
+            bytes[at..at + placeholder.len()].copy_from_slice(key);
+            at += placeholder.len();
         } else {
             at += 1;
         }
@@ -73,23 +62,38 @@ fuzz_target!(|data: &[u8]| {
     let mut dispatcher = Dispatcher::new(8).expect("locked memory for the key store");
     let ed25519 = generate(&mut dispatcher, 0, Purpose::Consensus);
     let x25519 = generate(&mut dispatcher, 1, Purpose::NetworkHandshake);
+    let mut last = 1u64;
     let mut rest = data;
     while let Some(header) = rest.first_chunk::<4>() {
-        let length = u32::from_le_bytes(*header) as usize;
+        let length = usize::try_from(u32::from_le_bytes(*header)).expect("a u32 fits");
         if length > FRAME_CAP || rest.len() - 4 < length {
             break; // The signer stops here (over-long or truncated frame).
         }
-        let mut payload = rest[4..4 + length].to_vec();
+        let mut chunk = rest[4..4 + length].to_vec();
         rest = &rest[4 + length..];
-        substitute(&mut payload, &ED25519_PLACEHOLDER, &ed25519);
-        substitute(&mut payload, &X25519_PLACEHOLDER, &x25519);
+        substitute(&mut chunk, &ED25519_PLACEHOLDER, &ed25519);
+        substitute(&mut chunk, &X25519_PLACEHOLDER, &x25519);
+        let Some((&tag, body)) = chunk.split_first() else {
+            continue;
+        };
+        let payload = if tag & 1 == 1 {
+            let id = last.saturating_add(u64::from(tag >> 1));
+            let Some(frame) = arbitrary_request_frame(id, body) else {
+                continue;
+            };
+            let payload = frame[4..].to_vec();
+            assert!(
+                is_valid_request(&payload),
+                "a drawn request does not decode: {payload:?}"
+            );
+            payload
+        } else {
+            body.to_vec()
+        };
         let id = postcard::take_from_bytes::<u64>(&payload)
             .ok()
             .map(|(id, _)| id);
-        let valid = matches!(
-            postcard::take_from_bytes::<WireFrame>(&payload),
-            Ok((_, []))
-        );
+        let valid = is_valid_request(&payload);
         match (id, dispatcher.handle(&payload)) {
             (None, DispatchResult::Stopped) => break,
             (
@@ -105,6 +109,20 @@ fuzz_target!(|data: &[u8]| {
                     !valid,
                     "validity misjudged: {summary}"
                 );
+                if !valid {
+                    continue;
+                }
+                if id <= last {
+                    assert_eq!(
+                        summary, "Refused(RequestIdNotIncreasing)",
+                        "id {id} after {last}"
+                    );
+                    continue;
+                }
+                last = id;
+                if is_test_hook_request(&payload) {
+                    assert_eq!(summary, "Refused(NotInThisBuild)", "a test hook was served");
+                }
             }
             (id, result) => panic!("id {id:?} gave {result:?}"),
         }

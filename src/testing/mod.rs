@@ -15,7 +15,9 @@ use crate::signer::dispatch::{LaneState, Outcome, handle_frame};
 use crate::signer::key_store::KeyStore;
 use crate::wire::framing::{FrameReader, ReadError, encode_frame, frame_buffer, write_all};
 use crate::wire::key_types::{KeySpec, LocalKeyId, SecretMemory, WireKeyId};
-use crate::wire::messages::{Answer, AnswerFrame, Request, RequestFrame, decode_request};
+use crate::wire::messages::{
+    Answer, AnswerFrame, ForbiddenSyscall, Request, RequestFrame, decode_request,
+};
 
 /// A signer's request handling without the process around it: a key store in locked memory and
 /// one lane's state.
@@ -218,6 +220,46 @@ pub fn sign_message_frame(id: u64, key: KeyId, message: &[u8]) -> Vec<u8> {
 /// A valid frame asking for the key listing.
 pub fn list_keys_frame(id: u64) -> Vec<u8> {
     request_frame(id, &Request::ListKeys)
+}
+
+/// A valid frame asking for the public half of `key`.
+pub fn public_key_frame(id: u64, key: KeyId) -> Vec<u8> {
+    request_frame(id, &Request::PublicKey { key: key.wire() })
+}
+
+/// A valid frame asking for X25519 between `key` and the peer's public key `peer_public`.
+pub fn diffie_hellman_frame(id: u64, key: KeyId, peer_public: [u8; 32]) -> Vec<u8> {
+    request_frame(
+        id,
+        &Request::DiffieHellman {
+            key: key.wire(),
+            peer_public,
+        },
+    )
+}
+
+/// A valid frame asking to erase `key`.
+pub fn drop_key_frame(id: u64, key: KeyId) -> Vec<u8> {
+    request_frame(id, &Request::DropKey { key: key.wire() })
+}
+
+/// A valid frame holding the test hook: a signer with live test hooks attempts `call` (and, in
+/// its sandbox, is killed for it); every other signer, and the in-process dispatcher, refuses it.
+pub fn test_hook_frame(id: u64, call: ForbiddenSyscall) -> Vec<u8> {
+    request_frame(id, &Request::AttemptForbiddenSyscall { call })
+}
+
+/// A key id as it is encoded inside a request frame (store, then the key's id in the store).
+pub fn key_id_bytes(key: KeyId) -> Vec<u8> {
+    postcard::to_allocvec(&key.wire()).unwrap_or_default()
+}
+
+/// The key id whose encoding inside a request frame is exactly `bytes`, if any.
+pub fn key_id_from_bytes(bytes: &[u8]) -> Option<KeyId> {
+    match postcard::take_from_bytes::<WireKeyId>(bytes) {
+        Ok((key, [])) => Some(KeyId(key)),
+        _ => None,
+    }
 }
 
 /// A frame holding an arbitrary, well-formed request drawn from `bytes` (through the real

@@ -1,0 +1,337 @@
+//! The seed corpora in `seeds/`, built from `keyward::testing` (the real request type's encoder),
+//! so they speak the protocol keyward speaks now. After a change to the protocol, rewrite them
+//! with
+//!
+//! ```sh
+//! cd fuzz && cargo test --test seeds -- --ignored write_seeds
+//! ```
+//!
+//! and commit the result; `the_committed_seeds_are_the_written_ones` fails while they differ.
+//! Every seed is built the same way each time: the two fuzzed keys are named by their
+//! placeholders (24 bytes `K`, 24 bytes `X`), never by random ids.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use keyward::testing::{
+    FRAME_CAP, arbitrary_request_frame, diffie_hellman_frame, drop_key_frame, generate_key_frame,
+    key_id_from_bytes, list_keys_frame, public_key_frame, sign_frame, sign_message_frame,
+    test_hook_frame,
+};
+use keyward::{Algorithm, ForbiddenSyscall, KeyId, KeySpec, MAX_MESSAGE_LEN, Purpose};
+
+/// The seed files of each target: its name, then each file's name and bytes.
+type Corpora = BTreeMap<&'static str, BTreeMap<&'static str, Vec<u8>>>;
+
+fn ed25519() -> KeyId {
+    key_id_from_bytes(&[b'K'; 24]).expect("24 bytes are a key id")
+}
+
+fn x25519() -> KeyId {
+    key_id_from_bytes(&[b'X'; 24]).expect("24 bytes are a key id")
+}
+
+/// A frame: the little-endian u32 length, then `payload`.
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut bytes = u32::try_from(payload.len())
+        .expect("a short payload")
+        .to_le_bytes()
+        .to_vec();
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+fn payload(frame: &[u8]) -> &[u8] {
+    &frame[4..]
+}
+
+/// A `request_dispatch` chunk holding a frame's payload, sent as it is (an even tag).
+fn raw(frame: &[u8]) -> Vec<u8> {
+    self::frame(&[&[0], payload(frame)].concat())
+}
+
+/// A `request_dispatch` chunk from which a request is drawn through the real request type (an
+/// odd tag), sent with an id `gap` above the last accepted one. `expected` is the frame those
+/// bytes must draw (with any id): the seed is checked to mean what it says.
+fn drawn(gap: u8, bytes: &[u8], expected: impl Fn(u64) -> Vec<u8>) -> Vec<u8> {
+    assert_eq!(
+        arbitrary_request_frame(7, bytes),
+        Some(expected(7)),
+        "the bytes {bytes:?} draw another request"
+    );
+    frame(&[&[(gap << 1) | 1], bytes].concat())
+}
+
+/// The bytes from which `arbitrary` picks variant `index` of an enum of `count` variants (a u32,
+/// scaled into the range by multiplying and shifting).
+fn variant(index: u64, count: u64) -> [u8; 4] {
+    let chosen = u32::try_from((index << 32).div_ceil(count)).expect("index < count");
+    chosen.to_le_bytes()
+}
+
+/// The request kinds, in their order in the request type.
+mod kind {
+    pub(super) const COUNT: u64 = 8;
+    pub(super) const GENERATE_KEY: u64 = 0;
+    pub(super) const PUBLIC_KEY: u64 = 1;
+    pub(super) const SIGN_DIGEST: u64 = 2;
+    pub(super) const DIFFIE_HELLMAN: u64 = 4;
+    pub(super) const LIST_KEYS: u64 = 5;
+    pub(super) const DROP_KEY: u64 = 6;
+    pub(super) const TEST_HOOK: u64 = 7;
+}
+
+fn digest() -> [u8; 32] {
+    std::array::from_fn(|at| u8::try_from(at).expect("under 32"))
+}
+
+/// One request of every kind, a few refusals, then a malformed body or two, from id `first` on:
+/// the frames a signer would read.
+fn sequence(first: u64) -> Vec<u8> {
+    let ids = first..;
+    let frames: Vec<Box<dyn Fn(u64) -> Vec<u8>>> = vec![
+        Box::new(|id| generate_key_frame(id, KeySpec::new(Purpose::Account))),
+        Box::new(|id| {
+            generate_key_frame(
+                id,
+                KeySpec::with_algorithm(Purpose::Consensus, Algorithm::X25519),
+            )
+        }),
+        Box::new(|id| public_key_frame(id, ed25519())),
+        Box::new(|id| sign_frame(id, ed25519(), digest())),
+        Box::new(|id| sign_frame(id, x25519(), [0; 32])), // the wrong algorithm
+        Box::new(|id| sign_message_frame(id, ed25519(), b"a message to sign")),
+        Box::new(|id| diffie_hellman_frame(id, x25519(), [9; 32])),
+        Box::new(|id| diffie_hellman_frame(id, x25519(), [0; 32])), // a low-order point
+        Box::new(list_keys_frame),
+        Box::new(|id| drop_key_frame(id, ed25519())),
+        Box::new(|id| test_hook_frame(id, ForbiddenSyscall::Open)),
+        // A key listing with a byte after it.
+        Box::new(|id| frame(&[payload(&list_keys_frame(id)), &[0]].concat())),
+    ];
+    frames
+        .iter()
+        .zip(ids)
+        .flat_map(|(frame, id)| frame(id))
+        .collect()
+}
+
+/// Every seed, as the fuzz targets read them.
+fn corpora() -> Corpora {
+    let mut corpora = Corpora::new();
+
+    // frame_decoding: a byte stream as the signer's frame reader sees it.
+    let cap = u32::try_from(FRAME_CAP).expect("the cap fits a u32");
+    let at_cap = frame(&vec![0; FRAME_CAP]);
+    let mut partial = 100u32.to_le_bytes().to_vec();
+    partial.resize(partial.len() + 46, 0);
+    corpora.insert(
+        "frame_decoding",
+        BTreeMap::from([
+            ("empty_frame", frame(&[])),
+            ("over_cap", (cap + 1).to_le_bytes().to_vec()),
+            ("partial_header", vec![0x10, 0x00]),
+            ("at_cap", at_cap.clone()),
+            (
+                "at_cap_twice_then_partial",
+                [at_cap.clone(), at_cap, partial].concat(),
+            ),
+            ("sequence", sequence(2)),
+        ]),
+    );
+
+    // request_dispatch: chunks (fuzz_targets/request_dispatch.rs). Ids 0 and 1 went to the two
+    // keys the target generates first, so requests start at 2.
+    let k = [b'K'; 24];
+    let x = [b'X'; 24];
+    let generate = [
+        &variant(kind::GENERATE_KEY, kind::COUNT)[..],
+        &variant(2, 4), // Purpose::NetworkDiscovery
+        &variant(0, 2), // Algorithm::Ed25519
+    ]
+    .concat();
+    let drawn_requests = [
+        drawn(1, &generate, |id| {
+            generate_key_frame(id, KeySpec::new(Purpose::NetworkDiscovery))
+        }),
+        drawn(
+            1,
+            &[&variant(kind::PUBLIC_KEY, kind::COUNT)[..], &k].concat(),
+            |id| public_key_frame(id, ed25519()),
+        ),
+        drawn(
+            1,
+            &[&variant(kind::SIGN_DIGEST, kind::COUNT)[..], &k, &digest()].concat(),
+            |id| sign_frame(id, ed25519(), digest()),
+        ),
+        drawn(
+            1,
+            &[
+                &variant(kind::DIFFIE_HELLMAN, kind::COUNT)[..],
+                &x,
+                &[9; 32],
+            ]
+            .concat(),
+            |id| diffie_hellman_frame(id, x25519(), [9; 32]),
+        ),
+        drawn(1, &variant(kind::LIST_KEYS, kind::COUNT), list_keys_frame),
+        drawn(
+            1,
+            &[&variant(kind::DROP_KEY, kind::COUNT)[..], &k].concat(),
+            |id| drop_key_frame(id, ed25519()),
+        ),
+        drawn(
+            1,
+            &[&variant(kind::TEST_HOOK, kind::COUNT)[..], &variant(0, 11)].concat(),
+            |id| test_hook_frame(id, ForbiddenSyscall::Open),
+        ),
+        // A gap of 0: the id of the last request again, refused.
+        drawn(0, &variant(kind::LIST_KEYS, kind::COUNT), list_keys_frame),
+    ]
+    .concat();
+    let raw_sequence: Vec<u8> = split(&sequence(2)).iter().flat_map(|f| raw(f)).collect();
+    corpora.insert(
+        "request_dispatch",
+        BTreeMap::from([
+            (
+                "generate",
+                raw(&generate_key_frame(2, KeySpec::new(Purpose::Account))),
+            ),
+            (
+                "generate_mismatch",
+                raw(&generate_key_frame(
+                    2,
+                    KeySpec::with_algorithm(Purpose::Account, Algorithm::X25519),
+                )),
+            ),
+            ("public_key", raw(&public_key_frame(2, ed25519()))),
+            ("sign", raw(&sign_frame(2, ed25519(), digest()))),
+            (
+                "sign_wrong_algorithm",
+                raw(&sign_frame(2, x25519(), [0; 32])),
+            ),
+            (
+                "sign_message",
+                raw(&sign_message_frame(2, ed25519(), b"a message to sign")),
+            ),
+            (
+                "sign_message_at_cap",
+                raw(&sign_message_frame(
+                    2,
+                    ed25519(),
+                    &vec![0x5A; MAX_MESSAGE_LEN],
+                )),
+            ),
+            (
+                "sign_message_too_long",
+                raw(&sign_message_frame(
+                    2,
+                    ed25519(),
+                    &vec![0x5A; MAX_MESSAGE_LEN + 1],
+                )),
+            ),
+            ("dh", raw(&diffie_hellman_frame(2, x25519(), [9; 32]))),
+            (
+                "dh_low_order",
+                raw(&diffie_hellman_frame(2, x25519(), [0; 32])),
+            ),
+            ("drop", raw(&drop_key_frame(2, ed25519()))),
+            ("list", raw(&list_keys_frame(2))),
+            (
+                "test_hook",
+                raw(&test_hook_frame(2, ForbiddenSyscall::Open)),
+            ),
+            (
+                "trailing",
+                raw(&frame(&[payload(&list_keys_frame(2)), &[0]].concat())),
+            ),
+            // Id 2, then kind 8: one past the last kind.
+            ("unknown_kind", raw(&frame(&[2, 8]))),
+            (
+                "id_not_increasing",
+                [raw(&list_keys_frame(2)), raw(&list_keys_frame(2))].concat(),
+            ),
+            ("sequence", raw_sequence.clone()),
+            (
+                "sequence_then_stop",
+                // An empty payload has no id: the signer stops, and the last request is never
+                // served.
+                [raw_sequence, raw(&frame(&[])), raw(&list_keys_frame(60))].concat(),
+            ),
+            ("drawn", drawn_requests),
+        ]),
+    );
+    corpora
+}
+
+/// The frames of a stream of whole frames.
+fn split(mut stream: &[u8]) -> Vec<Vec<u8>> {
+    let mut frames = Vec::new();
+    while let Some(header) = stream.first_chunk::<4>() {
+        let length = 4 + usize::try_from(u32::from_le_bytes(*header)).expect("a u32 fits");
+        frames.push(stream[..length].to_vec());
+        stream = &stream[length..];
+    }
+    frames
+}
+
+fn seeds_dir(target: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("seeds")
+        .join(target)
+}
+
+/// What is in `seeds/<target>/` now.
+fn committed(target: &str) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(seeds_dir(target))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|entry| {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    (name, std::fs::read(entry.path()).expect("a readable seed"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Rewrites `seeds/`: every seed file of each target, and no other file.
+#[test]
+#[ignore = "writes seeds/; run it by name after a protocol change"]
+fn write_seeds() {
+    for (target, seeds) in corpora() {
+        let dir = seeds_dir(target);
+        for name in committed(target).keys() {
+            std::fs::remove_file(dir.join(name)).expect("a stale seed removed");
+        }
+        std::fs::create_dir_all(&dir).expect("the seed folder");
+        for (name, bytes) in seeds {
+            std::fs::write(dir.join(name), bytes).expect("a seed written");
+        }
+        println!("{target}: seeds written to {}", dir.display());
+    }
+}
+
+/// The seeds in the repository are exactly the ones `write_seeds` writes.
+#[test]
+fn the_committed_seeds_are_the_written_ones() {
+    for (target, seeds) in corpora() {
+        let written: BTreeMap<String, Vec<u8>> = seeds
+            .into_iter()
+            .map(|(name, bytes)| (name.to_owned(), bytes))
+            .collect();
+        let committed = committed(target);
+        assert_eq!(
+            committed.keys().collect::<Vec<_>>(),
+            written.keys().collect::<Vec<_>>(),
+            "{target}: run `cargo test --test seeds -- --ignored write_seeds`"
+        );
+        for (name, bytes) in &written {
+            assert!(
+                committed[name] == *bytes,
+                "{target}/{name} is stale: run `cargo test --test seeds -- --ignored write_seeds`"
+            );
+        }
+    }
+}
