@@ -1,4 +1,4 @@
-//! The `keyward` command: a thin face over the library.
+//! Runs in the host: the `keyward` command, a thin face over the library.
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

@@ -362,7 +362,7 @@ fn every_caller_waiting_on_a_stopped_signer_returns_after_the_deadline() {
                 scope.spawn(move || {
                     for round in 0..10 {
                         service
-                            .sign(key, &[(thread * 10 + round) as u8; 32])
+                            .sign(key, &[u8::try_from(thread * 10 + round).unwrap(); 32])
                             .unwrap();
                     }
                 });

@@ -1,4 +1,4 @@
-//! `keyward check`: can this machine run the sandbox, and what to change if not.
+//! Runs in the host (the binary): `keyward check`, can this machine run the sandbox, and what to change if not.
 
 use anyhow::Result;
 use keyward::{Config, SecretService};

@@ -1,4 +1,4 @@
-//! `keyward demo`: the validator's four keys, end to end, in a sandboxed signer.
+//! Runs in the host (the binary): `keyward demo`, the validator's four keys end to end.
 
 use anyhow::{Context, Result, bail};
 use ed25519_dalek::Verifier;

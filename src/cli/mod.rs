@@ -1,4 +1,4 @@
-//! The subcommands of the `keyward` binary.
+//! Runs in the host: the subcommands of the `keyward` binary.
 
 pub(crate) mod bench;
 pub(crate) mod check;

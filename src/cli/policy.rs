@@ -1,4 +1,4 @@
-//! `keyward policy`: the seccomp allowlist as a table, with the reason for each rule.
+//! Runs in the host (the binary): `keyward policy`, the seccomp allowlist as a table, with the reason for each rule.
 
 use anyhow::Result;
 

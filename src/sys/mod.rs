@@ -1,4 +1,4 @@
-//! The one place in keyward where `unsafe` code lives.
+//! Both sides: the one place in keyward where `unsafe` code lives.
 //!
 //! Every function here is a thin, safe wrapper over a system call (or a small group of them) that
 //! `libc`/`nix` expose only as `unsafe`. Each unsafe block states the invariant that makes it

@@ -6,6 +6,9 @@
 //! whatever order they arrive in. Within one lane the host sends ids in increasing order, and
 //! the signer refuses an id that does not increase. `docs/wire-protocol.md` gives the bytes.
 //!
+//! Over 400 lines only with its tests: the worked examples of `docs/wire-protocol.md` are
+//! checked here, beside the types they encode.
+//!
 //! The encoding of every message is the same in every build: the test-hook request exists in
 //! every build and is refused by signers built without the `test-support` feature.
 
