@@ -71,6 +71,22 @@ fn reaped_within(pid: i32, limit: Duration) -> bool {
     false
 }
 
+/// The signer `pid` was killed and reaped, and a later call says it ended as `end`.
+fn assert_ended_as(service: &SecretService, pid: i32, end: SignerEnd, what: &str) {
+    assert!(
+        reaped_within(pid, Duration::from_secs(3)),
+        "{what}: the signer {pid} is still there"
+    );
+    let later = service
+        .generate_key(KeySpec::new(Purpose::Account))
+        .unwrap_err();
+    assert!(
+        matches!(later, Error::SignerEnded { end: ended, .. } if ended == end),
+        "{what}: a later call got {later:?}"
+    );
+    assert!(!service.is_running());
+}
+
 /// Spawns the impostor, makes one call, and checks the call fails with `Error::SignerMisbehaved`
 /// mentioning `what`, that the impostor is killed and reaped, and that later calls say why.
 fn assert_protocol_violation(impostor: &Impostor, what: &str) {
@@ -86,24 +102,7 @@ fn assert_protocol_violation(impostor: &Impostor, what: &str) {
         }
         other => panic!("{what}: expected a protocol error, got {other:?}"),
     }
-    assert!(
-        reaped_within(pid, Duration::from_secs(3)),
-        "{what}: the impostor {pid} is still there"
-    );
-    let later = service
-        .generate_key(KeySpec::new(Purpose::Account))
-        .unwrap_err();
-    assert!(
-        matches!(
-            later,
-            Error::SignerEnded {
-                end: SignerEnd::ProtocolViolation,
-                ..
-            }
-        ),
-        "{what}: a later call got {later:?}"
-    );
-    assert!(!service.is_running());
+    assert_ended_as(&service, pid, SignerEnd::ProtocolViolation, what);
 }
 
 #[test]
@@ -254,23 +253,7 @@ fn a_running_signer_that_never_answers_is_killed_as_hung() {
         took >= timeout && took < timeout + Duration::from_secs(2),
         "the timed-out call took {took:?}"
     );
-    assert!(
-        reaped_within(pid, Duration::from_secs(3)),
-        "the hung signer {pid} is still there"
-    );
-    let later = service
-        .generate_key(KeySpec::new(Purpose::Account))
-        .unwrap_err();
-    assert!(
-        matches!(
-            later,
-            Error::SignerEnded {
-                end: SignerEnd::TimedOut,
-                ..
-            }
-        ),
-        "a later call got {later:?}"
-    );
+    assert_ended_as(&service, pid, SignerEnd::TimedOut, "a hung signer");
 }
 
 /// `bytes` as `printf` octal escapes.

@@ -28,17 +28,6 @@ fn mode_config(mode: &str) -> Config {
         .unwrap()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Vec<u8> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------------------
 // a. Same uid, unprivileged: the signer's memory is closed; an ordinary process's is not.
 
@@ -68,7 +57,7 @@ fn try_to_read(pid: &str) -> String {
     };
     let mut buffer = [0u8; 16];
     match mem.read_at(&mut buffer, start) {
-        Ok(count) => format!("read-ok {}", hex(&buffer[..count])),
+        Ok(count) => format!("read-ok {}", common::hex(&buffer[..count])),
         Err(error) => format!("read-error {}", error.raw_os_error().unwrap_or(0)),
     }
 }
@@ -257,7 +246,7 @@ fn play_keyholder() {
     let mut canary = Box::new([0u8; 32]);
     getrandom::fill(canary.as_mut_slice()).unwrap();
     println!("KW signer {}", service.pid());
-    println!("KW canary {}", hex(canary.as_slice()));
+    println!("KW canary {}", common::hex(canary.as_slice()));
     let mut keys = Vec::new();
     for purpose in Purpose::ALL {
         let key = service.generate_key(KeySpec::new(purpose)).unwrap();
@@ -278,7 +267,7 @@ fn play_keyholder() {
         println!(
             "KW key {:?} {}",
             public.algorithm(),
-            hex(&public.to_bytes())
+            common::hex(&public.to_bytes())
         );
         keys.push(key);
     }
@@ -407,7 +396,7 @@ fn no_secret_key_reaches_the_parent_and_a_dropped_key_is_gone() {
             .unwrap()
             .parse()
             .unwrap();
-        let canary: [u8; 32] = unhex(
+        let canary: [u8; 32] = common::unhex(
             said.iter()
                 .find_map(|line| line.strip_prefix("canary "))
                 .unwrap(),
@@ -421,7 +410,7 @@ fn no_secret_key_reaches_the_parent_and_a_dropped_key_is_gone() {
                 let (algorithm, public) = line.split_once(' ').unwrap();
                 Described {
                     ed25519: algorithm == "Ed25519",
-                    public: unhex(public).try_into().unwrap(),
+                    public: common::unhex(public).try_into().unwrap(),
                 }
             })
             .collect();

@@ -66,22 +66,11 @@ fn play_host() {
     });
     let kept = exchange(&service, key, KEPT);
     let public = service.public_key(key).unwrap();
-    println!("KW public {}", hex(&public.to_bytes()));
+    println!("KW public {}", common::hex(&public.to_bytes()));
     println!("KW ready");
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line).unwrap();
     drop(kept);
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Vec<u8> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-        .collect()
 }
 
 /// Where each needle occurs in `haystack`, by a hash of each window's first eight bytes: linear
@@ -124,7 +113,7 @@ fn scan(mode: &str, threads: u32, per_thread: u32) -> (Vec<String>, usize) {
         let line = line.unwrap();
         if let Some((_, said)) = line.split_once("KW ") {
             if let Some(key) = said.strip_prefix("public ") {
-                public = Some(<[u8; 32]>::try_from(unhex(key)).unwrap());
+                public = Some(<[u8; 32]>::try_from(common::unhex(key)).unwrap());
             }
             if said == "ready" {
                 break;

@@ -46,6 +46,19 @@ pub(crate) fn rerun_self(test: &str, role: &str) -> std::process::Command {
     command
 }
 
+/// Bytes as lower-case hex, for a subprocess to tell the test what it holds (never a secret).
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes of a hex string.
+pub(crate) fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
+
 /// One line of `/proc/<pid>/smaps` (or `maps`): a mapping with its VmFlags if known.
 #[derive(Clone, Debug)]
 pub(crate) struct Mapping {
