@@ -51,6 +51,9 @@ pub(crate) enum CallFailure {
 pub(crate) struct SignerProcess {
     generation: u32,
     pid: i32,
+    /// The process that spawned the signer. A copy of this value in a process forked from it
+    /// owns nothing but its own copies of the descriptors (see `Drop`).
+    spawning_pid: u32,
     key_memory: KeyMemory,
     store: StoreId,
     child: Arc<ChildWatch>,
@@ -202,6 +205,7 @@ impl SignerProcess {
         let mut signer = SignerProcess {
             generation,
             pid,
+            spawning_pid: std::process::id(),
             key_memory: KeyMemory::LockedAnonymous,
             store: [0; 8],
             child,
@@ -446,6 +450,19 @@ impl SignerProcess {
 
 impl Drop for SignerProcess {
     fn drop(&mut self) {
+        if std::process::id() != self.spawning_pid {
+            // A copy in a process forked from the host (which forked without exec). The signer
+            // and the watcher thread belong to the original process, which goes on using them:
+            // this copy must neither signal the signer nor join a thread that does not exist
+            // here (its join would wait forever). Closing this copy's descriptors is all it may
+            // do; the original still holds its own, so its signer sees no end of file.
+            if let Some(watcher) = self.watcher.take() {
+                std::mem::forget(watcher);
+            }
+            self.lanes.clear();
+            drop(self.shutdown.take());
+            return;
+        }
         let _ = self.child.cause.set(SignerEnd::ShutDown);
         // Closing the request pipes makes every worker read end of file and exit.
         self.lanes.clear();
