@@ -15,7 +15,8 @@ mod test_hooks;
 #[cfg(feature = "test-support")]
 pub(crate) use descriptors::write_without_sigpipe;
 pub(crate) use descriptors::{
-    close_range, duplicate_at_or_above, duplicate_onto, fixed_descriptor,
+    clear_of_standard_streams, close_range, duplicate_at_or_above, duplicate_onto,
+    fixed_descriptor, pipe_clear_of_standard_streams,
 };
 pub(crate) use privileges::{drop_all_capabilities, reset_signal_handlers};
 pub(crate) use secret_memory::{SecretCells, SecretMemoryBacking, memfd_secret_available};
@@ -84,13 +85,13 @@ pub(crate) fn exit_immediately(code: i32) -> ! {
 }
 
 /// Opens a pidfd for `pid`, a child of this process that has not been reaped yet (so the pid
-/// cannot have been reused).
+/// cannot have been reused). The pidfd is clear of the standard streams.
 pub(crate) fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes two integers and returns a new fd or -1; no memory is passed.
     let fd = check_long(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
     let fd = RawFd::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
     // SAFETY: the kernel just returned this fd to us; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    clear_of_standard_streams(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Sends `signal` to the process behind `pidfd`. Safe against pid reuse by construction.

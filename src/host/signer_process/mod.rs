@@ -90,20 +90,24 @@ impl SignerProcess {
             })?;
         let mut parent_ends = Vec::with_capacity(workers);
         let mut child_ends = Vec::with_capacity(workers);
+        // Every descriptor keyward holds in the host sits at 3 or above, whatever the host did
+        // with its standard streams (see `sys::clear_of_standard_streams`).
         for _ in 0..workers {
-            let (request_read, request_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
-                .map_err(|e| system("creating a pipe")(e.into()))?;
-            let (response_read, response_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
-                .map_err(|e| system("creating a pipe")(e.into()))?;
+            let (request_read, request_write) =
+                sys::pipe_clear_of_standard_streams().map_err(system("creating a pipe"))?;
+            let (response_read, response_write) =
+                sys::pipe_clear_of_standard_streams().map_err(system("creating a pipe"))?;
             let request_reader_copy = request_read
                 .try_clone()
+                .and_then(sys::clear_of_standard_streams)
                 .map_err(system("copying a pipe descriptor"))?;
             parent_ends.push((request_write, response_read, request_reader_copy));
             child_ends.push((request_read, response_write));
         }
-        let dev_null: OwnedFd = File::open("/dev/null")
-            .map_err(system("opening /dev/null"))?
-            .into();
+        let dev_null = File::open("/dev/null")
+            .map(OwnedFd::from)
+            .and_then(sys::clear_of_standard_streams)
+            .map_err(system("opening /dev/null"))?;
         let exec = match &config.spawn_mode {
             SpawnMode::Fork => None,
             SpawnMode::ForkExec { program } => {
@@ -142,8 +146,8 @@ impl SignerProcess {
             dev_null,
             exec,
         };
-        let (shutdown_read, shutdown_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
-            .map_err(|e| system("creating a pipe")(e.into()))?;
+        let (shutdown_read, shutdown_write) =
+            sys::pipe_clear_of_standard_streams().map_err(system("creating a pipe"))?;
 
         let (started_tx, started_rx) = mpsc::channel();
         let watcher = std::thread::Builder::new()
