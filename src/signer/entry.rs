@@ -34,8 +34,9 @@ pub(crate) struct ForkedLaunch {
     /// Per lane: the request pipe's read end and the response pipe's write end.
     pub(crate) lanes: Vec<(OwnedFd, OwnedFd)>,
     pub(crate) dev_null: OwnedFd,
-    /// Set in fork-exec mode: the program and its arguments, prepared as C strings.
-    pub(crate) exec: Option<(CString, Vec<CString>)>,
+    /// Set in fork-exec mode: the program and its arguments, prepared before fork so that the
+    /// child allocates nothing before exec.
+    pub(crate) exec: Option<(CString, sys::ExecArguments)>,
 }
 
 /// The forked signer's entry point, on the watcher thread of a copy of the host process.

@@ -148,13 +148,53 @@ pub(crate) fn pidfd_reap(pidfd: BorrowedFd<'_>) -> io::Result<ProcessEnd> {
     })
 }
 
-/// Replaces the process image, with an empty environment. Returns only on failure.
-pub(crate) fn execute(program: &CString, arguments: &[CString]) -> io::Error {
-    let mut argv: Vec<*const libc::c_char> = arguments.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
-    // SAFETY: `program` and every argument are NUL-terminated strings that outlive the call;
-    // argv and envp are null-terminated pointer arrays.
-    unsafe { libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+/// A program's argument vector, prepared before fork: the strings, and the null-terminated array
+/// of pointers to them that `execve` takes. Built in the host, so that the child allocates
+/// nothing on its way to exec (a host allocator without a fork handler may have its lock held,
+/// forever, in the child).
+pub(crate) struct ExecArguments {
+    /// Owned here so the pointers below stay valid: a `CString`'s bytes live on the heap and do
+    /// not move when the `CString` (or this value) does.
+    _strings: Vec<CString>,
+    /// One pointer into each string, then a null pointer.
+    pointers: Vec<*const libc::c_char>,
+}
+
+// SAFETY: the raw pointers point into `_strings`, which this value owns and never changes; the
+// strings move (and are shared) together with the pointers, so sending or sharing the value
+// across threads is sending or sharing owned, immutable data.
+unsafe impl Send for ExecArguments {}
+// SAFETY: as for Send: nothing reachable through a shared reference is ever written.
+unsafe impl Sync for ExecArguments {}
+
+impl ExecArguments {
+    /// The argument vector `strings` (the program's name first).
+    pub(crate) fn new(strings: Vec<CString>) -> Self {
+        let pointers = strings
+            .iter()
+            .map(|string| string.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        Self {
+            _strings: strings,
+            pointers,
+        }
+    }
+}
+
+/// Replaces the process image, with an empty environment. Returns only on failure. Allocates
+/// nothing: safe between fork and exec.
+pub(crate) fn execute(program: &CString, arguments: &ExecArguments) -> io::Error {
+    let environment: [*const libc::c_char; 1] = [std::ptr::null()];
+    // SAFETY: `program` is a NUL-terminated string; `arguments.pointers` is a null-terminated
+    // array of pointers to NUL-terminated strings that `arguments` owns, and `environment` a
+    // null-terminated (empty) array; all outlive the call.
+    unsafe {
+        libc::execve(
+            program.as_ptr(),
+            arguments.pointers.as_ptr(),
+            environment.as_ptr(),
+        )
+    };
     io::Error::last_os_error()
 }

@@ -121,7 +121,10 @@ impl SignerProcess {
                     what: "the signer argument",
                     source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
                 })?;
-                Some((program.clone(), vec![program, argument]))
+                Some((
+                    program.clone(),
+                    sys::ExecArguments::new(vec![program, argument]),
+                ))
             }
         };
         let settings = SignerSettings {
