@@ -254,4 +254,12 @@ pub enum SignerEnd {
     /// It was ended by `respawn` or by dropping the service.
     #[error("replaced or shut down by its supervisor")]
     ShutDown,
+    /// It ended, but another part of the host collected its exit status before keyward could
+    /// (SIGCHLD set to SIG_IGN, or a loop that waits for any child with `__WALL`), and this
+    /// kernel keeps no copy of it (Linux 6.15 and later do, and keyward reads it there): how it
+    /// ended is unknown.
+    #[error(
+        "it ended, but the host reaped it before keyward could learn how (SIGCHLD ignored, or a wait for any child); on Linux 6.15 or later keyward reads the exit status from the kernel"
+    )]
+    ReapedElsewhere,
 }

@@ -1,7 +1,13 @@
 //! Runs in the host: what the kernel says about a running signer, read from `/proc/<pid>/status` and
 //! `/proc/<pid>/smaps`. This is the kernel's view, not the signer's claim.
+//!
+//! Every read goes through [`read_while_alive`], so that it is never a read of another process
+//! that was given the signer's pid after the signer was reaped.
 
 use std::fmt;
+use std::os::fd::BorrowedFd;
+
+use crate::sys;
 
 use crate::wire::key_types::KeyMemory;
 
@@ -55,14 +61,22 @@ impl SignerStatus {
     /// Reads the process's status, and every thread's: seccomp mode, no-new-privileges and
     /// capabilities are per thread, so each is reported for the weakest thread (the lowest
     /// seccomp mode, no-new-privileges only if every thread has it, the union of capabilities).
-    pub(crate) fn read(pid: i32, generation: u32, key_memory: KeyMemory) -> std::io::Result<Self> {
-        let (process, weakest) = WeakestThread::read(pid)?;
+    pub(crate) fn read(
+        pid: i32,
+        pidfd: BorrowedFd<'_>,
+        generation: u32,
+        key_memory: KeyMemory,
+    ) -> std::io::Result<Self> {
+        let ((process, weakest), smaps) = read_while_alive(pidfd, || {
+            let threads = WeakestThread::read(pid)?;
+            let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+            Ok((threads, smaps))
+        })?;
         let number = |name: &str| field(&process, name).and_then(|v| v.parse::<u32>().ok());
         let kib = |name: &str| {
             field(&process, name)
                 .and_then(|value| value.trim_end_matches("kB").trim().parse::<u64>().ok())
         };
-        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
         Ok(Self {
             pid,
             generation,
@@ -134,8 +148,8 @@ impl WeakestThread {
 /// Checks, from the kernel's view of every thread of `pid`, that the signer is hardened:
 /// seccomp filter mode, no-new-privileges, and no effective or permitted capability on any
 /// thread. Returns the first weakness found. (The same reading as [`SignerStatus`].)
-pub(crate) fn confirm_hardened(pid: i32) -> Result<(), String> {
-    let (_, weakest) = WeakestThread::read(pid)
+pub(crate) fn confirm_hardened(pid: i32, pidfd: BorrowedFd<'_>) -> Result<(), String> {
+    let (_, weakest) = read_while_alive(pidfd, || WeakestThread::read(pid))
         .map_err(|error| format!("/proc/{pid}/status is unreadable ({error})"))?;
     let shown = |value: Option<String>| value.unwrap_or_else(|| "(missing)".to_owned());
     let checks = [
@@ -180,6 +194,36 @@ pub(crate) fn confirm_hardened(pid: i32) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Runs `read` (of files under `/proc/<pid>/`) and returns what it read only if `pid` named the
+/// process behind `pidfd` for the whole read.
+///
+/// A pid names its process until the process is reaped; then the number may be given to
+/// another. keyward reaps the signer only after it has ended, but the host can reap it first
+/// (SIGCHLD set to SIG_IGN, or a wait for any child), so a read by pid could read a stranger.
+/// Signal 0 through the pidfd succeeds while the process exists, as a zombie too, and fails once
+/// it has been reaped; the pidfd itself never names another process. If it succeeds after the
+/// read, the process existed until then, so every file read was its own. (It is also asked
+/// before, so that a process reaped already is not read at all.) The other choice, the `Pid:`
+/// line of `/proc/self/fdinfo/<pidfd>`, is the same point-in-time check and takes an extra
+/// file read each time.
+fn read_while_alive<T>(
+    pidfd: BorrowedFd<'_>,
+    read: impl FnOnce() -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    let alive = || {
+        sys::pidfd_send_signal(pidfd, 0).map_err(|error| {
+            std::io::Error::new(
+                error.kind(),
+                format!("the signer has ended and been reaped ({error})"),
+            )
+        })
+    };
+    alive()?;
+    let value = read()?;
+    alive()?;
+    Ok(value)
 }
 
 /// The value of one `Name:` line of a status file.

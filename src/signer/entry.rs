@@ -1,6 +1,8 @@
 //! Runs in the signer: where a signer process begins. A forked signer starts in [`run_forked`]
-//! on the host's watcher thread, in a copy of the host process where only that thread exists; an
-//! exec'd signer starts in [`run_signer_if_requested`] in a fresh process image. Both go on to
+//! on the host's watcher thread, in a copy of the host process where only that thread exists
+//! (made by the C library's `fork`); a fork-exec signer starts there too, in a raw `clone` of
+//! that thread that lays its descriptors out and execs (see `sys::clone_for_exec`), and goes on
+//! in [`run_signer_if_requested`] in a fresh process image. Both go on to
 //! `hardening::harden_and_serve`.
 //!
 //! One function here runs in the host: [`prepare_panic_exit`], called before the first fork so

@@ -5,7 +5,7 @@
 use std::io;
 #[cfg(feature = "test-support")]
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use super::{check, check_long};
 
@@ -110,11 +110,17 @@ pub(crate) fn clear_of_standard_streams(fd: OwnedFd) -> io::Result<OwnedFd> {
     if fd.as_raw_fd() >= FIRST_HOST_DESCRIPTOR {
         return Ok(fd);
     }
+    // `fd` closes when dropped, once the copy exists.
+    duplicate_clear_of_standard_streams(fd.as_fd())
+}
+
+/// A close-on-exec copy of `fd` at 3 or above.
+pub(crate) fn duplicate_clear_of_standard_streams(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     // SAFETY: F_DUPFD_CLOEXEC takes an int argument and creates a new descriptor; no memory.
     let copy = check(unsafe {
         libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, FIRST_HOST_DESCRIPTOR)
     })?;
-    // SAFETY: the kernel just created `copy`; nothing else owns it. `fd` closes when dropped.
+    // SAFETY: the kernel just created `copy`; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(copy) })
 }
 

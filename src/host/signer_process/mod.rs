@@ -156,23 +156,19 @@ impl SignerProcess {
         let watcher = std::thread::Builder::new()
             .name(format!("keyward-signer-{generation}"))
             .spawn(move || {
-                let forked = sys::fork_child(entry::run_forked, &launch);
+                // A forked signer goes on running in its copy of the host, so it is started by the
+                // C library's fork; a fork-exec one only makes raw system calls until exec, so it
+                // is cloned with its pidfd and no exit signal (see `sys::clone_for_exec`).
+                let started = if launch.exec.is_some() {
+                    sys::clone_for_exec(entry::run_forked, &launch)
+                } else {
+                    sys::fork_with_pidfd(entry::run_forked, &launch, exit_code::PARENT_CHANGED)
+                };
                 // The signer's ends of the pipes and /dev/null close here, in the parent, so a
                 // closed pipe means the signer is gone.
                 drop(launch);
-                let started = forked.and_then(|pid| match sys::pidfd_open(pid) {
-                    Ok(pidfd) => Ok((pid, pidfd)),
-                    Err(error) => {
-                        // Without a pidfd we cannot watch it: end it by pid (not yet reaped, so
-                        // the pid is still ours) and reap it.
-                        let pid = nix::unistd::Pid::from_raw(pid);
-                        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-                        let _ = nix::sys::wait::waitpid(pid, None);
-                        Err(error)
-                    }
-                });
                 match started {
-                    Ok((pid, pidfd)) => {
+                    Ok(sys::Spawned { pid, pidfd }) => {
                         let child = Arc::new(ChildWatch::new(pidfd));
                         let _ = started_tx.send(Ok((pid, Arc::clone(&child))));
                         watch(&child, &shutdown_read);
@@ -188,14 +184,14 @@ impl SignerProcess {
             Ok(Err(error)) => {
                 let _ = watcher.join();
                 return Err(SpawnError::System {
-                    what: "forking the signer",
+                    what: "starting the signer process",
                     source: error,
                 });
             }
             Err(_) => {
                 let _ = watcher.join();
                 return Err(SpawnError::System {
-                    what: "forking the signer",
+                    what: "starting the signer process",
                     source: std::io::Error::other("the watcher thread ended"),
                 });
             }
@@ -231,7 +227,7 @@ impl SignerProcess {
         // "Ready" is the signer's word; the kernel's is what counts. A signer that says it but
         // is not filtered, or kept a privilege on any thread, never serves.
         if config.sandbox == Sandbox::Enforced
-            && let Err(weakness) = status::confirm_hardened(signer.pid)
+            && let Err(weakness) = status::confirm_hardened(signer.pid, signer.child.pidfd.as_fd())
         {
             signer.child.kill(SignerEnd::ProtocolViolation);
             return Err(SpawnError::NotHardened(weakness));
@@ -346,7 +342,12 @@ impl SignerProcess {
 
     /// What the kernel says about the signer.
     pub(crate) fn status(&self) -> std::io::Result<SignerStatus> {
-        SignerStatus::read(self.pid, self.generation, self.key_memory)
+        SignerStatus::read(
+            self.pid,
+            self.child.pidfd.as_fd(),
+            self.generation,
+            self.key_memory,
+        )
     }
 
     /// Takes lane 0's pipe ends out of the host, for tests that speak raw bytes to a real
