@@ -56,7 +56,7 @@ pub use host::keys::{KeyId, KeyInfo, ParseKeyIdError, PublicKey, SharedSecret};
 pub use host::machine::MachineReport;
 pub use host::sandbox_policy::{POLICY_JSON, Policy, PolicyCondition, PolicyRule, Sandbox, policy};
 pub use host::service::SecretService;
-pub use host::status::{KeyMapping, SignerStatus};
+pub use host::status::{FilterCheck, KeyMapping, SignerStatus};
 pub use signer::entry::{SIGNER_ARGUMENT, run_signer_if_requested};
 pub use wire::key_types::{Algorithm, KeyMemory, KeySpec, Purpose, SecretMemory};
 #[cfg(feature = "test-support")]

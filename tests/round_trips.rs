@@ -248,7 +248,9 @@ fn signer_handle_signs_messages_of_any_length_up_to_the_cap() {
             let verifying = ed25519(&service, key);
             assert_eq!(signer.verifying_key(), verifying, "{mode}");
             for length in message_lengths() {
-                let message: Vec<u8> = (0..length).map(|i| (i * 7 + length) as u8).collect();
+                let message: Vec<u8> = (0..length)
+                    .map(|i| (i * 7 + length).to_le_bytes()[0])
+                    .collect();
                 let (signature, verifying_key) = sign_generically(&signer, &message);
                 verifying_key
                     .verify_strict(&message, &signature)

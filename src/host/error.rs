@@ -206,6 +206,20 @@ pub enum SpawnError {
     )]
     NotHardened(String),
 
+    /// The fork-exec signer program cannot be used: it could not be opened, or it is not a
+    /// regular, executable file. Checked once, when the service is spawned; every signer of the
+    /// service runs the file found then.
+    #[error(
+        "cannot use {} as the signer program: {source}; it must be a regular, executable file: the keyward binary, or a program that calls keyward::run_signer_if_requested() first in main",
+        path.display()
+    )]
+    SignerProgram {
+        /// The program's path, as configured.
+        path: std::path::PathBuf,
+        /// What was wrong.
+        source: std::io::Error,
+    },
+
     /// The signer said something other than "ready" first.
     #[error("the signer's first message was not a ready message")]
     UnexpectedGreeting,

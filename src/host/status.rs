@@ -39,6 +39,9 @@ pub struct SignerStatus {
     pub seccomp_mode: Option<u32>,
     /// `Seccomp_filters:` how many filters are stacked.
     pub seccomp_filters: Option<u32>,
+    /// Whether the supervisor compared the signer's seccomp program with keyward's, and how that
+    /// went, when the signer became ready.
+    pub filter: FilterCheck,
     /// `NoNewPrivs:`, true only if every thread has it.
     pub no_new_privs: Option<bool>,
     /// `VmLck:` in KiB.
@@ -66,6 +69,7 @@ impl SignerStatus {
         pidfd: BorrowedFd<'_>,
         generation: u32,
         key_memory: KeyMemory,
+        filter: FilterCheck,
     ) -> std::io::Result<Self> {
         let ((process, weakest), smaps) = read_while_alive(pidfd, || {
             let threads = WeakestThread::read(pid)?;
@@ -82,6 +86,7 @@ impl SignerStatus {
             generation,
             seccomp_mode: weakest.seccomp_mode,
             seccomp_filters: weakest.seccomp_filters,
+            filter,
             no_new_privs: weakest.no_new_privs,
             locked_kib: kib("VmLck"),
             resident_kib: kib("VmRSS"),
@@ -100,6 +105,8 @@ impl SignerStatus {
 struct WeakestThread {
     seccomp_mode: Option<u32>,
     seccomp_filters: Option<u32>,
+    /// The highest filter count of any thread (with the lowest: exactly one on every thread).
+    most_seccomp_filters: Option<u32>,
     no_new_privs: Option<bool>,
     effective_capabilities: Option<u64>,
     permitted_capabilities: Option<u64>,
@@ -137,6 +144,8 @@ impl WeakestThread {
                 .and_then(|mode| u32::try_from(mode).ok()),
             seccomp_filters: weakest("Seccomp_filters", u64::min, decimal)
                 .and_then(|count| u32::try_from(count).ok()),
+            most_seccomp_filters: weakest("Seccomp_filters", u64::max, decimal)
+                .and_then(|count| u32::try_from(count).ok()),
             no_new_privs: weakest("NoNewPrivs", u64::min, decimal).map(|value| value == 1),
             effective_capabilities: mask("CapEff"),
             permitted_capabilities: mask("CapPrm"),
@@ -146,8 +155,9 @@ impl WeakestThread {
 }
 
 /// Checks, from the kernel's view of every thread of `pid`, that the signer is hardened:
-/// seccomp filter mode, no-new-privileges, and no effective or permitted capability on any
-/// thread. Returns the first weakness found. (The same reading as [`SignerStatus`].)
+/// seccomp filter mode with exactly one filter, no-new-privileges, and no effective or permitted
+/// capability on any thread. Returns the first weakness found. (The same reading as
+/// [`SignerStatus`].)
 pub(crate) fn confirm_hardened(pid: i32, pidfd: BorrowedFd<'_>) -> Result<(), String> {
     let (_, weakest) = read_while_alive(pidfd, || WeakestThread::read(pid))
         .map_err(|error| format!("/proc/{pid}/status is unreadable ({error})"))?;
@@ -158,6 +168,18 @@ pub(crate) fn confirm_hardened(pid: i32, pidfd: BorrowedFd<'_>) -> Result<(), St
             weakest.seccomp_mode == Some(2),
             shown(weakest.seccomp_mode.map(|mode| mode.to_string())),
             "2",
+        ),
+        (
+            // Exactly one: keyward's. A second filter stacked by the signer could only narrow
+            // what the first allows, but it would be a filter nobody here compiled or compared.
+            "Seccomp_filters",
+            weakest.seccomp_filters == Some(1) && weakest.most_seccomp_filters == Some(1),
+            match (weakest.seccomp_filters, weakest.most_seccomp_filters) {
+                (Some(least), Some(most)) if least == most => least.to_string(),
+                (Some(least), Some(most)) => format!("{least} to {most}"),
+                _ => "(missing)".to_owned(),
+            },
+            "1",
         ),
         (
             "NoNewPrivs",
@@ -194,6 +216,86 @@ pub(crate) fn confirm_hardened(pid: i32, pidfd: BorrowedFd<'_>) -> Result<(), St
         }
     }
     Ok(())
+}
+
+/// Whether the supervisor compared the seccomp program the signer runs under with the one it
+/// compiled, when the signer became ready.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FilterCheck {
+    /// Read from the kernel for every signer thread (`PTRACE_SECCOMP_GET_FILTER`): identical,
+    /// instruction for instruction, to the program keyward compiled from its policy.
+    Identical,
+    /// The kernel would not show the program to this process, so only the seccomp mode (2) and
+    /// the number of filters (1) on every thread were checked; says why. Reading another
+    /// process's filter takes `CAP_SYS_ADMIN`, ptrace permission over it, and no seccomp filter
+    /// on the reader.
+    NotCompared(String),
+    /// The signer runs without a filter (`Sandbox::UnsandboxedInsecure`).
+    Unsandboxed,
+}
+
+impl fmt::Display for FilterCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FilterCheck::Identical => {
+                f.write_str("identical to keyward's on every thread (read from the kernel)")
+            }
+            FilterCheck::NotCompared(why) => write!(f, "not compared: {why}"),
+            FilterCheck::Unsandboxed => f.write_str("none (Sandbox::UnsandboxedInsecure)"),
+        }
+    }
+}
+
+/// Compares the seccomp program every thread of `pid` runs under with `expected`, as the kernel
+/// shows it. `Err` names a thread whose program differs, or one that could not be stopped and
+/// released (the caller must then end the signer).
+pub(crate) fn compare_filter(
+    pid: i32,
+    pidfd: BorrowedFd<'_>,
+    expected: &[sys::Instruction],
+) -> Result<FilterCheck, String> {
+    let tids: Vec<i32> = read_while_alive(pidfd, || {
+        Ok(std::fs::read_dir(format!("/proc/{pid}/task"))?
+            .flatten()
+            .filter_map(|task| task.file_name().to_str()?.parse().ok())
+            .collect())
+    })
+    .map_err(|error| format!("/proc/{pid}/task is unreadable ({error})"))?;
+    for &tid in &tids {
+        match sys::read_seccomp_filter(tid) {
+            sys::FilterRead::Program(program) if program == expected => {}
+            sys::FilterRead::Program(program) => {
+                return Err(format!(
+                    "thread {tid} runs under a seccomp program of {} instructions that is not the \
+                     one keyward compiled ({} instructions)",
+                    program.len(),
+                    expected.len()
+                ));
+            }
+            sys::FilterRead::Refused(errno) => {
+                return Ok(FilterCheck::NotCompared(format!(
+                    "the kernel would not show it to this process ({})",
+                    std::io::Error::from_raw_os_error(errno)
+                )));
+            }
+            sys::FilterRead::Stuck(errno) => {
+                return Err(format!(
+                    "thread {tid} could not be stopped and released to read its seccomp program \
+                     ({})",
+                    std::io::Error::from_raw_os_error(errno)
+                ));
+            }
+        }
+    }
+    // The threads read were the signer's only if it still exists: a tid, like a pid, is given
+    // to another once its process has been reaped.
+    read_while_alive(pidfd, || Ok(()))
+        .map_err(|error| format!("the signer ended during the check ({error})"))?;
+    if tids.is_empty() {
+        return Err(format!("/proc/{pid}/task lists no thread"));
+    }
+    Ok(FilterCheck::Identical)
 }
 
 /// Runs `read` (of files under `/proc/<pid>/`) and returns what it read only if `pid` named the
@@ -283,6 +385,7 @@ impl fmt::Display for SignerStatus {
                 _ => "",
             }
         )?;
+        writeln!(f, "  seccomp program   {}", self.filter)?;
         writeln!(
             f,
             "  NoNewPrivs        {}",

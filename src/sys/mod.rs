@@ -9,6 +9,7 @@
 mod descriptors;
 mod privileges;
 mod process;
+mod seccomp_check;
 mod secret_memory;
 #[cfg(feature = "test-support")]
 mod test_hooks;
@@ -27,6 +28,7 @@ pub(crate) use process::{
     ExecArguments, ProcessEnd, Spawned, clone_for_exec, execute, fork_with_pidfd, pidfd_reap,
     pidfd_send_signal,
 };
+pub(crate) use seccomp_check::{FilterRead, Instruction, read_seccomp_filter};
 pub(crate) use secret_memory::{SecretCells, SecretMemoryBacking, memfd_secret_available};
 #[cfg(feature = "test-support")]
 pub(crate) use test_hooks::attempt_forbidden_syscall;

@@ -370,18 +370,24 @@ impl ExecArguments {
     }
 }
 
-/// Replaces the process image, with an empty environment. Returns only on failure. Allocates
-/// nothing: safe between fork and exec.
-pub(crate) fn execute(program: &CString, arguments: &ExecArguments) -> io::Error {
+/// Replaces the process image with the program `program` names (a descriptor, so the file run
+/// is the file that was opened, whatever is at its path now), with an empty environment
+/// (`execveat(program, "", .., AT_EMPTY_PATH)`). Returns only on failure. Allocates nothing:
+/// safe between fork and exec.
+pub(crate) fn execute(program: BorrowedFd<'_>, arguments: &ExecArguments) -> io::Error {
     let environment: [*const libc::c_char; 1] = [std::ptr::null()];
-    // SAFETY: `program` is a NUL-terminated string; `arguments.pointers` is a null-terminated
-    // array of pointers to NUL-terminated strings that `arguments` owns, and `environment` a
-    // null-terminated (empty) array; all outlive the call.
+    // SAFETY: the empty path is a NUL-terminated static string; `arguments.pointers` is a
+    // null-terminated array of pointers to NUL-terminated strings that `arguments` owns, and
+    // `environment` a null-terminated (empty) array; all outlive the call. The descriptor is
+    // borrowed, so open.
     unsafe {
-        libc::execve(
-            program.as_ptr(),
+        libc::syscall(
+            libc::SYS_execveat,
+            program.as_raw_fd(),
+            c"".as_ptr(),
             arguments.pointers.as_ptr(),
             environment.as_ptr(),
+            libc::AT_EMPTY_PATH,
         )
     };
     io::Error::last_os_error()

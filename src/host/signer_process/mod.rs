@@ -8,7 +8,6 @@ mod watch;
 use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -17,11 +16,12 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
-use crate::host::config::{Config, SpawnMode};
+use crate::host::config::Config;
 use crate::host::error::{Error, SignerEnd, SpawnError};
 use crate::host::operations::Operation;
 use crate::host::sandbox_policy::{self, Sandbox};
-use crate::host::status::{self, SignerStatus};
+use crate::host::signer_program::SignerProgram;
+use crate::host::status::{self, FilterCheck, SignerStatus};
 use crate::signer::entry::{self, ForkedLaunch, SIGNER_ARGUMENT};
 use crate::sys;
 use crate::wire::PROTOCOL_VERSION;
@@ -62,11 +62,19 @@ pub(crate) struct SignerProcess {
     request_timeout: Duration,
     shutdown: Option<OwnedFd>,
     watcher: Option<JoinHandle<()>>,
+    /// How the signer's seccomp program compared with keyward's when it became ready.
+    filter: FilterCheck,
 }
 
 impl SignerProcess {
-    /// Starts a signer and waits until every worker says it is hardened and ready.
-    pub(crate) fn spawn(config: &Config, generation: u32) -> Result<Self, SpawnError> {
+    /// Starts a signer and waits until every worker says it is hardened and ready. With
+    /// `program` (fork-exec mode) the signer execs that program, opened when the service was
+    /// spawned; without, it is a fork of the host.
+    pub(crate) fn spawn(
+        config: &Config,
+        program: Option<&SignerProgram>,
+        generation: u32,
+    ) -> Result<Self, SpawnError> {
         let system = |what: &'static str| move |source| SpawnError::System { what, source };
         entry::prepare_panic_exit();
         let filter = match config.sandbox {
@@ -108,23 +116,15 @@ impl SignerProcess {
             .map(OwnedFd::from)
             .and_then(sys::clear_of_standard_streams)
             .map_err(system("opening /dev/null"))?;
-        let exec = match &config.spawn_mode {
-            SpawnMode::Fork => None,
-            SpawnMode::ForkExec { program } => {
-                let program = CString::new(program.as_os_str().as_bytes()).map_err(|_| {
-                    SpawnError::System {
-                        what: "the signer program path",
-                        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
-                    }
-                })?;
+        let exec = match program {
+            None => None,
+            Some(program) => {
+                let (file, name) = program.for_spawn()?;
                 let argument = CString::new(SIGNER_ARGUMENT).map_err(|_| SpawnError::System {
                     what: "the signer argument",
                     source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
                 })?;
-                Some((
-                    program.clone(),
-                    sys::ExecArguments::new(vec![program, argument]),
-                ))
+                Some((file, sys::ExecArguments::new(vec![name, argument])))
             }
         };
         let settings = SignerSettings {
@@ -137,10 +137,13 @@ impl SignerProcess {
             parent_pid: nix::unistd::getpid().as_raw(),
             sandboxed: config.sandbox == Sandbox::Enforced,
         };
+        // The program as the kernel will show it: what the signer's filter is compared with.
+        let program_compiled: Vec<sys::Instruction> =
+            filter.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect();
         let bootstrap = exec.as_ref().map(|_| Bootstrap {
             protocol_version: PROTOCOL_VERSION,
             settings: settings.clone(),
-            filter: filter.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect(),
+            filter: program_compiled.clone(),
         });
         let launch = ForkedLaunch {
             settings,
@@ -217,6 +220,7 @@ impl SignerProcess {
             request_timeout: config.request_timeout,
             shutdown: Some(shutdown_write),
             watcher: Some(watcher),
+            filter: FilterCheck::Unsandboxed,
         };
         // On any failure below, dropping `signer` kills and reaps the process.
         let ready_by = Instant::now() + config.spawn_timeout;
@@ -226,11 +230,17 @@ impl SignerProcess {
         (signer.key_memory, signer.store) = signer.await_ready(config.spawn_timeout, ready_by)?;
         // "Ready" is the signer's word; the kernel's is what counts. A signer that says it but
         // is not filtered, or kept a privilege on any thread, never serves.
-        if config.sandbox == Sandbox::Enforced
-            && let Err(weakness) = status::confirm_hardened(signer.pid, signer.child.pidfd.as_fd())
-        {
-            signer.child.kill(SignerEnd::ProtocolViolation);
-            return Err(SpawnError::NotHardened(weakness));
+        if config.sandbox == Sandbox::Enforced {
+            let pidfd = signer.child.pidfd.as_fd();
+            let checked = status::confirm_hardened(signer.pid, pidfd)
+                .and_then(|()| status::compare_filter(signer.pid, pidfd, &program_compiled));
+            match checked {
+                Ok(filter) => signer.filter = filter,
+                Err(weakness) => {
+                    signer.child.kill(SignerEnd::ProtocolViolation);
+                    return Err(SpawnError::NotHardened(weakness));
+                }
+            }
         }
         Ok(signer)
     }
@@ -347,6 +357,7 @@ impl SignerProcess {
             self.child.pidfd.as_fd(),
             self.generation,
             self.key_memory,
+            self.filter.clone(),
         )
     }
 
@@ -480,5 +491,52 @@ impl Drop for SignerProcess {
         if let Some(watcher) = self.watcher.take() {
             let _ = watcher.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The comparison reads the program from the kernel and can tell it apart: the real signer's
+    /// program is identical to keyward's, and not to a program one instruction or one
+    /// instruction's length away from it.
+    #[test]
+    fn the_filter_comparison_tells_a_different_program_apart() {
+        if !nix::unistd::geteuid().is_root() {
+            // Without CAP_SYS_ADMIN the kernel shows nothing to compare.
+            return;
+        }
+        let signer = SignerProcess::spawn(&Config::default(), None, 1)
+            .unwrap_or_else(|error| panic!("spawn: {error}"));
+        assert_eq!(signer.filter, FilterCheck::Identical);
+        let compiled: Vec<sys::Instruction> = sandbox_policy::compiled_filter()
+            .unwrap_or_else(|error| panic!("policy: {error}"))
+            .iter()
+            .map(|i| (i.code, i.jt, i.jf, i.k))
+            .collect();
+        let pidfd = signer.child.pidfd.as_fd();
+        assert_eq!(
+            status::compare_filter(signer.pid, pidfd, &compiled),
+            Ok(FilterCheck::Identical)
+        );
+        let mut altered = compiled.clone();
+        if let Some(last) = altered.last_mut() {
+            last.3 ^= 1;
+        }
+        let shorter = &compiled[..compiled.len() - 1];
+        for (what, expected) in [("altered", &altered[..]), ("shorter", shorter)] {
+            let compared = status::compare_filter(signer.pid, pidfd, expected);
+            assert!(
+                matches!(&compared, Err(said) if said.contains("not the one keyward compiled")),
+                "{what}: {compared:?}"
+            );
+        }
+        // The signer was stopped and released for each reading, and still serves.
+        let listed = signer.perform(&crate::host::operations::ListKeys);
+        assert!(
+            matches!(&listed, Ok(Ok(keys)) if keys.is_empty()),
+            "{listed:?}"
+        );
     }
 }
