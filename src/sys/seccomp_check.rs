@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 /// `PTRACE_SECCOMP_GET_FILTER` (linux/ptrace.h; not in the libc crate).
 const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+/// `PTRACE_EVENT_STOP` (linux/ptrace.h): the event of the stop PTRACE_INTERRUPT causes.
+const PTRACE_EVENT_STOP: libc::c_int = 128;
 /// How long a seized thread may take to stop (it stops at its next return to user space, at
 /// once for a thread blocked in a system call).
 const STOP_WITHIN: Duration = Duration::from_secs(1);
@@ -34,7 +36,7 @@ pub(crate) enum FilterRead {
 }
 
 /// A ptrace request that hands the kernel no memory of ours (a null data pointer): SEIZE (no
-/// options), INTERRUPT, DETACH (no signal), and SECCOMP_GET_FILTER asking only for the length.
+/// options), INTERRUPT, and SECCOMP_GET_FILTER asking only for the length.
 fn ptrace_without_memory(
     request: libc::c_uint,
     tid: libc::pid_t,
@@ -43,6 +45,21 @@ fn ptrace_without_memory(
     // SAFETY: with a null data pointer no request writes to or reads from this process's memory;
     // `address` is an integer (a filter index) or 0.
     let rc = unsafe { libc::ptrace(request, tid, address, std::ptr::null_mut::<libc::c_void>()) };
+    errno_of(rc)
+}
+
+/// Detaches from a stopped tracee, which resumes, delivering `signal` to it (0: none).
+fn detach(tid: libc::pid_t, signal: usize) -> Result<libc::c_long, i32> {
+    // SAFETY: for PTRACE_DETACH the data argument is a signal number, not a pointer: nothing of
+    // this process's memory is read or written.
+    let rc = unsafe {
+        libc::ptrace(
+            libc::PTRACE_DETACH,
+            tid,
+            0usize,
+            std::ptr::without_provenance_mut::<libc::c_void>(signal),
+        )
+    };
     errno_of(rc)
 }
 
@@ -63,12 +80,42 @@ pub(crate) fn read_seccomp_filter(tid: libc::pid_t) -> FilterRead {
     }
     let read = interrupt_and_read(tid);
     // Detaching needs the thread stopped, which the read's success (or a non-ESRCH failure)
-    // shows it is.
-    match (read, ptrace_without_memory(libc::PTRACE_DETACH, tid, 0)) {
+    // shows it is. A signal that reached the thread while it was traced stopped it for us to
+    // see, and detaching discards it unless handed back: hand it back.
+    let pending = signal_stopped_for(tid);
+    match (read, detach(tid, pending)) {
         (read, Ok(_)) => read,
         // The thread has gone: nothing is left traced.
         (read, Err(libc::ESRCH)) if !matches!(read, FilterRead::Stuck(_)) => read,
         (_, Err(errno)) => FilterRead::Stuck(errno),
+    }
+}
+
+/// The signal a stopped tracee is stopped for, if it is stopped for a signal on its way to
+/// delivery (0 if it is stopped for our interrupt, or the answer is unknown).
+fn signal_stopped_for(tid: libc::pid_t) -> usize {
+    let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::zeroed();
+    // SAFETY: `info` is a valid, writable siginfo_t, which PTRACE_GETSIGINFO fills in.
+    let rc = unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETSIGINFO,
+            tid,
+            0usize,
+            info.as_mut_ptr().cast::<libc::c_void>(),
+        )
+    };
+    if rc < 0 {
+        return 0;
+    }
+    // SAFETY: zeroed before the call and filled in by the kernel on success.
+    let info = unsafe { info.assume_init() };
+    // The stop PTRACE_INTERRUPT causes reports SIGTRAP with the event in the high bits of the
+    // code (PTRACE_EVENT_STOP << 8); a signal-delivery stop reports the signal and its own code.
+    let event_stop = info.si_signo == libc::SIGTRAP && info.si_code >> 8 == PTRACE_EVENT_STOP;
+    if event_stop {
+        0
+    } else {
+        usize::try_from(info.si_signo).unwrap_or(0)
     }
 }
 
