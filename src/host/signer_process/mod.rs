@@ -473,8 +473,9 @@ impl Drop for SignerProcess {
             // A copy in a process forked from the host (which forked without exec). The signer
             // and the watcher thread belong to the original process, which goes on using them:
             // this copy must neither signal the signer nor join a thread that does not exist
-            // here (its join would wait forever). Closing this copy's descriptors is all it may
-            // do; the original still holds its own, so its signer sees no end of file.
+            // here (glibc's join returns at once and std then panics for want of a result;
+            // another C library's could wait forever). Closing this copy's descriptors is all it
+            // may do; the original still holds its own, so its signer sees no end of file.
             if let Some(watcher) = self.watcher.take() {
                 std::mem::forget(watcher);
             }
