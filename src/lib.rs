@@ -58,7 +58,7 @@ pub use host::sandbox_policy::{
     POLICY_JSON, POLICY_PROGRAM, Policy, PolicyCondition, PolicyRule, Sandbox, policy,
 };
 pub use host::service::SecretService;
-pub use host::status::{KeyMapping, SignerStatus};
+pub use host::status::{FilterCheck, KeyMapping, SignerStatus};
 pub use signer::entry::{SIGNER_ARGUMENT, run_signer_if_requested};
 pub use wire::key_types::{Algorithm, KeyMemory, KeySpec, Purpose, SecretMemory};
 #[cfg(feature = "test-support")]

@@ -218,6 +218,20 @@ pub enum SpawnError {
     )]
     NotHardened(String),
 
+    /// The fork-exec signer program cannot be used: it could not be opened, or it is not a
+    /// regular, executable file. Checked once, when the service is spawned; every signer of the
+    /// service runs the file found then.
+    #[error(
+        "cannot use {} as the signer program: {source}; it must be a regular, executable file: the keyward binary, or a program that calls keyward::run_signer_if_requested() first in main",
+        path.display()
+    )]
+    SignerProgram {
+        /// The program's path, as configured.
+        path: std::path::PathBuf,
+        /// What was wrong.
+        source: std::io::Error,
+    },
+
     /// The signer said something other than "ready" first.
     #[error("the signer's first message was not a ready message")]
     UnexpectedGreeting,
@@ -266,4 +280,12 @@ pub enum SignerEnd {
     /// It was ended by `respawn` or by dropping the service.
     #[error("replaced or shut down by its supervisor")]
     ShutDown,
+    /// It ended, but another part of the host collected its exit status before keyward could
+    /// (SIGCHLD set to SIG_IGN, or a loop that waits for any child with `__WALL`), and this
+    /// kernel keeps no copy of it (Linux 6.15 and later do, and keyward reads it there): how it
+    /// ended is unknown.
+    #[error(
+        "it ended, but the host reaped it before keyward could learn how (SIGCHLD ignored, or a wait for any child); on Linux 6.15 or later keyward reads the exit status from the kernel"
+    )]
+    ReapedElsewhere,
 }

@@ -17,4 +17,5 @@ pub(crate) mod operations;
 pub(crate) mod sandbox_policy;
 pub(crate) mod service;
 pub(crate) mod signer_process;
+pub(crate) mod signer_program;
 pub(crate) mod status;

@@ -7,13 +7,14 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::host::config::{Config, RestartPolicy};
+use crate::host::config::{Config, RestartPolicy, SpawnMode};
 use crate::host::error::{Error, Result};
 use crate::host::key_handle::KeySigner;
 use crate::host::key_service::KeyService;
 use crate::host::keys::{KeyId, KeyInfo, PublicKey, SharedSecret};
 use crate::host::operations::{self, Operation};
 use crate::host::signer_process::{CallFailure, SignerProcess};
+use crate::host::signer_program::SignerProgram;
 use crate::host::status::SignerStatus;
 use crate::wire::MAX_MESSAGE_LEN;
 use crate::wire::key_types::{KeySpec, StoreId};
@@ -35,6 +36,8 @@ pub struct SecretService {
 /// What a service and its key handles share.
 pub(crate) struct ServiceCore {
     config: Config,
+    /// The fork-exec signer program, opened when the service was spawned (`None` in fork mode).
+    program: Option<SignerProgram>,
     /// The process that spawned the service. A copy of the service in a process forked from it
     /// refuses every call: its pipes and request ids are the original's.
     creator: u32,
@@ -63,12 +66,21 @@ impl std::fmt::Debug for ServiceCore {
 
 impl SecretService {
     /// Starts a signer with `config` and waits until it is hardened and ready.
+    ///
+    /// In fork-exec mode the signer program is opened here, once, and checked to be a regular,
+    /// executable file ([`SpawnError::SignerProgram`](crate::SpawnError::SignerProgram) if not);
+    /// this signer and every respawned one run that file, whatever is at the path later.
     pub fn spawn(config: Config) -> Result<Self> {
         config.validate()?;
-        let signer = SignerProcess::spawn(&config, 1)?;
+        let program = match &config.spawn_mode {
+            SpawnMode::Fork => None,
+            SpawnMode::ForkExec { program } => Some(SignerProgram::open(program)?),
+        };
+        let signer = SignerProcess::spawn(&config, program.as_ref(), 1)?;
         Ok(Self {
             core: Arc::new(ServiceCore {
                 config,
+                program,
                 creator: std::process::id(),
                 current: RwLock::new(Arc::new(signer)),
                 respawning: Mutex::new(()),
@@ -158,7 +170,11 @@ impl ServiceCore {
 
     fn replace_signer(&self) -> Result<u32> {
         let generation = self.generations.fetch_add(1, Ordering::AcqRel) + 1;
-        let fresh = Arc::new(SignerProcess::spawn(&self.config, generation)?);
+        let fresh = Arc::new(SignerProcess::spawn(
+            &self.config,
+            self.program.as_ref(),
+            generation,
+        )?);
         let old = std::mem::replace(
             &mut *self
                 .current

@@ -3,7 +3,9 @@
 //!
 //! Lane `i` reads requests from descriptor `REQUEST_FD_BASE + i` and writes answers to
 //! `RESPONSE_FD_BASE + i`; 0, 1 and 2 are `/dev/null`; nothing else is open. The layout is the
-//! same in both spawn modes, so the seccomp policy can name the descriptors (`sandbox/`).
+//! same in both spawn modes, so the seccomp policy can name the descriptors (`sandbox/`). A
+//! fork-exec child also holds the signer program at `PROGRAM_FD` until it execs through it; the
+//! exec'd signer closes it with every other unexpected descriptor (`close_unexpected`).
 //! Nothing here allocates: it runs between fork and exec.
 
 use std::os::fd::{BorrowedFd, RawFd};
@@ -19,8 +21,12 @@ const _: () = assert!(WORKER_SLOTS as usize == MAX_WORKERS);
 pub(crate) const REQUEST_FD_BASE: RawFd = 3;
 /// The descriptor lane `i` writes answers to is `RESPONSE_FD_BASE + i`.
 pub(crate) const RESPONSE_FD_BASE: RawFd = REQUEST_FD_BASE + WORKER_SLOTS;
+/// Where a fork-exec child holds the signer program it execs through. Not close-on-exec: a
+/// program that is a script is read by its interpreter through `/dev/fd/35`. The exec'd signer
+/// closes it before anything else (`close_unexpected`).
+pub(crate) const PROGRAM_FD: RawFd = RESPONSE_FD_BASE + WORKER_SLOTS;
 /// Where inherited descriptors are parked while the fixed ones are laid out.
-const PARKING_FD_MIN: RawFd = RESPONSE_FD_BASE + WORKER_SLOTS + 16;
+const PARKING_FD_MIN: RawFd = PROGRAM_FD + 16;
 
 /// How many lanes a signer serves: 1 to [`MAX_WORKERS`], checked once where the number enters
 /// (the host's config, an exec'd signer's bootstrap), so a lane number is always in range.
@@ -69,9 +75,14 @@ impl Lane {
     }
 }
 
-/// Puts lane `i`'s pipes on their fixed numbers, stdin/stdout/stderr on /dev/null, and closes
-/// every other descriptor the host left open. `lanes` holds (request, response) per lane.
-pub(crate) fn lay_out(lanes: &[(RawFd, RawFd)], dev_null: RawFd) -> std::io::Result<()> {
+/// Puts lane `i`'s pipes on their fixed numbers, stdin/stdout/stderr on /dev/null, the signer
+/// program (if there is one to exec) on `PROGRAM_FD`, and closes every other descriptor the host
+/// left open. `lanes` holds (request, response) per lane.
+pub(crate) fn lay_out(
+    lanes: &[(RawFd, RawFd)],
+    dev_null: RawFd,
+    program: Option<RawFd>,
+) -> std::io::Result<()> {
     let count = u8::try_from(lanes.len())
         .ok()
         .and_then(LaneCount::new)
@@ -87,6 +98,10 @@ pub(crate) fn lay_out(lanes: &[(RawFd, RawFd)], dev_null: RawFd) -> std::io::Res
         );
     }
     let dev_null = sys::duplicate_at_or_above(dev_null, PARKING_FD_MIN)?;
+    let program = match program {
+        Some(program) => Some(sys::duplicate_at_or_above(program, PARKING_FD_MIN)?),
+        None => None,
+    };
     for (lane, &(request, response)) in count.lanes().zip(&parked) {
         sys::duplicate_onto(request, REQUEST_FD_BASE + lane.offset())?;
         sys::duplicate_onto(response, RESPONSE_FD_BASE + lane.offset())?;
@@ -94,14 +109,31 @@ pub(crate) fn lay_out(lanes: &[(RawFd, RawFd)], dev_null: RawFd) -> std::io::Res
     for standard in 0..=2 {
         sys::duplicate_onto(dev_null, standard)?;
     }
-    close_unexpected(count)
+    match program {
+        Some(program) => {
+            sys::duplicate_onto(program, PROGRAM_FD)?;
+            close_all_but(count, true)
+        }
+        None => close_unexpected(count),
+    }
 }
 
 /// Closes every descriptor but 0-2 and the lanes' own.
 pub(crate) fn close_unexpected(count: LaneCount) -> std::io::Result<()> {
+    close_all_but(count, false)
+}
+
+/// Closes every descriptor but 0-2, the lanes' own, and `PROGRAM_FD` if `keep_program`.
+fn close_all_but(count: LaneCount, keep_program: bool) -> std::io::Result<()> {
     let lanes = u32::from(count.0);
     let request_base = REQUEST_FD_BASE.unsigned_abs();
     let response_base = RESPONSE_FD_BASE.unsigned_abs();
+    let program = PROGRAM_FD.unsigned_abs();
     sys::close_range(request_base + lanes, response_base - 1)?;
-    sys::close_range(response_base + lanes, u32::MAX)
+    if keep_program {
+        sys::close_range(response_base + lanes, program - 1)?;
+        sys::close_range(program + 1, u32::MAX)
+    } else {
+        sys::close_range(response_base + lanes, u32::MAX)
+    }
 }

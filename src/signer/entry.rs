@@ -1,6 +1,8 @@
 //! Runs in the signer: where a signer process begins. A forked signer starts in [`run_forked`]
-//! on the host's watcher thread, in a copy of the host process where only that thread exists; an
-//! exec'd signer starts in [`run_signer_if_requested`] in a fresh process image. Both go on to
+//! on the host's watcher thread, in a copy of the host process where only that thread exists
+//! (made by the C library's `fork`); a fork-exec signer starts there too, in a raw `clone` of
+//! that thread that lays its descriptors out and execs (see `sys::clone_for_exec`), and goes on
+//! in [`run_signer_if_requested`] in a fresh process image. Both go on to
 //! `hardening::harden_and_serve`.
 //!
 //! One function here runs in the host: [`prepare_panic_exit`], called before the first fork so
@@ -8,7 +10,6 @@
 //! thread could hold, reads the environment, allocates before exec, or prints; every way out is
 //! `_exit`.
 
-use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Once;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,8 +35,10 @@ pub(crate) struct ForkedLaunch {
     /// Per lane: the request pipe's read end and the response pipe's write end.
     pub(crate) lanes: Vec<(OwnedFd, OwnedFd)>,
     pub(crate) dev_null: OwnedFd,
-    /// Set in fork-exec mode: the program and its arguments, prepared as C strings.
-    pub(crate) exec: Option<(CString, Vec<CString>)>,
+    /// Set in fork-exec mode: the signer program (a descriptor, opened when the service was
+    /// spawned) and its arguments, prepared before fork so that the child allocates nothing
+    /// before exec.
+    pub(crate) exec: Option<(OwnedFd, sys::ExecArguments)>,
 }
 
 /// The forked signer's entry point, on the watcher thread of a copy of the host process.
@@ -61,11 +64,14 @@ fn lay_out_and_start(launch: &ForkedLaunch) -> ! {
         *slot = (request.as_raw_fd(), response.as_raw_fd());
     }
     let lanes = &lane_fds[..launch.lanes.len().min(MAX_WORKERS)];
-    if descriptors::lay_out(lanes, launch.dev_null.as_raw_fd()).is_err() {
+    let program = launch.exec.as_ref().map(|(program, _)| program.as_raw_fd());
+    if descriptors::lay_out(lanes, launch.dev_null.as_raw_fd(), program).is_err() {
         sys::exit_immediately(exit_code::HARDENING_FAILED);
     }
-    if let Some((program, arguments)) = &launch.exec {
-        let _error = sys::execute(program, arguments);
+    if let Some((_, arguments)) = &launch.exec {
+        // Through the descriptor opened when the service was spawned, not the path: the file
+        // checked then is the file run now.
+        let _error = sys::execute(sys::fixed_descriptor(descriptors::PROGRAM_FD), arguments);
         sys::exit_immediately(exit_code::EXEC_FAILED);
     }
     hardening::harden_and_serve(&launch.settings, &launch.filter)

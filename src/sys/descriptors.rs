@@ -1,12 +1,11 @@
-//! Both sides: descriptor plumbing. The fixed layout the signer serves from, and (for the
-//! raw-pipe test harness) a write that never raises SIGPIPE in the host.
+//! Both sides: descriptor plumbing. The fixed layout the signer serves from; in the host, keeping
+//! every descriptor keyward holds clear of the standard streams; and (for the raw-pipe test
+//! harness) a write that never raises SIGPIPE in the host.
 
 use std::io;
 #[cfg(feature = "test-support")]
 use std::mem::MaybeUninit;
-#[cfg(feature = "test-support")]
-use std::os::fd::AsRawFd;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use super::{check, check_long};
 
@@ -97,4 +96,39 @@ pub(crate) fn close_range(first: u32, last: u32) -> io::Result<()> {
     }
     // SAFETY: close_range takes integers; the caller no longer uses any fd in the range.
     check_long(unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) }).map(drop)
+}
+
+/// The lowest descriptor keyward holds in the host. 0, 1 and 2 are the host's standard streams
+/// even when it has closed them (a daemon does): a pipe of keyward's that lands on 1 would take
+/// the host's `println!` as requests, one on 0 would hand the signer's answers to whatever reads
+/// stdin.
+const FIRST_HOST_DESCRIPTOR: RawFd = 3;
+
+/// `fd` itself if it is clear of the standard streams; otherwise a close-on-exec copy at 3 or
+/// above, and the low one is closed.
+pub(crate) fn clear_of_standard_streams(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() >= FIRST_HOST_DESCRIPTOR {
+        return Ok(fd);
+    }
+    // `fd` closes when dropped, once the copy exists.
+    duplicate_clear_of_standard_streams(fd.as_fd())
+}
+
+/// A close-on-exec copy of `fd` at 3 or above.
+pub(crate) fn duplicate_clear_of_standard_streams(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC takes an int argument and creates a new descriptor; no memory.
+    let copy = check(unsafe {
+        libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, FIRST_HOST_DESCRIPTOR)
+    })?;
+    // SAFETY: the kernel just created `copy`; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(copy) })
+}
+
+/// A pipe, (read end, write end), both close-on-exec and both clear of the standard streams.
+pub(crate) fn pipe_clear_of_standard_streams() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    Ok((
+        clear_of_standard_streams(read)?,
+        clear_of_standard_streams(write)?,
+    ))
 }

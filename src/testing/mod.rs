@@ -7,10 +7,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
-use crate::host::config::Config;
+use crate::host::config::{Config, SpawnMode};
 use crate::host::error::{Error, SignerEnd};
 use crate::host::keys::KeyId;
 use crate::host::signer_process::SignerProcess;
+use crate::host::signer_program::SignerProgram;
 use crate::signer::dispatch::{LaneState, Outcome, handle_frame};
 use crate::signer::key_store::KeyStore;
 use crate::wire::framing::{FrameReader, ReadError, encode_frame, frame_buffer, write_all};
@@ -122,7 +123,11 @@ impl RawSigner {
     pub fn spawn(config: Config) -> Result<Self, Error> {
         let config = config.with_workers(1);
         config.validate()?;
-        let mut process = SignerProcess::spawn(&config, 1)?;
+        let program = match &config.spawn_mode {
+            SpawnMode::Fork => None,
+            SpawnMode::ForkExec { program } => Some(SignerProgram::open(program)?),
+        };
+        let mut process = SignerProcess::spawn(&config, program.as_ref(), 1)?;
         let (request, response) = process
             .take_raw_lane()
             .ok_or(Error::Internal("the signer has no lane"))?;

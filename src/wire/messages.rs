@@ -263,7 +263,10 @@ pub(crate) fn decode_request(payload: &[u8]) -> Result<RequestFrame<'_>, Request
 )]
 pub(crate) const MESSAGE_CAP: u32 = {
     assert!(MAX_MESSAGE_LEN <= u32::MAX as usize);
-    MAX_MESSAGE_LEN as u32
+    // Checked just above: the value fits.
+    #[allow(clippy::cast_possible_truncation)]
+    let cap = MAX_MESSAGE_LEN as u32;
+    cap
 };
 
 #[cfg(test)]

@@ -228,3 +228,76 @@ pub(crate) fn occurrences(haystack: &[u8], needles: &[[u8; 32]]) -> Vec<(usize, 
     }
     found
 }
+
+/// What a re-run of this test binary in a role did.
+#[derive(Debug)]
+pub(crate) struct RoleRun {
+    /// Its exit status; `None` if it was still running at the deadline (it was then killed).
+    pub(crate) status: Option<std::process::ExitStatus>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+    pub(crate) elapsed: std::time::Duration,
+}
+
+impl RoleRun {
+    /// Whether it exited with status 0 before the deadline.
+    pub(crate) fn succeeded(&self) -> bool {
+        self.status.is_some_and(|status| status.success())
+    }
+}
+
+/// Runs `rerun_self(test, role)` with `environment` added, to its end or until `deadline`
+/// (then kills it), and collects what it printed.
+pub(crate) fn run_role(
+    test: &str,
+    role: &str,
+    environment: &[(&str, &str)],
+    deadline: std::time::Duration,
+) -> RoleRun {
+    use std::io::Read;
+    use std::process::Stdio;
+    let started = std::time::Instant::now();
+    let mut command = rerun_self(test, role);
+    command
+        .envs(environment.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let collect = |mut pipe: Box<dyn Read + Send>| {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = pipe.read_to_end(&mut text);
+            let _ = sender.send(String::from_utf8_lossy(&text).into_owned());
+        });
+        receiver
+    };
+    let stdout = collect(Box::new(child.stdout.take().unwrap()));
+    let stderr = collect(Box::new(child.stderr.take().unwrap()));
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let elapsed = started.elapsed();
+    // A process the role forked may still hold its pipes open after the role ended: wait a
+    // moment for the text, not forever.
+    let text = |receiver: std::sync::mpsc::Receiver<String>| {
+        receiver
+            .recv_timeout(std::time::Duration::from_secs(2))
+            .unwrap_or_else(|_| "(the pipe was still held open by a process of the role)".into())
+    };
+    RoleRun {
+        status,
+        stdout: text(stdout),
+        stderr: text(stderr),
+        elapsed,
+    }
+}

@@ -8,7 +8,6 @@ mod watch;
 use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -17,11 +16,12 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
-use crate::host::config::{Config, SpawnMode};
+use crate::host::config::Config;
 use crate::host::error::{Error, SignerEnd, SpawnError};
 use crate::host::operations::Operation;
 use crate::host::sandbox_policy::{self, Sandbox};
-use crate::host::status::{self, SignerStatus};
+use crate::host::signer_program::SignerProgram;
+use crate::host::status::{self, FilterCheck, SignerStatus};
 use crate::signer::entry::{self, ForkedLaunch, SIGNER_ARGUMENT};
 use crate::sys;
 use crate::wire::PROTOCOL_VERSION;
@@ -54,6 +54,9 @@ pub(crate) enum CallFailure {
 pub(crate) struct SignerProcess {
     generation: u32,
     pid: i32,
+    /// The process that spawned the signer. A copy of this value in a process forked from it
+    /// owns nothing but its own copies of the descriptors (see `Drop`).
+    spawning_pid: u32,
     key_memory: KeyMemory,
     store: StoreId,
     child: Arc<ChildWatch>,
@@ -62,11 +65,19 @@ pub(crate) struct SignerProcess {
     request_timeout: Duration,
     shutdown: Option<OwnedFd>,
     watcher: Option<JoinHandle<()>>,
+    /// How the signer's seccomp program compared with keyward's when it became ready.
+    filter: FilterCheck,
 }
 
 impl SignerProcess {
-    /// Starts a signer and waits until every worker says it is hardened and ready.
-    pub(crate) fn spawn(config: &Config, generation: u32) -> Result<Self, SpawnError> {
+    /// Starts a signer and waits until every worker says it is hardened and ready. With
+    /// `program` (fork-exec mode) the signer execs that program, opened when the service was
+    /// spawned; without, it is a fork of the host.
+    pub(crate) fn spawn(
+        config: &Config,
+        program: Option<&SignerProgram>,
+        generation: u32,
+    ) -> Result<Self, SpawnError> {
         let system = |what: &'static str| move |source| SpawnError::System { what, source };
         entry::prepare_panic_exit();
         let filter = match config.sandbox {
@@ -90,34 +101,33 @@ impl SignerProcess {
             })?;
         let mut parent_ends = Vec::with_capacity(workers);
         let mut child_ends = Vec::with_capacity(workers);
+        // Every descriptor keyward holds in the host sits at 3 or above, whatever the host did
+        // with its standard streams (see `sys::clear_of_standard_streams`).
         for _ in 0..workers {
-            let (request_read, request_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
-                .map_err(|e| system("creating a pipe")(e.into()))?;
-            let (response_read, response_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
-                .map_err(|e| system("creating a pipe")(e.into()))?;
+            let (request_read, request_write) =
+                sys::pipe_clear_of_standard_streams().map_err(system("creating a pipe"))?;
+            let (response_read, response_write) =
+                sys::pipe_clear_of_standard_streams().map_err(system("creating a pipe"))?;
             let request_reader_copy = request_read
                 .try_clone()
+                .and_then(sys::clear_of_standard_streams)
                 .map_err(system("copying a pipe descriptor"))?;
             parent_ends.push((request_write, response_read, request_reader_copy));
             child_ends.push((request_read, response_write));
         }
-        let dev_null: OwnedFd = File::open("/dev/null")
-            .map_err(system("opening /dev/null"))?
-            .into();
-        let exec = match &config.spawn_mode {
-            SpawnMode::Fork => None,
-            SpawnMode::ForkExec { program } => {
-                let program = CString::new(program.as_os_str().as_bytes()).map_err(|_| {
-                    SpawnError::System {
-                        what: "the signer program path",
-                        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
-                    }
-                })?;
+        let dev_null = File::open("/dev/null")
+            .map(OwnedFd::from)
+            .and_then(sys::clear_of_standard_streams)
+            .map_err(system("opening /dev/null"))?;
+        let exec = match program {
+            None => None,
+            Some(program) => {
+                let (file, name) = program.for_spawn()?;
                 let argument = CString::new(SIGNER_ARGUMENT).map_err(|_| SpawnError::System {
                     what: "the signer argument",
                     source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
                 })?;
-                Some((program.clone(), vec![program, argument]))
+                Some((file, sys::ExecArguments::new(vec![name, argument])))
             }
         };
         let settings = SignerSettings {
@@ -130,10 +140,13 @@ impl SignerProcess {
             parent_pid: nix::unistd::getpid().as_raw(),
             sandboxed: config.sandbox == Sandbox::Enforced,
         };
+        // The program as the kernel will show it: what the signer's filter is compared with.
+        let program_compiled: Vec<sys::Instruction> =
+            filter.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect();
         let bootstrap = exec.as_ref().map(|_| Bootstrap {
             protocol_version: PROTOCOL_VERSION,
             settings: settings.clone(),
-            filter: filter.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect(),
+            filter: program_compiled.clone(),
         });
         let launch = ForkedLaunch {
             settings,
@@ -142,30 +155,26 @@ impl SignerProcess {
             dev_null,
             exec,
         };
-        let (shutdown_read, shutdown_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
-            .map_err(|e| system("creating a pipe")(e.into()))?;
+        let (shutdown_read, shutdown_write) =
+            sys::pipe_clear_of_standard_streams().map_err(system("creating a pipe"))?;
 
         let (started_tx, started_rx) = mpsc::channel();
         let watcher = std::thread::Builder::new()
             .name(format!("keyward-signer-{generation}"))
             .spawn(move || {
-                let forked = sys::fork_child(entry::run_forked, &launch);
+                // A forked signer goes on running in its copy of the host, so it is started by the
+                // C library's fork; a fork-exec one only makes raw system calls until exec, so it
+                // is cloned with its pidfd and no exit signal (see `sys::clone_for_exec`).
+                let started = if launch.exec.is_some() {
+                    sys::clone_for_exec(entry::run_forked, &launch)
+                } else {
+                    sys::fork_with_pidfd(entry::run_forked, &launch, exit_code::PARENT_CHANGED)
+                };
                 // The signer's ends of the pipes and /dev/null close here, in the parent, so a
                 // closed pipe means the signer is gone.
                 drop(launch);
-                let started = forked.and_then(|pid| match sys::pidfd_open(pid) {
-                    Ok(pidfd) => Ok((pid, pidfd)),
-                    Err(error) => {
-                        // Without a pidfd we cannot watch it: end it by pid (not yet reaped, so
-                        // the pid is still ours) and reap it.
-                        let pid = nix::unistd::Pid::from_raw(pid);
-                        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-                        let _ = nix::sys::wait::waitpid(pid, None);
-                        Err(error)
-                    }
-                });
                 match started {
-                    Ok((pid, pidfd)) => {
+                    Ok(sys::Spawned { pid, pidfd }) => {
                         let child = Arc::new(ChildWatch::new(pidfd));
                         let _ = started_tx.send(Ok((pid, Arc::clone(&child))));
                         watch(&child, &shutdown_read);
@@ -181,14 +190,14 @@ impl SignerProcess {
             Ok(Err(error)) => {
                 let _ = watcher.join();
                 return Err(SpawnError::System {
-                    what: "forking the signer",
+                    what: "starting the signer process",
                     source: error,
                 });
             }
             Err(_) => {
                 let _ = watcher.join();
                 return Err(SpawnError::System {
-                    what: "forking the signer",
+                    what: "starting the signer process",
                     source: std::io::Error::other("the watcher thread ended"),
                 });
             }
@@ -205,6 +214,7 @@ impl SignerProcess {
         let mut signer = SignerProcess {
             generation,
             pid,
+            spawning_pid: std::process::id(),
             key_memory: KeyMemory::LockedAnonymous,
             store: [0; 8],
             child,
@@ -213,6 +223,7 @@ impl SignerProcess {
             request_timeout: config.request_timeout,
             shutdown: Some(shutdown_write),
             watcher: Some(watcher),
+            filter: FilterCheck::Unsandboxed,
         };
         // On any failure below, dropping `signer` kills and reaps the process.
         let ready_by = Instant::now() + config.spawn_timeout;
@@ -222,11 +233,17 @@ impl SignerProcess {
         (signer.key_memory, signer.store) = signer.await_ready(config.spawn_timeout, ready_by)?;
         // "Ready" is the signer's word; the kernel's is what counts. A signer that says it but
         // is not filtered, or kept a privilege on any thread, never serves.
-        if config.sandbox == Sandbox::Enforced
-            && let Err(weakness) = status::confirm_hardened(signer.pid)
-        {
-            signer.child.kill(SignerEnd::ProtocolViolation);
-            return Err(SpawnError::NotHardened(weakness));
+        if config.sandbox == Sandbox::Enforced {
+            let pidfd = signer.child.pidfd.as_fd();
+            let checked = status::confirm_hardened(signer.pid, pidfd)
+                .and_then(|()| status::compare_filter(signer.pid, pidfd, &program_compiled));
+            match checked {
+                Ok(filter) => signer.filter = filter,
+                Err(weakness) => {
+                    signer.child.kill(SignerEnd::ProtocolViolation);
+                    return Err(SpawnError::NotHardened(weakness));
+                }
+            }
         }
         Ok(signer)
     }
@@ -347,7 +364,13 @@ impl SignerProcess {
 
     /// What the kernel says about the signer.
     pub(crate) fn status(&self) -> std::io::Result<SignerStatus> {
-        SignerStatus::read(self.pid, self.generation, self.key_memory)
+        SignerStatus::read(
+            self.pid,
+            self.child.pidfd.as_fd(),
+            self.generation,
+            self.key_memory,
+            self.filter.clone(),
+        )
     }
 
     /// Takes lane 0's pipe ends out of the host, for tests that speak raw bytes to a real
@@ -464,6 +487,20 @@ impl SignerProcess {
 
 impl Drop for SignerProcess {
     fn drop(&mut self) {
+        if std::process::id() != self.spawning_pid {
+            // A copy in a process forked from the host (which forked without exec). The signer
+            // and the watcher thread belong to the original process, which goes on using them:
+            // this copy must neither signal the signer nor join a thread that does not exist
+            // here (glibc's join returns at once and std then panics for want of a result;
+            // another C library's could wait forever). Closing this copy's descriptors is all it
+            // may do; the original still holds its own, so its signer sees no end of file.
+            if let Some(watcher) = self.watcher.take() {
+                std::mem::forget(watcher);
+            }
+            self.lanes.clear();
+            drop(self.shutdown.take());
+            return;
+        }
         let _ = self.child.cause.set(SignerEnd::ShutDown);
         // Closing the request pipes makes every worker read end of file and exit.
         self.lanes.clear();
@@ -473,5 +510,52 @@ impl Drop for SignerProcess {
         if let Some(watcher) = self.watcher.take() {
             let _ = watcher.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The comparison reads the program from the kernel and can tell it apart: the real signer's
+    /// program is identical to keyward's, and not to a program one instruction or one
+    /// instruction's length away from it.
+    #[test]
+    fn the_filter_comparison_tells_a_different_program_apart() {
+        if !nix::unistd::geteuid().is_root() {
+            // Without CAP_SYS_ADMIN the kernel shows nothing to compare.
+            return;
+        }
+        let signer = SignerProcess::spawn(&Config::default(), None, 1)
+            .unwrap_or_else(|error| panic!("spawn: {error}"));
+        assert_eq!(signer.filter, FilterCheck::Identical);
+        let compiled: Vec<sys::Instruction> = sandbox_policy::compiled_filter()
+            .unwrap_or_else(|error| panic!("policy: {error}"))
+            .iter()
+            .map(|i| (i.code, i.jt, i.jf, i.k))
+            .collect();
+        let pidfd = signer.child.pidfd.as_fd();
+        assert_eq!(
+            status::compare_filter(signer.pid, pidfd, &compiled),
+            Ok(FilterCheck::Identical)
+        );
+        let mut altered = compiled.clone();
+        if let Some(last) = altered.last_mut() {
+            last.3 ^= 1;
+        }
+        let shorter = &compiled[..compiled.len() - 1];
+        for (what, expected) in [("altered", &altered[..]), ("shorter", shorter)] {
+            let compared = status::compare_filter(signer.pid, pidfd, expected);
+            assert!(
+                matches!(&compared, Err(said) if said.contains("not the one keyward compiled")),
+                "{what}: {compared:?}"
+            );
+        }
+        // The signer was stopped and released for each reading, and still serves.
+        let listed = signer.perform(&crate::host::operations::ListKeys);
+        assert!(
+            matches!(&listed, Ok(Ok(keys)) if keys.is_empty()),
+            "{listed:?}"
+        );
     }
 }

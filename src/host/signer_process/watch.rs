@@ -1,6 +1,7 @@
 //! Runs in the host: watching one signer process through its pidfd. The watcher thread that
 //! forks the signer waits for it to end (or for the host to let go), reaps it, and records how
-//! it ended, so that every caller is told the same, exact reason.
+//! it ended, so that every caller is told the same, exact reason, whatever the host does with
+//! SIGCHLD (see `sys::pidfd_reap`).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Condvar, Mutex, OnceLock};
@@ -57,6 +58,7 @@ impl ChildWatch {
                 SignerEnd::CorruptRequestStream
             }
             Some(ProcessEnd::Exited(code)) => SignerEnd::Exited { code },
+            Some(ProcessEnd::CollectedElsewhere) => SignerEnd::ReapedElsewhere,
             None => {
                 self.kill(SignerEnd::ProtocolViolation);
                 SignerEnd::ProtocolViolation
@@ -112,7 +114,7 @@ pub(super) fn watch(watch: &ChildWatch, shutdown: &OwnedFd) {
             watch.kill(SignerEnd::ShutDown);
         }
     }
-    if let Ok(end) = sys::pidfd_reap(watch.pidfd.as_fd()) {
-        watch.record_end(end);
-    }
+    // Whatever happens, an end is recorded: callers must never wait for one that will not come.
+    let end = sys::pidfd_reap(watch.pidfd.as_fd()).unwrap_or(ProcessEnd::CollectedElsewhere);
+    watch.record_end(end);
 }
