@@ -2,6 +2,9 @@
 //! process, checks key ids before anything crosses the pipe, turns answers into typed results and
 //! refusals into errors that say what to do, and replaces the signer when asked (or
 //! automatically).
+//!
+//! Over 400 lines on purpose: the service, the core its key handles share, and the refusal to
+//! error mapping are one idea; the `KeyService` impl for `SecretService` only forwards.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};

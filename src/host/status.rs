@@ -1,5 +1,9 @@
-//! Runs in the host: what the kernel says about a running signer, read from `/proc/<pid>/status` and
-//! `/proc/<pid>/smaps`. This is the kernel's view, not the signer's claim.
+//! Runs in the host: what the kernel says about a running signer, read from `/proc/<pid>/status`
+//! and `/proc/<pid>/smaps`. This is the kernel's view, not the signer's claim.
+//!
+//! Over 400 lines on purpose: the kernel's view is read and folded in one place, so that
+//! `status()`, the check before a signer may serve, and `keyward demo` mean the same by
+//! "hardened".
 //!
 //! Every read goes through [`read_while_alive`], so that it is never a read of another process
 //! that was given the signer's pid after the signer was reaped.
