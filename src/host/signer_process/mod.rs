@@ -243,6 +243,8 @@ impl Drop for SignerProcess {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::config::Config;
+    use crate::host::sandbox_policy;
 
     /// The comparison reads the program from the kernel and can tell it apart: the real signer's
     /// program is identical to keyward's, and not to a program one instruction or one
