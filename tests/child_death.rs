@@ -13,9 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use fault_util::{
-    all_threads_stopped, is_dead, is_reaped, process_state, signal_child, spawn_role, wait_for,
-};
+use fault_util::{all_threads_stopped, is_dead, is_reaped, process_state, signal_child, wait_for};
 use keyward::{
     Config, Error, KeyId, KeyService, KeySpec, Purpose, RestartPolicy, SecretService, SignerEnd,
 };
@@ -28,19 +26,18 @@ fn spawn(mode: &str, config: Config) -> SecretService {
     SecretService::spawn(config).unwrap_or_else(|e| panic!("{mode}: spawn: {e}"))
 }
 
-/// A consensus key and a check that it signs, so the signer is known to be serving.
-fn serving_key(service: &SecretService) -> KeyId {
-    let key = service
-        .generate_key(KeySpec::new(Purpose::Consensus))
-        .unwrap();
-    let public = service.public_key(key).unwrap();
-    let signature = service.sign(key, &[3; 32]).unwrap();
-    public
-        .as_ed25519()
+/// A role of this test binary, run with its output captured.
+fn spawn_role(test: &str, role: &str) -> std::process::Child {
+    common::rerun_self(test, role)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap()
-        .verify_strict(&[3; 32], &signature)
-        .unwrap();
-    key
+}
+
+fn serving_key(service: &SecretService) -> KeyId {
+    common::serving_key(service)
 }
 
 /// Sends `signal` to the signer and waits until the kernel has reaped it (the watcher thread
@@ -418,7 +415,7 @@ fn a_signer_paused_and_resumed_within_the_deadline_still_answers() {
 #[test]
 #[ignore = "a subprocess role of parent_death_takes_the_signer_with_it; runs that test when invoked directly"]
 fn role_parent_that_dies() {
-    if fault_util::role().as_deref() != Some("parent-death") {
+    if common::role().as_deref() != Some("parent-death") {
         return parent_death_takes_the_signer_with_it();
     }
     let services: Vec<SecretService> = common::spawn_modes()
@@ -443,7 +440,7 @@ fn parent_death_takes_the_signer_with_it() {
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if let Some(pids) = line.strip_prefix("SIGNER_PIDS ") {
+            if let Some((_, pids)) = line.split_once("SIGNER_PIDS ") {
                 let pids: Vec<i32> = pids.split(' ').map(|p| p.parse().unwrap()).collect();
                 let _ = tx.send(pids);
             }
@@ -530,7 +527,7 @@ fn the_library_installs_no_signal_handler_and_leaves_the_mask_alone() {
 #[cfg(feature = "test-support")]
 #[ignore = "a subprocess role of a_host_with_default_sigpipe_survives_a_dead_signer; runs that test when invoked directly"]
 fn role_default_sigpipe() {
-    if fault_util::role().as_deref() != Some("default-sigpipe") {
+    if common::role().as_deref() != Some("default-sigpipe") {
         return a_host_with_default_sigpipe_survives_a_dead_signer();
     }
     use nix::sys::signal::{SigHandler, signal};
@@ -607,7 +604,7 @@ fn a_host_with_default_sigpipe_survives_a_dead_signer() {
 #[test]
 #[ignore = "a subprocess role of a_signer_can_be_spawned_while_a_host_thread_panics; runs that test when invoked directly"]
 fn role_host_panicking_during_spawn() {
-    if fault_util::role().as_deref() != Some("host-panicking") {
+    if common::role().as_deref() != Some("host-panicking") {
         return a_signer_can_be_spawned_while_a_host_thread_panics();
     }
     // A slow panic hook: a logger or crash reporter that takes a moment.

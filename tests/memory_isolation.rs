@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
+use common::RoleCommand;
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::CommandExt;
@@ -65,7 +67,7 @@ fn try_to_read(pid: &str) -> String {
 /// Runs a reader: a separate process of this uid (a re-run of this test as `reader`).
 fn reader_says(pid: u32) -> String {
     let output = common::rerun_self(SAME_UID_TEST, "reader")
-        .env("KEYWARD_TEST_TARGET", pid.to_string())
+        .parameter("target", pid.to_string())
         .output()
         .unwrap();
     assert!(output.status.success(), "the reader failed: {output:?}");
@@ -127,7 +129,7 @@ fn play_unprivileged_owner() {
 
     // The signer program for fork-exec mode: the copy `nobody` can run (see below).
     let signer_program =
-        std::env::var_os("KEYWARD_TEST_SIGNER").map_or_else(common::signer_program, Into::into);
+        common::role_parameter_if_given("signer").map_or_else(common::signer_program, Into::into);
     let modes = [
         ("fork", Config::default()),
         (
@@ -178,7 +180,7 @@ fn a_same_uid_process_cannot_read_the_signer_memory() {
     match common::role().as_deref() {
         Some("owner") => return play_unprivileged_owner(),
         Some("reader") => {
-            let target = std::env::var("KEYWARD_TEST_TARGET").unwrap();
+            let target = common::role_parameter("target");
             println!("READER {}", try_to_read(&target));
             return;
         }
@@ -202,7 +204,7 @@ fn a_same_uid_process_cannot_read_the_signer_memory() {
     owner
         .args(["--exact", SAME_UID_TEST, "--nocapture", "--test-threads=1"])
         .env(common::ROLE_VAR, "owner")
-        .env("KEYWARD_TEST_SIGNER", &signer)
+        .parameter("signer", signer.display())
         .current_dir(copies.path());
     if is_root() {
         // Drop to nobody (std also clears the supplementary groups when root sets a uid).
@@ -234,7 +236,7 @@ const KEYHOLDER_KEY_LIMIT: u32 = 8;
 /// Played by the keyholder: spawn, generate one key of each purpose, use them, print what the
 /// test needs (never a secret), then obey `drop` and `exit` on stdin.
 fn play_keyholder() {
-    let mode = std::env::var("KEYWARD_TEST_MODE").unwrap();
+    let mode = common::role_parameter("mode");
     let service = SecretService::spawn(
         mode_config(&mode)
             .with_secret_memory(SecretMemory::LockedAnonymous)
@@ -310,7 +312,7 @@ struct Keyholder {
 impl Keyholder {
     fn start(mode: &str) -> Self {
         let mut child = common::rerun_self(PARENT_TEST, "keyholder")
-            .env("KEYWARD_TEST_MODE", mode)
+            .parameter("mode", mode)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

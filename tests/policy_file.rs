@@ -7,6 +7,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
+use common::RoleCommand;
+
 use std::collections::BTreeSet;
 use std::os::unix::process::ExitStatusExt;
 
@@ -559,12 +561,12 @@ fn play_probe(name: &str) -> ! {
 #[test]
 fn the_kernel_enforces_the_argument_conditions() {
     if common::role().as_deref() == Some("probe") {
-        play_probe(&std::env::var("KEYWARD_TEST_PROBE").unwrap());
+        play_probe(&common::role_parameter("probe"));
     }
     let mut failures = Vec::new();
     for (name, _, _, allowed) in probes() {
         let status = common::rerun_self(PROBE_TEST, "probe")
-            .env("KEYWARD_TEST_PROBE", name)
+            .parameter("probe", name)
             .output()
             .unwrap()
             .status;

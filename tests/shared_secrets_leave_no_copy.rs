@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
+use common::RoleCommand;
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Stdio};
 
@@ -36,15 +38,9 @@ fn exchange(service: &SecretService, key: keyward::KeyId, index: u32) -> keyward
 /// Played by the host under scan: exchanges on `threads` threads, `per_thread` each, drops every
 /// result, keeps one, says where its signer and key are, and waits to be told to exit.
 fn play_host() {
-    let mode = std::env::var("KEYWARD_TEST_MODE").unwrap();
-    let threads: u32 = std::env::var("KEYWARD_TEST_THREADS")
-        .unwrap()
-        .parse()
-        .unwrap();
-    let per_thread: u32 = std::env::var("KEYWARD_TEST_PER_THREAD")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let mode = common::role_parameter("mode");
+    let threads: u32 = common::role_parameter("threads").parse().unwrap();
+    let per_thread: u32 = common::role_parameter("per_thread").parse().unwrap();
     let config = common::spawn_modes()
         .into_iter()
         .find(|(name, _)| *name == mode)
@@ -100,9 +96,9 @@ fn occurrences(haystack: &[u8], needles: &[[u8; 32]]) -> Vec<(usize, usize)> {
 /// Runs a host, scans it, and returns (copies of dropped results, copies of the kept one).
 fn scan(mode: &str, threads: u32, per_thread: u32) -> (Vec<String>, usize) {
     let mut host: Child = common::rerun_self(TEST, "dh-host")
-        .env("KEYWARD_TEST_MODE", mode)
-        .env("KEYWARD_TEST_THREADS", threads.to_string())
-        .env("KEYWARD_TEST_PER_THREAD", per_thread.to_string())
+        .parameter("mode", mode)
+        .parameter("threads", threads.to_string())
+        .parameter("per_thread", per_thread.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

@@ -13,10 +13,7 @@ mod common;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use keyward::{
-    Config, Error, FilterCheck, KeyService, KeySpec, Purpose, SecretService, SignerEnd, SpawnError,
-    SpawnMode,
-};
+use keyward::{Config, Error, FilterCheck, SecretService, SignerEnd, SpawnError, SpawnMode};
 
 /// A directory under cargo's scratch directory for integration tests (target/tmp), on the same
 /// file system as the keyward binary, so the binary can be hard-linked into it.
@@ -51,16 +48,7 @@ fn fork_exec(program: &Path) -> Config {
 
 /// Makes a key and checks a verified signature: the signer serving is a real one.
 fn signs(service: &SecretService) {
-    let key = service
-        .generate_key(KeySpec::new(Purpose::Consensus))
-        .unwrap();
-    let public = service.public_key(key).unwrap();
-    let signature = service.sign(key, &[9; 32]).unwrap();
-    public
-        .as_ed25519()
-        .unwrap()
-        .verify_strict(&[9; 32], &signature)
-        .unwrap();
+    common::serving_key(service);
 }
 
 /// The inode of the program the process `pid` runs.

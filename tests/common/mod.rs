@@ -29,21 +29,80 @@ pub(crate) fn spawn_modes() -> Vec<(&'static str, Config)> {
 // Sandbox test helpers: re-running a test in a subprocess, and reading /proc directly (the
 // sandbox tests trust the kernel's files, not the library's own report).
 
-/// The environment variable that tells a re-run test binary which role to play.
-pub(crate) const ROLE_VAR: &str = "KEYWARD_SANDBOX_TEST_ROLE";
+/// The environment variable that tells a re-run test binary which role to play. Every test that
+/// needs a subprocess (a host with its own process state, a scanner, an unprivileged reader)
+/// re-runs its own test binary through [`rerun_self`] and asks [`role`] which part it plays.
+pub(crate) const ROLE_VAR: &str = "KEYWARD_TEST_ROLE";
+
+/// The prefix of a role's parameters in its environment (see [`RoleCommand::parameter`]).
+const PARAMETER_PREFIX: &str = "KEYWARD_TEST_ROLE_";
 
 /// The role this process was re-run for, if any.
 pub(crate) fn role() -> Option<String> {
     std::env::var(ROLE_VAR).ok()
 }
 
-/// A command that re-runs exactly the test `test` of this test binary, playing `role`.
+/// A parameter the test gave this role (see [`RoleCommand::parameter`]).
+pub(crate) fn role_parameter(name: &str) -> String {
+    let variable = format!("{PARAMETER_PREFIX}{}", name.to_uppercase());
+    std::env::var(&variable).unwrap_or_else(|_| panic!("the role was given no {name}"))
+}
+
+/// A parameter the test gave this role, if it gave one.
+pub(crate) fn role_parameter_if_given(name: &str) -> Option<String> {
+    std::env::var(format!("{PARAMETER_PREFIX}{}", name.to_uppercase())).ok()
+}
+
+/// Passing parameters to a role.
+pub(crate) trait RoleCommand {
+    /// Gives the role `name = value`, read back with [`role_parameter`].
+    fn parameter(&mut self, name: &str, value: impl std::fmt::Display) -> &mut Self;
+}
+
+impl RoleCommand for std::process::Command {
+    fn parameter(&mut self, name: &str, value: impl std::fmt::Display) -> &mut Self {
+        self.env(
+            format!("{PARAMETER_PREFIX}{}", name.to_uppercase()),
+            value.to_string(),
+        )
+    }
+}
+
+/// A command that re-runs exactly the test `test` of this test binary (ignored or not), playing
+/// `role`.
 pub(crate) fn rerun_self(test: &str, role: &str) -> std::process::Command {
     let mut command = std::process::Command::new(std::env::current_exe().unwrap());
     command
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            test,
+            "--nocapture",
+            "--test-threads=1",
+            "--include-ignored",
+        ])
         .env(ROLE_VAR, role);
     command
+}
+
+/// A consensus key of `service`, checked to sign a digest that verifies under its public key:
+/// the signer is known to be serving, and to be a real one.
+pub(crate) fn serving_key(service: &dyn keyward::KeyService) -> keyward::KeyId {
+    let key = service
+        .generate_key(keyward::KeySpec::new(keyward::Purpose::Consensus))
+        .unwrap();
+    assert_signs(service, key, &[3; 32]);
+    key
+}
+
+/// `service` signs `digest` with `key`, and the signature verifies under the key's public key.
+pub(crate) fn assert_signs(
+    service: &dyn keyward::KeyService,
+    key: keyward::KeyId,
+    digest: &[u8; 32],
+) {
+    let public = *service.public_key(key).unwrap().as_ed25519().unwrap();
+    let signature = service.sign(key, digest).unwrap();
+    public.verify_strict(digest, &signature).unwrap();
 }
 
 /// Bytes as lower-case hex, for a subprocess to tell the test what it holds (never a secret).
@@ -258,8 +317,10 @@ pub(crate) fn run_role(
     use std::process::Stdio;
     let started = std::time::Instant::now();
     let mut command = rerun_self(test, role);
+    for (name, value) in environment {
+        command.parameter(name, value);
+    }
     command
-        .envs(environment.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -1,33 +1,12 @@
 //! Helpers for the fault, hostile-input and soak tests: process states from `/proc`, signals,
-//! deadlines, and the re-exec of this test binary in a "role".
+//! deadlines. (Subprocess roles use the one harness in `common`.)
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-
-/// The environment variable that selects a subprocess role in a re-executed test binary.
-pub(crate) const ROLE_ENV: &str = "KEYWARD_FAULT_ROLE";
-
-/// The role this process was started in, if any.
-pub(crate) fn role() -> Option<String> {
-    std::env::var(ROLE_ENV).ok()
-}
-
-/// Re-executes this test binary to run exactly the (ignored) test `test_name` with `role` set.
-pub(crate) fn spawn_role(test_name: &str, role: &str) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([test_name, "--exact", "--nocapture", "--ignored"])
-        .env(ROLE_ENV, role)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
 
 /// One field of a `/proc/.../status` file, trimmed.
 pub(crate) fn status_field(path: impl AsRef<Path>, name: &str) -> Option<String> {
