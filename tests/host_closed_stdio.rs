@@ -97,11 +97,5 @@ fn a_host_with_its_standard_streams_closed_keeps_them_and_its_signer() {
     if common::role().as_deref() == Some("closed-stdio") {
         return play_host_with_closed_standard_streams();
     }
-    let run = common::run_role(TEST, "closed-stdio", &[], Duration::from_secs(60));
-    println!("{}{}", run.stdout, run.stderr);
-    assert!(run.succeeded(), "the host failed: {:?}", run.status);
-    assert!(
-        run.stdout.contains("HOST DONE"),
-        "the host's checks did not all run"
-    );
+    common::run_host_role(TEST, "closed-stdio", Duration::from_secs(60));
 }

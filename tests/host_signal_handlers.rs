@@ -97,11 +97,5 @@ fn handlers_the_host_installs_on_every_signal_never_reach_the_signer() {
     if common::role().as_deref() == Some("catching-host") {
         return play_host_catching_every_signal();
     }
-    let run = common::run_role(TEST, "catching-host", &[], Duration::from_secs(60));
-    println!("{}{}", run.stdout, run.stderr);
-    assert!(run.succeeded(), "the host failed: {:?}", run.status);
-    assert!(
-        run.stdout.contains("HOST DONE"),
-        "the host's checks did not all run"
-    );
+    common::run_host_role(TEST, "catching-host", Duration::from_secs(60));
 }

@@ -84,6 +84,18 @@ pub(crate) fn rerun_self(test: &str, role: &str) -> std::process::Command {
     command
 }
 
+/// Runs `role` of `test` as a host of its own, within `deadline`, and checks that it exited
+/// successfully after printing `HOST DONE` (so an early, quiet exit is not taken for success).
+pub(crate) fn run_host_role(test: &str, role: &str, deadline: std::time::Duration) {
+    let run = run_role(test, role, &[], deadline);
+    println!("{}{}", run.stdout, run.stderr);
+    assert!(run.succeeded(), "the host failed: {:?}", run.status);
+    assert!(
+        run.stdout.contains("HOST DONE"),
+        "the host's checks did not all run"
+    );
+}
+
 /// A consensus key of `service`, checked to sign a digest that verifies under its public key:
 /// the signer is known to be serving, and to be a real one.
 pub(crate) fn serving_key(service: &dyn keyward::KeyService) -> keyward::KeyId {
