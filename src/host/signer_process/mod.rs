@@ -414,7 +414,7 @@ impl SignerProcess {
             .map_err(|failure| self.verdict(failure))?;
         match answer {
             Answer::Refused(refusal) => Ok(Err(refusal)),
-            answer => match O::output(answer, self.store) {
+            answer => match operation.output(answer, self.store) {
                 Ok(output) => Ok(Ok(output)),
                 Err(what) => Err(self.verdict(CallFailure::Misbehaved(what))),
             },
