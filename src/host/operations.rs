@@ -16,6 +16,13 @@ pub(crate) trait Operation {
     /// The request that asks for it.
     fn request(&self) -> Request<'_>;
 
+    /// Whether its answer is one key operation away, and so worth a caller's spin (see
+    /// `Latency::caller_spin`). A batch of several signatures is not: its caller sleeps at once
+    /// rather than spin through the signing.
+    fn answer_is_quick(&self) -> bool {
+        true
+    }
+
     /// The output, from an answer that is not a refusal; `Err` says what is wrong with an
     /// answer of another kind or with impossible content. `store` is the signer's store, which
     /// every key id it hands out must name.
@@ -123,6 +130,10 @@ impl Operation for SignMany<'_> {
             key: self.key,
             digests: self.digests,
         }
+    }
+
+    fn answer_is_quick(&self) -> bool {
+        self.digests.len() <= 1
     }
 
     fn output(&self, answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
