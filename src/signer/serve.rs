@@ -92,21 +92,22 @@ pub(crate) fn serve_lane(
             Err(ReadError::Io(_)) => sys::exit_immediately(exit_code::PIPE_FAILED),
         };
         flowing = last_answer.is_some_and(|answered| answered.elapsed() < spin);
-        // Answers are written only when the buffer cannot take the next one and after the last
-        // whole frame read; a stream that turns out corrupt part-way still gets the answers to
-        // the requests before it, as if each had been written on its own, and then the signer
-        // stops exactly where it stopped before.
-        let mut written = 0;
+        // The answers are written when the buffer cannot take the next one, and after the last
+        // whole frame read. A frame that cannot be trusted part-way through still has the answers
+        // before it written, as when each answer had a write of its own, and the signer stops
+        // exactly where it stopped then: on that frame, serving nothing after it.
+        let mut encoded = 0;
         let mut payload = payload;
         let stop = loop {
-            match handle_frame(store, &mut state, payload, &mut answer[written..]) {
-                Outcome::Answer(length) => written += length,
-                Outcome::NoRoom if written > 0 => {
-                    write_and_wipe(&send, &mut answer[..written]);
-                    written = 0;
+            match handle_frame(store, &mut state, payload, &mut answer[encoded..]) {
+                Outcome::Answer(length) => encoded += length,
+                Outcome::NoRoom if encoded > 0 => {
+                    write_and_wipe(&send, &mut answer[..encoded]);
+                    encoded = 0;
                     continue;
                 }
-                // With the whole buffer free every answer fits: if not, stop rather than lie.
+                // No room in the whole buffer cannot happen (every answer fits in one frame): if
+                // it ever did, stop rather than lie.
                 Outcome::NoRoom | Outcome::CorruptStream => {
                     break Some(exit_code::CORRUPT_REQUEST_STREAM);
                 }
@@ -117,7 +118,7 @@ pub(crate) fn serve_lane(
                 Err(_) => break Some(exit_code::CORRUPT_REQUEST_STREAM),
             }
         };
-        write_and_wipe(&send, &mut answer[..written]);
+        write_and_wipe(&send, &mut answer[..encoded]);
         if let Some(code) = stop {
             sys::exit_immediately(code);
         }
