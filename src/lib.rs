@@ -3,8 +3,9 @@
 //! [`SecretService::spawn`] forks a signer process, hardens it (seccomp allowlist, locked and
 //! non-dumpable key memory, no files, no network, no new privileges, no capabilities) and from
 //! then on talks to it only over anonymous pipes. The signer generates keys, returns public keys,
-//! signs prehashed digests and messages with Ed25519 and performs X25519 Diffie-Hellman; no
-//! secret key ever leaves it. The operations are the [`KeyService`] trait.
+//! signs prehashed digests (one or a batch at a time) and messages with Ed25519 and performs
+//! X25519 Diffie-Hellman; no secret key ever leaves it. The operations are the [`KeyService`]
+//! trait.
 //!
 //! The source is split by which side of the boundary it runs on: `host/` (the validator's
 //! process), `signer/` (the sandboxed signer process), `wire/` (what both compile: the messages
@@ -64,7 +65,9 @@ pub use wire::key_types::{Algorithm, KeyMemory, KeySpec, Purpose, SecretMemory};
 #[cfg(feature = "test-support")]
 pub use wire::messages::ForbiddenSyscall;
 pub use wire::startup::HardeningStep;
-pub use wire::{MAX_FRAME_LEN, MAX_KEY_LIMIT, MAX_MESSAGE_LEN, MAX_WORKERS, PROTOCOL_VERSION};
+pub use wire::{
+    MAX_BATCH, MAX_FRAME_LEN, MAX_KEY_LIMIT, MAX_MESSAGE_LEN, MAX_WORKERS, PROTOCOL_VERSION,
+};
 
 /// README.md's examples, compiled and run as doctests so the README cannot drift from the API.
 #[cfg(doctest)]

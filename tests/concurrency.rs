@@ -87,6 +87,98 @@ fn eight_threads_sign_a_thousand_digests_each_over_four_keys() {
     }
 }
 
+/// Callers queued on one worker: the worker answers what one read brought in back to back, in
+/// one write, while the answers fit (a batch at the cap takes half of its buffer). Whatever mix
+/// of answer kinds and sizes shares a write, every caller gets its own answer: every signature
+/// of digests, batches and messages verifies, and every Diffie-Hellman result agrees with the
+/// peer's.
+#[test]
+fn callers_queued_on_one_worker_each_get_their_own_answer_from_a_burst() {
+    const ITERATIONS: usize = 300;
+    for (mode, config) in common::spawn_modes() {
+        let service = SecretService::spawn(config.with_workers(1)).unwrap();
+        let keys: Vec<(KeyId, VerifyingKey)> = [Purpose::Consensus, Purpose::Account]
+            .into_iter()
+            .map(|purpose| {
+                let key = service.generate_key(KeySpec::new(purpose)).unwrap();
+                (key, *service.public_key(key).unwrap().as_ed25519().unwrap())
+            })
+            .collect();
+        let handshake = service
+            .generate_key(KeySpec::new(Purpose::NetworkHandshake))
+            .unwrap();
+        let handshake_public = *service.public_key(handshake).unwrap().as_x25519().unwrap();
+        let salt = salt();
+        let signatures = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for thread in 0..THREADS {
+                let (service, keys, signatures) = (&service, &keys, &signatures);
+                scope.spawn(move || {
+                    for iteration in 0..ITERATIONS {
+                        let (key, public) = keys[(thread + iteration) % keys.len()];
+                        let own = digest(thread, iteration, &salt);
+                        let at = format!("{mode} thread {thread} #{iteration}");
+                        match iteration % 5 {
+                            0 | 1 => {
+                                let signature = service
+                                    .sign(key, &own)
+                                    .unwrap_or_else(|e| panic!("{at}: {e}"));
+                                public.verify_strict(&own, &signature).unwrap();
+                                signatures.fetch_add(1, Ordering::Relaxed);
+                            }
+                            2 => {
+                                // Mostly small batches, and now and then one at the cap.
+                                let count = if iteration % 50 == 2 {
+                                    keyward::MAX_BATCH
+                                } else {
+                                    1 + (thread + iteration) % 24
+                                };
+                                let batch: Vec<[u8; 32]> = (0..count)
+                                    .map(|index| digest(thread, iteration * 1000 + index, &salt))
+                                    .collect();
+                                let signed = service
+                                    .sign_many(key, &batch)
+                                    .unwrap_or_else(|e| panic!("{at}: {e}"));
+                                assert_eq!(signed.len(), count);
+                                for (digest, signature) in batch.iter().zip(&signed) {
+                                    public.verify_strict(digest, signature).unwrap();
+                                }
+                                signatures.fetch_add(count, Ordering::Relaxed);
+                            }
+                            3 => {
+                                let message = [&own[..], &own[..(iteration % 32)]].concat();
+                                let signature = service
+                                    .sign_message(key, &message)
+                                    .unwrap_or_else(|e| panic!("{at}: {e}"));
+                                public.verify_strict(&message, &signature).unwrap();
+                                signatures.fetch_add(1, Ordering::Relaxed);
+                            }
+                            _ => {
+                                let peer = x25519_dalek::StaticSecret::from(own);
+                                let shared = service
+                                    .diffie_hellman(
+                                        handshake,
+                                        &x25519_dalek::PublicKey::from(&peer),
+                                    )
+                                    .unwrap_or_else(|e| panic!("{at}: {e}"));
+                                assert_eq!(
+                                    shared.expose_secret(),
+                                    peer.diffie_hellman(&handshake_public).as_bytes()
+                                );
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        assert!(
+            signatures.load(Ordering::Relaxed) > THREADS * ITERATIONS * 3 / 5,
+            "{mode}"
+        );
+        assert!(service.is_running(), "{mode}");
+    }
+}
+
 #[test]
 fn generate_list_and_drop_run_alongside_signing() {
     for (mode, config) in common::spawn_modes() {

@@ -19,9 +19,16 @@ use keyward::{
     SpawnError, SpawnMode,
 };
 
-/// The greeting a real signer sends: a frame of 11 bytes, `Greeting::Ready`, protocol version 2,
+/// The greeting a real signer sends: a frame of 11 bytes, `Greeting::Ready`, protocol version 3,
 /// key memory `LockedAnonymous`, store id all zeros, as `printf` octal escapes.
-const READY: &str = r"\013\000\000\000\000\002\001\000\000\000\000\000\000\000\000";
+const READY: &str = r"\013\000\000\000\000\003\001\000\000\000\000\000\000\000\000";
+
+/// The greeting's protocol version is the library's.
+#[test]
+fn the_scripted_greeting_speaks_this_protocol_version() {
+    assert_eq!(keyward::PROTOCOL_VERSION, 3, "update READY's version byte");
+    assert!(READY.starts_with(r"\013\000\000\000\000\003"));
+}
 
 /// Waits on the request pipe until the supervisor closes it (then the impostor exits).
 const WAIT_FOR_END: &str = "while read -r _ <&3; do :; done";
@@ -140,14 +147,14 @@ fn an_answer_to_a_request_never_made_is_a_protocol_error() {
 
 #[test]
 fn a_signer_that_speaks_another_protocol_version_is_refused() {
-    // `Ready` with protocol version 3.
+    // `Ready` with protocol version 4.
     let impostor = Impostor::new(&format!(
-        r"printf '\013\000\000\000\000\003\001\000\000\000\000\000\000\000\000' >&19
+        r"printf '\013\000\000\000\000\004\001\000\000\000\000\000\000\000\000' >&19
 {WAIT_FOR_END}"
     ));
     match SecretService::spawn(impostor.config()) {
         Err(Error::Spawn(SpawnError::VersionMismatch { ours, theirs })) => {
-            assert_eq!((ours, theirs), (keyward::PROTOCOL_VERSION, 3));
+            assert_eq!((ours, theirs), (keyward::PROTOCOL_VERSION, 4));
         }
         other => panic!(
             "expected a version mismatch, got {:?}",
@@ -320,4 +327,47 @@ fn a_public_key_that_is_not_a_point_is_a_protocol_error() {
         other => panic!("expected a protocol error, got {other:?}"),
     }
     assert!(!service.is_running());
+}
+
+/// Signatures can only be matched to digests by their place, so a batch answered with one
+/// signature too few (or too many) is a protocol error, never a shorter result; the same answer
+/// with as many signatures as digests is accepted (the control).
+#[test]
+fn a_batch_answered_with_another_number_of_signatures_is_a_protocol_error() {
+    // `Signatures` (8): a count, then (R, S) for each.
+    let signatures = |count: u8| {
+        let mut payload = vec![8u8, count];
+        for _ in 0..count {
+            payload.extend([0x11u8; 32]);
+            payload.extend([0x22u8; 32]);
+        }
+        payload
+    };
+    // A key id in the impostor's store (all zeros), so the request is sent.
+    let key: keyward::KeyId = "00".repeat(24).parse().unwrap();
+    let digests = [[1u8; 32], [2; 32]];
+    for count in [1, 3] {
+        let impostor = Impostor::answering(&answer_to_request_one(&signatures(count)));
+        let service = SecretService::spawn(impostor.config()).unwrap();
+        let pid = service.pid();
+        let error = service.sign_many(key, &digests).unwrap_err();
+        match &error {
+            Error::SignerMisbehaved { what, .. } => {
+                assert!(what.contains("another number of signatures"), "{error}");
+            }
+            other => panic!("{count} signatures: expected a protocol error, got {other:?}"),
+        }
+        assert_ended_as(
+            &service,
+            pid,
+            SignerEnd::ProtocolViolation,
+            &format!("{count} signatures for 2 digests"),
+        );
+    }
+    let impostor = Impostor::answering(&answer_to_request_one(&signatures(2)));
+    let service = SecretService::spawn(impostor.config()).unwrap();
+    let answered = service.sign_many(key, &digests).unwrap();
+    let expected = ed25519_dalek::Signature::from_components([0x11; 32], [0x22; 32]);
+    assert_eq!(answered, vec![expected; 2]);
+    assert!(service.is_running());
 }

@@ -36,6 +36,17 @@ fn validator_setup(service: &dyn KeyService) {
     let message = b"a handshake transcript of some length that is not 32 bytes";
     let signature = service.sign_message(consensus, message).unwrap();
     verifying.verify_strict(message, &signature).unwrap();
+    let votes: Vec<[u8; 32]> = (0..16u8).map(|vote| [vote; 32]).collect();
+    let signatures = service.sign_many(consensus, &votes).unwrap();
+    assert_eq!(signatures.len(), votes.len());
+    for (vote, signature) in votes.iter().zip(&signatures) {
+        verifying.verify_strict(vote, signature).unwrap();
+    }
+    assert_eq!(signatures[0], service.sign(consensus, &votes[0]).unwrap());
+    assert!(matches!(
+        service.sign_many(consensus, &vec![[0; 32]; keyward::MAX_BATCH + 1]),
+        Err(Error::BatchSize { .. })
+    ));
 
     let handshake = keys[3].1;
     let peer = x25519_dalek::StaticSecret::from([5u8; 32]);
@@ -72,11 +83,13 @@ fn every_operation_works_through_an_arc_dyn_key_service() {
                     let message = [thread; 100];
                     let signature = service.sign_message(key, &message).unwrap();
                     let public = service.public_key(key).unwrap();
-                    public
-                        .as_ed25519()
-                        .unwrap()
-                        .verify_strict(&message, &signature)
-                        .unwrap();
+                    let public = public.as_ed25519().unwrap();
+                    public.verify_strict(&message, &signature).unwrap();
+                    let batch = [[thread; 32], [thread ^ 0xff; 32]];
+                    let signatures = service.sign_many(key, &batch).unwrap();
+                    for (digest, signature) in batch.iter().zip(&signatures) {
+                        public.verify_strict(digest, signature).unwrap();
+                    }
                 })
             })
             .collect();

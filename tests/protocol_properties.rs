@@ -7,9 +7,10 @@ use keyward::testing::{
     DispatchResult, Dispatcher, FRAME_CAP, arbitrary_request_frame, diffie_hellman_frame,
     drop_key_frame, generate_key_frame, generated_key_from_summary, is_test_hook_request,
     is_valid_request, key_id_bytes, key_id_from_bytes, list_keys_frame, public_key_frame,
-    sign_frame, sign_message_frame, split_frames, test_hook_frame,
+    sign_frame, sign_many_frame, sign_message_frame, signatures_from_summary, split_frames,
+    test_hook_frame,
 };
-use keyward::{Algorithm, ForbiddenSyscall, KeyId, KeySpec, MAX_MESSAGE_LEN, Purpose};
+use keyward::{Algorithm, ForbiddenSyscall, KeyId, KeySpec, MAX_BATCH, MAX_MESSAGE_LEN, Purpose};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::{TestCaseError, TestRunner};
@@ -18,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// How many kinds of request the protocol has (variant indexes `0..REQUEST_KINDS`). A new kind
 /// fails `every_arbitrary_request_decodes_and_is_answered_with_its_id` until it is counted here
 /// and checked for its meaning in `every_request_kind_is_served_correctly_in_process`.
-const REQUEST_KINDS: usize = 8;
+const REQUEST_KINDS: usize = 9;
 
 /// A signer with live test hooks makes a forbidden system call (fork, execve, ptrace ...) for a
 /// test-hook request. The in-process dispatcher refuses it, as
@@ -159,6 +160,49 @@ fn assert_signs_message(
     signature
 }
 
+/// Signs a batch with the dispatcher: every signature verifies with `verify_strict` and is, in
+/// its place, the one `SignDigest` gives for its digest (checked for at most `compare` digests,
+/// spread over the batch). Returns the next free id.
+fn assert_signs_many(
+    dispatcher: &mut Dispatcher,
+    id: u64,
+    key: &Generated,
+    digests: &[[u8; 32]],
+    compare: usize,
+) -> u64 {
+    let summary = dispatch(
+        dispatcher,
+        payload_of(&sign_many_frame(id, key.key, digests)),
+    )
+    .unwrap();
+    let signatures = signatures_from_summary(&summary).unwrap_or_else(|| {
+        panic!(
+            "{} digests: not signatures: {}",
+            digests.len(),
+            &summary[..summary.len().min(200)]
+        )
+    });
+    assert_eq!(
+        signatures.len(),
+        digests.len(),
+        "a batch lost or gained signatures"
+    );
+    let public = VerifyingKey::from_bytes(&key.public).unwrap();
+    for (at, (digest, signature)) in digests.iter().zip(&signatures).enumerate() {
+        public
+            .verify_strict(digest, signature)
+            .unwrap_or_else(|e| panic!("signature {at} of {}: {e}", digests.len()));
+    }
+    let mut next = id + 1;
+    let step = digests.len().div_ceil(compare.max(1)).max(1);
+    for at in (0..digests.len()).step_by(step) {
+        let single = assert_signs(dispatcher, next, key, digests[at]);
+        assert_eq!(signatures[at], single, "signature {at} is not SignDigest's");
+        next += 1;
+    }
+    next
+}
+
 /// Diffie-Hellman with the dispatcher, checked against the peer's side.
 fn assert_agrees(dispatcher: &mut Dispatcher, id: u64, key: &Generated, peer_seed: [u8; 32]) {
     let peer = x25519_dalek::StaticSecret::from(peer_seed);
@@ -241,8 +285,8 @@ fn payload() -> impl Strategy<Value = Vec<u8>> {
         3 => vec(any::<u8>(), 0..96),
         // No id: nothing, or a varint that never ends (or runs past 10 bytes).
         1 => vec(0x80u8..=0xFF, 0..14),
-        // Kinds 0..=7 exist, 8 and 9 do not.
-        3 => (0u8..0x80, 0u8..10, vec(any::<u8>(), 0..80)).prop_map(|(id, kind, rest)| [
+        // Kinds 0..=8 exist, 9 and 10 do not.
+        3 => (0u8..0x80, 0u8..11, vec(any::<u8>(), 0..80)).prop_map(|(id, kind, rest)| [
             vec![id, kind],
             rest
         ]
@@ -462,7 +506,7 @@ fn valid_requests_after_garbage_still_work() {
                 prop_assert!(id > last, "accepted id {} after {}", id, last);
                 last = id;
             }
-            if last >= u64::MAX - 4 {
+            if last >= u64::MAX - 16 {
                 break;
             }
             // A request that does not increase is refused whatever it is.
@@ -475,7 +519,7 @@ fn valid_requests_after_garbage_still_work() {
             assert_signs(&mut dispatcher, last + 2, &signing, digest);
             assert_signs_message(&mut dispatcher, last + 3, &signing, &message);
             assert_agrees(&mut dispatcher, last + 4, &handshake, peer);
-            last += 4;
+            last = assert_signs_many(&mut dispatcher, last + 5, &signing, &[digest, peer], 2) - 1;
             checks.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
@@ -503,8 +547,8 @@ fn valid_requests_after_garbage_still_work() {
 #[test]
 fn every_arbitrary_request_decodes_and_is_answered_with_its_id() {
     const CASES: u32 = 512;
-    /// The variant index of the test hook, the last kind.
-    const HOOK_KIND: usize = REQUEST_KINDS - 1;
+    /// The variant index of the test hook.
+    const HOOK_KIND: usize = 7;
     // One counter per kind, and one for any kind past the last.
     let kinds: [AtomicUsize; REQUEST_KINDS + 1] = Default::default();
     let not_drawn = AtomicUsize::new(0);
@@ -561,6 +605,78 @@ fn every_arbitrary_request_decodes_and_is_answered_with_its_id() {
     assert!(
         kinds[..REQUEST_KINDS].iter().all(|&count| count >= 32),
         "a request kind drawn too rarely: {kinds:?}"
+    );
+}
+
+/// A digest made from a number: different for every number.
+fn numbered_digest(number: usize) -> [u8; 32] {
+    let mut digest = [0x3c; 32];
+    digest[..8].copy_from_slice(&(number as u64).to_le_bytes());
+    digest
+}
+
+/// A batch to sign with one key, of any size from none to past the cap, with its digests drawn
+/// at random: answered with one signature for each digest, in order, each verifying under
+/// ed25519-dalek's `verify_strict` and equal to the signature `SignDigest` gives for its digest;
+/// none or more than the cap refused by name; the wrong key refused; and the dispatcher carries
+/// on.
+#[test]
+fn sign_many_agrees_with_ed25519_dalek_at_any_batch_size() {
+    const CASES: u32 = 48;
+    let sizes = AtomicUsize::new(0);
+    let refused = AtomicUsize::new(0);
+    let strategy = (
+        prop_oneof![
+            4 => 1usize..=16,
+            2 => 0usize..=MAX_BATCH + 2,
+            1 => Just(0usize),
+            1 => (MAX_BATCH - 1)..=(MAX_BATCH + 1),
+        ],
+        any::<[u8; 32]>(),
+        any::<bool>(),
+    );
+    run(CASES, strategy, |(count, seed, wrong_key)| {
+        let mut dispatcher = Dispatcher::new(2).unwrap();
+        let d = &mut dispatcher;
+        let signing = generate(d, 1, Purpose::Consensus);
+        let handshake = generate(d, 2, Purpose::NetworkHandshake);
+        let digests: Vec<[u8; 32]> = (0..count)
+            .map(|at| {
+                let mut digest = seed;
+                for (byte, extra) in digest.iter_mut().zip((at as u64).to_le_bytes()) {
+                    *byte ^= extra;
+                }
+                digest
+            })
+            .collect();
+        let in_range = (1..=MAX_BATCH).contains(&count);
+        let next = if wrong_key && in_range {
+            let frame = sign_many_frame(3, handshake.key, &digests);
+            let summary = dispatch(d, payload_of(&frame)).unwrap();
+            prop_assert!(summary.contains("WrongAlgorithm"), "{}", summary);
+            refused.fetch_add(1, Ordering::Relaxed);
+            4
+        } else if in_range {
+            sizes.fetch_add(1, Ordering::Relaxed);
+            assert_signs_many(d, 3, &signing, &digests, 4)
+        } else {
+            let summary = dispatch(d, payload_of(&sign_many_frame(3, signing.key, &digests)));
+            prop_assert_eq!(
+                summary,
+                Some(format!("Refused(BatchSize {{ cap: {MAX_BATCH} }})"))
+            );
+            refused.fetch_add(1, Ordering::Relaxed);
+            4
+        };
+        // The dispatcher carries on.
+        assert_signs(d, next, &signing, seed);
+        Ok(())
+    });
+    let (signed, refused) = (sizes.into_inner(), refused.into_inner());
+    println!("{CASES} batches: {signed} signed, {refused} refused");
+    assert!(
+        signed >= 8 && refused >= 8,
+        "{signed} signed, {refused} refused"
     );
 }
 
@@ -644,6 +760,33 @@ fn every_request_kind_is_served_correctly_in_process() {
     let summary = ask(d, sign_message_frame(id + 3, unknown, b"to sign"));
     assert!(summary.contains("UnknownKey"), "{summary}");
     id += 4;
+    // SignMany: each digest signed as SignDigest signs it, in order, at every size up to the
+    // cap; none and one over the cap refused by name; the wrong key and an unknown key refused;
+    // digest bytes that are not whole digests malformed.
+    for count in [1, 2, 100, MAX_BATCH] {
+        let digests: Vec<[u8; 32]> = (0..count).map(numbered_digest).collect();
+        id = assert_signs_many(d, id, &signing, &digests, 8);
+    }
+    let batch_refused = format!("Refused(BatchSize {{ cap: {MAX_BATCH} }})");
+    assert_eq!(ask(d, sign_many_frame(id, signing.key, &[])), batch_refused);
+    let over = vec![[1; 32]; MAX_BATCH + 1];
+    assert_eq!(
+        ask(d, sign_many_frame(id + 1, signing.key, &over)),
+        batch_refused
+    );
+    let summary = ask(d, sign_many_frame(id + 2, handshake.key, &[[1; 32]]));
+    assert!(summary.contains("WrongAlgorithm"), "{summary}");
+    let summary = ask(d, sign_many_frame(id + 3, unknown, &[[1; 32]]));
+    assert!(summary.contains("UnknownKey"), "{summary}");
+    // Two digests, their byte string's length (64, just before them) made 63 and the last byte
+    // dropped: one byte short of two whole digests.
+    let mut cut = payload_of(&sign_many_frame(id + 4, signing.key, &[[1; 32], [2; 32]])).to_vec();
+    let length_at = cut.len() - 65;
+    assert_eq!(cut[length_at], 64);
+    cut[length_at] = 63;
+    cut.pop();
+    assert_eq!(dispatch(d, &cut).unwrap(), "Refused(MalformedRequest)");
+    id = assert_signs_many(d, id + 4, &signing, &[[3; 32]], 1);
     // DropKey: the key is gone for every operation.
     let summary = ask(d, drop_key_frame(id, signing.key));
     assert_eq!(summary, "KeyDropped");
@@ -655,7 +798,9 @@ fn every_request_kind_is_served_correctly_in_process() {
     assert!(summary.contains("UnknownKey"), "{summary}");
     let summary = ask(d, drop_key_frame(id + 4, signing.key));
     assert!(summary.contains("UnknownKey"), "{summary}");
-    id += 5;
+    let summary = ask(d, sign_many_frame(id + 5, signing.key, &[[0; 32]]));
+    assert!(summary.contains("UnknownKey"), "{summary}");
+    id += 6;
     // Fill the store: the limit is refused by name.
     for _ in 0..3 {
         generate(d, id, Purpose::Consensus);

@@ -1,5 +1,5 @@
 //! Property: the seccomp allowlist kills nothing legitimate. The whole public API (every purpose,
-//! public keys, signing, Diffie-Hellman, a full 1024-key listing, dropping, every refusal) works
+//! public keys, signing one digest, a message or a batch, Diffie-Hellman, a full 1024-key listing, dropping, every refusal) works
 //! under the filter, in both spawn modes, with one and with four workers, busy and idle, and a
 //! signer shuts down cleanly (exit code 0) under it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -11,7 +11,8 @@ use ed25519_dalek::Signature;
 #[cfg(feature = "test-support")]
 use keyward::testing::RawSigner;
 use keyward::{
-    Algorithm, Config, Error, KeyService, KeySpec, Latency, MAX_KEY_LIMIT, Purpose, SecretService,
+    Algorithm, Config, Error, KeyService, KeySpec, Latency, MAX_BATCH, MAX_KEY_LIMIT, Purpose,
+    SecretService,
 };
 use signature::{Keypair, Signer};
 
@@ -72,6 +73,23 @@ fn exercise_whole_api(what: &str, config: Config, workers: usize) {
             over_the_cap.is_err(),
             "{what}: a message over the cap was signed"
         );
+        // Batches are signed where they lie and their signatures encoded as they are made,
+        // straight into the answer buffer: up to the cap, with no allocation.
+        for count in [1, 2, 100, MAX_BATCH] {
+            let batch: Vec<[u8; 32]> = (0..count)
+                .map(|at| [u8::try_from(at % 251).unwrap(); 32])
+                .collect();
+            let signatures = service.sign_many(key, &batch).unwrap();
+            assert_eq!(signatures.len(), count, "{what}");
+            for (digest, signature) in batch.iter().zip(&signatures) {
+                verifying.verify_strict(digest, signature).unwrap();
+            }
+            assert_eq!(signatures[0], service.sign(key, &batch[0]).unwrap());
+        }
+        assert!(matches!(
+            service.sign_many(key, &[]),
+            Err(Error::BatchSize { .. })
+        ));
     }
 
     // Diffie-Hellman with the handshake key, checked against the peer's side.
@@ -92,6 +110,10 @@ fn exercise_whole_api(what: &str, config: Config, workers: usize) {
     let &(_, consensus, _) = &by_purpose[1];
     assert!(matches!(
         service.sign(handshake, &[1; 32]),
+        Err(Error::WrongKeyType { .. })
+    ));
+    assert!(matches!(
+        service.sign_many(handshake, &[[1; 32], [2; 32]]),
         Err(Error::WrongKeyType { .. })
     ));
     assert!(matches!(
@@ -132,6 +154,10 @@ fn exercise_whole_api(what: &str, config: Config, workers: usize) {
                             .sign(consensus, &[u8::try_from(thread).unwrap(); 32])
                             .unwrap();
                         service.public_key(key).unwrap();
+                    } else if purpose == Purpose::Account {
+                        service
+                            .sign_many(consensus, &[[u8::try_from(index % 251).unwrap(); 32]; 16])
+                            .unwrap();
                     }
                 }
             });

@@ -15,10 +15,10 @@ use std::path::PathBuf;
 
 use keyward::testing::{
     FRAME_CAP, arbitrary_request_frame, diffie_hellman_frame, drop_key_frame, generate_key_frame,
-    key_id_from_bytes, list_keys_frame, public_key_frame, sign_frame, sign_message_frame,
-    test_hook_frame,
+    key_id_from_bytes, list_keys_frame, public_key_frame, sign_frame, sign_many_frame,
+    sign_message_frame, test_hook_frame,
 };
-use keyward::{Algorithm, ForbiddenSyscall, KeyId, KeySpec, MAX_MESSAGE_LEN, Purpose};
+use keyward::{Algorithm, ForbiddenSyscall, KeyId, KeySpec, MAX_BATCH, MAX_MESSAGE_LEN, Purpose};
 
 /// The seed files of each target: its name, then each file's name and bytes.
 type Corpora = BTreeMap<&'static str, BTreeMap<&'static str, Vec<u8>>>;
@@ -71,7 +71,7 @@ fn variant(index: u64, count: u64) -> [u8; 4] {
 
 /// The request kinds, in their order in the request type.
 mod kind {
-    pub(super) const COUNT: u64 = 8;
+    pub(super) const COUNT: u64 = 9;
     pub(super) const GENERATE_KEY: u64 = 0;
     pub(super) const PUBLIC_KEY: u64 = 1;
     pub(super) const SIGN_DIGEST: u64 = 2;
@@ -79,10 +79,22 @@ mod kind {
     pub(super) const LIST_KEYS: u64 = 5;
     pub(super) const DROP_KEY: u64 = 6;
     pub(super) const TEST_HOOK: u64 = 7;
+    pub(super) const SIGN_MANY: u64 = 8;
 }
 
 fn digest() -> [u8; 32] {
     std::array::from_fn(|at| u8::try_from(at).expect("under 32"))
+}
+
+/// `count` different digests.
+fn digests(count: usize) -> Vec<[u8; 32]> {
+    (0..count)
+        .map(|at| {
+            let mut digest = digest();
+            digest[..8].copy_from_slice(&u64::try_from(at).expect("a count").to_le_bytes());
+            digest
+        })
+        .collect()
 }
 
 /// One request of every kind, a few refusals, then a malformed body or two, from id `first` on:
@@ -101,6 +113,7 @@ fn sequence(first: u64) -> Vec<u8> {
         Box::new(|id| sign_frame(id, ed25519(), digest())),
         Box::new(|id| sign_frame(id, x25519(), [0; 32])), // the wrong algorithm
         Box::new(|id| sign_message_frame(id, ed25519(), b"a message to sign")),
+        Box::new(|id| sign_many_frame(id, ed25519(), &digests(3))),
         Box::new(|id| diffie_hellman_frame(id, x25519(), [9; 32])),
         Box::new(|id| diffie_hellman_frame(id, x25519(), [0; 32])), // a low-order point
         Box::new(list_keys_frame),
@@ -185,6 +198,19 @@ fn corpora() -> Corpora {
             &[&variant(kind::TEST_HOOK, kind::COUNT)[..], &variant(0, 11)].concat(),
             |id| test_hook_frame(id, ForbiddenSyscall::Open),
         ),
+        // The digests' byte count comes last (`arbitrary` takes lengths from the end): 64 of
+        // the 64 bytes before it, two digests.
+        drawn(
+            1,
+            &[
+                &variant(kind::SIGN_MANY, kind::COUNT)[..],
+                &k,
+                &digests(2).concat(),
+                &[64],
+            ]
+            .concat(),
+            |id| sign_many_frame(id, ed25519(), &digests(2)),
+        ),
         // A gap of 0: the id of the last request again, refused.
         drawn(0, &variant(kind::LIST_KEYS, kind::COUNT), list_keys_frame),
     ]
@@ -230,6 +256,23 @@ fn corpora() -> Corpora {
                     &vec![0x5A; MAX_MESSAGE_LEN + 1],
                 )),
             ),
+            (
+                "sign_many",
+                raw(&sign_many_frame(2, ed25519(), &digests(3))),
+            ),
+            (
+                "sign_many_at_cap",
+                raw(&sign_many_frame(2, ed25519(), &digests(MAX_BATCH))),
+            ),
+            (
+                "sign_many_over_cap",
+                raw(&sign_many_frame(2, ed25519(), &digests(MAX_BATCH + 1))),
+            ),
+            ("sign_many_empty", raw(&sign_many_frame(2, ed25519(), &[]))),
+            (
+                "sign_many_wrong_algorithm",
+                raw(&sign_many_frame(2, x25519(), &digests(2))),
+            ),
             ("dh", raw(&diffie_hellman_frame(2, x25519(), [9; 32]))),
             (
                 "dh_low_order",
@@ -245,8 +288,8 @@ fn corpora() -> Corpora {
                 "trailing",
                 raw(&frame(&[payload(&list_keys_frame(2)), &[0]].concat())),
             ),
-            // Id 2, then kind 8: one past the last kind.
-            ("unknown_kind", raw(&frame(&[2, 8]))),
+            // Id 2, then kind 9: one past the last kind.
+            ("unknown_kind", raw(&frame(&[2, 9]))),
             (
                 "id_not_increasing",
                 [raw(&list_keys_frame(2)), raw(&list_keys_frame(2))].concat(),

@@ -47,8 +47,9 @@ pub enum RestartPolicy {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Latency {
     /// How long a caller spins waiting for its answer before sleeping. A caller queued behind
-    /// another request on its lane sleeps at once: its answer is at least a signature away, and
-    /// spinning would take CPU from the signer.
+    /// another request on its lane, or waiting for a batch of several signatures
+    /// ([`sign_many`](crate::KeyService::sign_many)), sleeps at once: its answer is at least a
+    /// signature away, and spinning would take CPU from the signer.
     pub caller_spin: Duration,
     /// How long a signer worker spins after an answer, waiting for the next request; only while
     /// requests are flowing (the last one came within this long of the answer before it).

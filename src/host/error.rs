@@ -129,6 +129,18 @@ pub enum Error {
         cap: usize,
     },
 
+    /// A batch given to [`sign_many`](crate::KeyService::sign_many) is empty or longer than it
+    /// signs in one call. Nothing was sent.
+    #[error(
+        "sign_many was given {length} digests; it signs 1 to {cap} in one call (split a larger batch into calls of at most {cap}; make no call for none)"
+    )]
+    BatchSize {
+        /// How many digests the batch had.
+        length: usize,
+        /// [`MAX_BATCH`](crate::MAX_BATCH).
+        cap: usize,
+    },
+
     /// The signer sent something the protocol does not allow; it can no longer be trusted and
     /// was killed.
     #[error(

@@ -41,6 +41,14 @@ pub trait KeyService: Send + Sync + std::fmt::Debug {
     /// [`Error::MessageTooLong`](crate::Error) before anything is sent.
     fn sign_message(&self, key: KeyId, message: &[u8]) -> Result<ed25519_dalek::Signature>;
 
+    /// Signs each of `digests` (32-byte prehashed digests) with the Ed25519 key `key`, in one
+    /// round trip: the signatures come back in the order of the digests, each exactly what
+    /// [`sign`](KeyService::sign) gives for its digest. For a caller holding several digests at
+    /// once (a batch of votes or attestations), it saves a request and an answer per signature.
+    /// A batch of none or of more than [`MAX_BATCH`](crate::MAX_BATCH) digests is refused with
+    /// [`Error::BatchSize`](crate::Error) before anything is sent.
+    fn sign_many(&self, key: KeyId, digests: &[[u8; 32]]) -> Result<Vec<ed25519_dalek::Signature>>;
+
     /// X25519 Diffie-Hellman between the handshake key `key` and a peer's public key. A peer
     /// point of low order (which would make the secret all zeros) is refused.
     fn diffie_hellman(

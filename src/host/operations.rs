@@ -6,7 +6,7 @@
 use crate::wire::key_types::{Algorithm, KeySpec, Purpose, StoreId, WireKeyId};
 #[cfg(feature = "test-support")]
 use crate::wire::messages::ForbiddenSyscall;
-use crate::wire::messages::{Answer, KeyListing, Request, WireSecret};
+use crate::wire::messages::{Answer, KeyListing, Request, WireSecret, WireSignature};
 
 /// One operation the signer performs.
 pub(crate) trait Operation {
@@ -16,10 +16,17 @@ pub(crate) trait Operation {
     /// The request that asks for it.
     fn request(&self) -> Request<'_>;
 
+    /// Whether its answer is one key operation away, and so worth a caller's spin (see
+    /// `Latency::caller_spin`). A batch of several signatures is not: its caller sleeps at once
+    /// rather than spin through the signing.
+    fn answer_is_quick(&self) -> bool {
+        true
+    }
+
     /// The output, from an answer that is not a refusal; `Err` says what is wrong with an
     /// answer of another kind or with impossible content. `store` is the signer's store, which
     /// every key id it hands out must name.
-    fn output(answer: Answer, store: StoreId) -> Result<Self::Output, &'static str>;
+    fn output(&self, answer: Answer, store: StoreId) -> Result<Self::Output, &'static str>;
 }
 
 const WRONG_KIND: &str = "an answer of the wrong kind";
@@ -34,7 +41,7 @@ impl Operation for GenerateKey {
         Request::GenerateKey { spec: self.0 }
     }
 
-    fn output(answer: Answer, store: StoreId) -> Result<Self::Output, &'static str> {
+    fn output(&self, answer: Answer, store: StoreId) -> Result<Self::Output, &'static str> {
         match answer {
             Answer::KeyGenerated { key, .. } if key.store != store => {
                 Err("a new key named with another store")
@@ -55,7 +62,7 @@ impl Operation for DescribeKey {
         Request::PublicKey { key: self.0 }
     }
 
-    fn output(answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
+    fn output(&self, answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
         match answer {
             Answer::PublicKey {
                 algorithm,
@@ -83,7 +90,7 @@ impl Operation for SignDigest<'_> {
         }
     }
 
-    fn output(answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
+    fn output(&self, answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
         signature_from(answer)
     }
 }
@@ -104,8 +111,44 @@ impl Operation for SignMessage<'_> {
         }
     }
 
-    fn output(answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
+    fn output(&self, answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
         signature_from(answer)
+    }
+}
+
+/// Sign several 32-byte prehashed digests with one key, in one request.
+pub(crate) struct SignMany<'a> {
+    pub(crate) key: WireKeyId,
+    pub(crate) digests: &'a [[u8; 32]],
+}
+
+impl Operation for SignMany<'_> {
+    type Output = Vec<ed25519_dalek::Signature>;
+
+    fn request(&self) -> Request<'_> {
+        Request::SignMany {
+            key: self.key,
+            digests: self.digests,
+        }
+    }
+
+    fn answer_is_quick(&self) -> bool {
+        self.digests.len() <= 1
+    }
+
+    fn output(&self, answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
+        match answer {
+            // Signatures cannot be matched to digests by anything but their place: a signer
+            // that leaves one out or adds one has misplaced every signature after it.
+            Answer::Signatures(signatures) if signatures.len() != self.digests.len() => {
+                Err("a batch answered with another number of signatures than digests")
+            }
+            Answer::Signatures(signatures) => Ok(signatures
+                .into_iter()
+                .map(|WireSignature { r, s }| ed25519_dalek::Signature::from_components(r, s))
+                .collect()),
+            _ => Err(WRONG_KIND),
+        }
     }
 }
 
@@ -132,7 +175,7 @@ impl Operation for DiffieHellman {
         }
     }
 
-    fn output(answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
+    fn output(&self, answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
         match answer {
             Answer::SharedSecret(secret) => Ok(secret),
             _ => Err(WRONG_KIND),
@@ -150,7 +193,7 @@ impl Operation for ListKeys {
         Request::ListKeys
     }
 
-    fn output(answer: Answer, store: StoreId) -> Result<Self::Output, &'static str> {
+    fn output(&self, answer: Answer, store: StoreId) -> Result<Self::Output, &'static str> {
         match answer {
             Answer::KeyList(listings) if listings.iter().any(|l| l.key.store != store) => {
                 Err("a key listed with another store")
@@ -171,7 +214,7 @@ impl Operation for DropKey {
         Request::DropKey { key: self.0 }
     }
 
-    fn output(answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
+    fn output(&self, answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
         match answer {
             Answer::KeyDropped => Ok(()),
             _ => Err(WRONG_KIND),
@@ -191,7 +234,7 @@ impl Operation for AttemptForbiddenSyscall {
         Request::AttemptForbiddenSyscall { call: self.0 }
     }
 
-    fn output(answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
+    fn output(&self, answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
         match answer {
             Answer::SurvivedForbiddenSyscall { result } => Ok(result),
             _ => Err(WRONG_KIND),

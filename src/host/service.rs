@@ -19,9 +19,9 @@ use crate::host::operations::{self, Operation};
 use crate::host::signer_process::{CallFailure, SignerProcess};
 use crate::host::signer_program::SignerProgram;
 use crate::host::status::SignerStatus;
-use crate::wire::MAX_MESSAGE_LEN;
 use crate::wire::key_types::{KeySpec, StoreId};
 use crate::wire::messages::Refusal;
+use crate::wire::{MAX_BATCH, MAX_MESSAGE_LEN};
 
 /// How many ended signers' stores a service remembers, to tell a key of an ended signer from a
 /// key it never had. Beyond this, an old key is reported as unknown.
@@ -341,6 +341,22 @@ impl KeyService for ServiceCore {
             .map_err(|refusal| refusal_error(&signer, refusal, Some(key), "sign_message"))
     }
 
+    fn sign_many(&self, key: KeyId, digests: &[[u8; 32]]) -> Result<Vec<ed25519_dalek::Signature>> {
+        if digests.is_empty() || digests.len() > MAX_BATCH {
+            return Err(Error::BatchSize {
+                length: digests.len(),
+                cap: MAX_BATCH,
+            });
+        }
+        let signer = self.signer_for(key)?;
+        let operation = operations::SignMany {
+            key: key.wire(),
+            digests,
+        };
+        self.perform(&signer, &operation)?
+            .map_err(|refusal| refusal_error(&signer, refusal, Some(key), "sign_many"))
+    }
+
     fn diffie_hellman(
         &self,
         key: KeyId,
@@ -384,6 +400,10 @@ impl KeyService for SecretService {
         self.core.sign_message(key, message)
     }
 
+    fn sign_many(&self, key: KeyId, digests: &[[u8; 32]]) -> Result<Vec<ed25519_dalek::Signature>> {
+        self.core.sign_many(key, digests)
+    }
+
     fn diffie_hellman(
         &self,
         key: KeyId,
@@ -416,10 +436,12 @@ fn refusal_error(
         (Refusal::NotInThisBuild, _) => Error::Internal(
             "the signer was built without a request this library sent: build both from one source",
         ),
-        // The host checks a message's length before sending it, and only a key's request can be
-        // refused for its key: a signer that says otherwise is not to be trusted.
+        // The host checks a message's length and a batch's size before sending them, and only a
+        // key's request can be refused for its key: a signer that says otherwise is not to be
+        // trusted.
         (
             Refusal::MessageTooLong { .. }
+            | Refusal::BatchSize { .. }
             | Refusal::UnknownKey
             | Refusal::WrongAlgorithm { .. }
             | Refusal::PurposeAlgorithmMismatch,

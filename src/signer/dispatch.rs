@@ -11,9 +11,11 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use serde::Serialize;
 
 use crate::signer::key_store::{KeyStore, scrub_stack};
+use crate::wire::MAX_BATCH;
 use crate::wire::framing::encode_frame;
 use crate::wire::messages::{
-    Answer, AnswerFrame, ListingView, Refusal, Request, RequestDecodeError, decode_request,
+    Answer, AnswerFrame, BATCH_CAP, ListingView, Refusal, Request, RequestDecodeError,
+    SMALL_ANSWER_FRAME, SignaturesView, WireSignature, decode_request,
 };
 
 /// What one lane remembers between requests.
@@ -40,6 +42,9 @@ impl LaneState {
 pub(crate) enum Outcome {
     /// Write the first `n` bytes of the answer buffer, then wipe them.
     Answer(usize),
+    /// The answer might not fit in the buffer given: nothing was done and the lane's state is
+    /// unchanged. Write the answers before it, then hand the same frame over with more room.
+    NoRoom,
     /// The stream cannot be trusted any more: stop serving.
     CorruptStream,
 }
@@ -60,13 +65,18 @@ fn write_store(store: &RwLock<KeyStore>) -> RwLockWriteGuard<'_, KeyStore> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Handles one request frame payload and encodes the answer into `answer`.
+/// Handles one request frame payload and encodes the answer into `answer`, which may be what is
+/// left of a buffer already holding earlier answers (see [`Outcome::NoRoom`]).
 pub(crate) fn handle_frame(
     store: &RwLock<KeyStore>,
     lane: &mut LaneState,
     payload: &[u8],
     answer: &mut [u8],
 ) -> Outcome {
+    // Enough for any refusal, before even the id is known.
+    if answer.len() < SMALL_ANSWER_FRAME {
+        return Outcome::NoRoom;
+    }
     let frame = match decode_request(payload) {
         Ok(frame) => frame,
         Err(RequestDecodeError::NoId) => return Outcome::CorruptStream,
@@ -74,6 +84,9 @@ pub(crate) fn handle_frame(
             return reply(id, Answer::Refused(Refusal::MalformedRequest), answer);
         }
     };
+    if answer.len() < frame.request.largest_answer_frame() {
+        return Outcome::NoRoom;
+    }
     let id = frame.id;
     if lane.last_id.is_some_and(|last| id <= last) {
         return reply(id, Answer::Refused(Refusal::RequestIdNotIncreasing), answer);
@@ -118,6 +131,32 @@ pub(crate) fn handle_frame(
             .drop_key(&key)
             .map(|()| Answer::KeyDropped),
         Request::AttemptForbiddenSyscall { call } => attempt_forbidden_syscall(lane, call),
+        Request::SignMany { key, digests } => {
+            if digests.is_empty() || digests.len() > MAX_BATCH {
+                return reply(
+                    id,
+                    Answer::Refused(Refusal::BatchSize { cap: BATCH_CAP }),
+                    answer,
+                );
+            }
+            // The read lock is taken once for the whole batch, which is signed as it is encoded.
+            let store = read_store(store);
+            return match store.ed25519_signer(&key) {
+                Ok(signer) => {
+                    let sign = |digest: &[u8; 32]| {
+                        let (r, s) = signer.sign(digest);
+                        WireSignature { r, s }
+                    };
+                    let signatures = SignaturesView { digests, sign };
+                    encode(
+                        id,
+                        Answer::<(), &[u8; 32], _>::Signatures(signatures),
+                        answer,
+                    )
+                }
+                Err(refusal) => reply(id, Answer::Refused(refusal), answer),
+            };
+        }
     };
     match result {
         Ok(response) => reply(id, response, answer),
@@ -147,16 +186,17 @@ fn attempt_forbidden_syscall(
     }
 }
 
-/// Encodes an answer that carries no key listing and no secret.
+/// Encodes an answer that carries no key listing, no secret and no batch.
 fn reply(id: u64, answer_value: Answer<(), &[u8; 32]>, answer: &mut [u8]) -> Outcome {
     encode(id, answer_value, answer)
 }
 
-/// Encodes an answer. Every answer fits: the largest is a listing at `MAX_KEY_LIMIT` keys,
-/// well under the frame cap; if one ever did not, the stream stops rather than lie.
-fn encode<L: Serialize, S: Serialize>(
+/// Encodes an answer. Every answer fits: `handle_frame` checked the room its request can need
+/// (the largest answer, a listing at `MAX_KEY_LIMIT` keys, is under the frame cap); if one ever
+/// did not, the stream stops rather than lie.
+fn encode<L: Serialize, S: Serialize, B: Serialize>(
     id: u64,
-    answer_value: Answer<L, S>,
+    answer_value: Answer<L, S, B>,
     answer: &mut [u8],
 ) -> Outcome {
     match encode_frame(

@@ -213,16 +213,13 @@ impl KeyStore {
         if message.len() > MESSAGE_CAP as usize {
             return Err(Refusal::MessageTooLong { cap: MESSAGE_CAP });
         }
-        match &record.secret {
-            SecretKey::Ed25519(key) => {
-                let signature = key.sign(message);
-                Ok((*signature.r_bytes(), *signature.s_bytes()))
-            }
-            SecretKey::X25519(_) => Err(Refusal::WrongAlgorithm {
-                algorithm: Algorithm::X25519,
-                needed: Algorithm::Ed25519,
-            }),
-        }
+        Ok(Ed25519Signer::of(record)?.sign(message))
+    }
+
+    /// The Ed25519 key `id`, to sign several messages with while the store stays borrowed (and
+    /// its lock held): a batch is signed by one key, looked up once.
+    pub(crate) fn ed25519_signer(&self, id: &WireKeyId) -> Result<Ed25519Signer<'_>, Refusal> {
+        Ed25519Signer::of(self.find(id)?)
     }
 
     /// X25519 with a handshake key; refuses a peer point that gives an all-zero secret.
@@ -271,6 +268,29 @@ impl KeyStore {
             .ok_or(Refusal::UnknownKey)?;
         *slot = None;
         Ok(())
+    }
+}
+
+/// An Ed25519 key lent out of the store: it signs and does nothing else, so the secret still
+/// leaves this module only as signatures. No `Debug`.
+#[derive(Clone, Copy)]
+pub(crate) struct Ed25519Signer<'a>(&'a ed25519_dalek::SigningKey);
+
+impl<'a> Ed25519Signer<'a> {
+    fn of(record: &'a KeyRecord) -> Result<Self, Refusal> {
+        match &record.secret {
+            SecretKey::Ed25519(key) => Ok(Self(key)),
+            SecretKey::X25519(_) => Err(Refusal::WrongAlgorithm {
+                algorithm: Algorithm::X25519,
+                needed: Algorithm::Ed25519,
+            }),
+        }
+    }
+
+    /// Pure Ed25519 (RFC 8032) over `message`; returns (R, S).
+    pub(crate) fn sign(self, message: &[u8]) -> ([u8; 32], [u8; 32]) {
+        let signature = self.0.sign(message);
+        (*signature.r_bytes(), *signature.s_bytes())
     }
 }
 

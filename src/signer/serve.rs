@@ -1,6 +1,10 @@
-//! Runs in the signer: one worker's serving loop. Say ready, then read a request, answer it,
-//! wipe the answer, repeat, until the host closes the lane. What a request does is decided in
+//! Runs in the signer: one worker's serving loop. Say ready, then read requests, answer them,
+//! wipe the answers, repeat, until the host closes the lane. What a request does is decided in
 //! `dispatch`; this file only moves frames.
+//!
+//! Callers queued on a lane send their requests while the worker is busy, so one read often
+//! brings several whole frames. They are answered back to back in the answer buffer and written
+//! with one write: one system call, and one wake-up of the host's reader, for the burst.
 
 use std::os::fd::AsFd;
 use std::sync::RwLock;
@@ -32,8 +36,8 @@ impl LaneBuffers {
     }
 }
 
-/// Serves one lane until the host closes it: tell it we are ready, then read a request,
-/// answer it, wipe the answer, repeat.
+/// Serves one lane until the host closes it: tell it we are ready, then read requests, answer
+/// every whole one read, write the answers at once, wipe them, repeat.
 pub(crate) fn serve_lane(
     lane: Lane,
     store: &RwLock<KeyStore>,
@@ -88,17 +92,49 @@ pub(crate) fn serve_lane(
             Err(ReadError::Io(_)) => sys::exit_immediately(exit_code::PIPE_FAILED),
         };
         flowing = last_answer.is_some_and(|answered| answered.elapsed() < spin);
-        match handle_frame(store, &mut state, payload, &mut answer) {
-            Outcome::Answer(length) => {
-                let sent = send(&answer[..length]);
-                // Answers may carry Diffie-Hellman results.
-                answer[..length].zeroize();
-                if sent.is_err() {
-                    sys::exit_immediately(exit_code::PIPE_FAILED);
+        // The answers are written when the buffer cannot take the next one, and after the last
+        // whole frame read. A frame that cannot be trusted part-way through still has the answers
+        // before it written, as when each answer had a write of its own, and the signer stops
+        // exactly where it stopped then: on that frame, serving nothing after it.
+        let mut encoded = 0;
+        let mut payload = payload;
+        let stop = loop {
+            match handle_frame(store, &mut state, payload, &mut answer[encoded..]) {
+                Outcome::Answer(length) => encoded += length,
+                Outcome::NoRoom if encoded > 0 => {
+                    write_and_wipe(&send, &mut answer[..encoded]);
+                    encoded = 0;
+                    continue;
                 }
-                last_answer = Some(Instant::now());
+                // No room in the whole buffer cannot happen (every answer fits in one frame): if
+                // it ever did, stop rather than lie.
+                Outcome::NoRoom | Outcome::CorruptStream => {
+                    break Some(exit_code::CORRUPT_REQUEST_STREAM);
+                }
             }
-            Outcome::CorruptStream => sys::exit_immediately(exit_code::CORRUPT_REQUEST_STREAM),
+            match reader.take_buffered() {
+                Ok(Some(next)) => payload = next,
+                Ok(None) => break None,
+                Err(_) => break Some(exit_code::CORRUPT_REQUEST_STREAM),
+            }
+        };
+        write_and_wipe(&send, &mut answer[..encoded]);
+        if let Some(code) = stop {
+            sys::exit_immediately(code);
         }
+        last_answer = Some(Instant::now());
+    }
+}
+
+/// Writes `answers` and wipes them (answers may carry Diffie-Hellman results); a failed write
+/// ends the signer.
+fn write_and_wipe(send: &impl Fn(&[u8]) -> std::io::Result<()>, answers: &mut [u8]) {
+    if answers.is_empty() {
+        return;
+    }
+    let sent = send(answers);
+    answers.zeroize();
+    if sent.is_err() {
+        sys::exit_immediately(exit_code::PIPE_FAILED);
     }
 }

@@ -79,6 +79,7 @@ impl Dispatcher {
                 }
             }
             Outcome::CorruptStream => DispatchResult::Stopped,
+            Outcome::NoRoom => panic!("the dispatcher found no room in a whole frame's buffer"),
         }
     }
 }
@@ -220,6 +221,43 @@ pub fn sign_message_frame(id: u64, key: KeyId, message: &[u8]) -> Vec<u8> {
     let mut frame = length.to_le_bytes().to_vec();
     frame.extend(payload);
     frame
+}
+
+/// A frame asking to sign each of `digests` with `key` (any count: over the cap, the frame may
+/// exceed the frame cap).
+pub fn sign_many_frame(id: u64, key: KeyId, digests: &[[u8; 32]]) -> Vec<u8> {
+    let request = Request::SignMany {
+        key: key.wire(),
+        digests,
+    };
+    let mut payload = postcard::to_allocvec(&id).unwrap_or_default();
+    payload.extend(postcard::to_allocvec(&request).unwrap_or_default());
+    let length = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    let mut frame = length.to_le_bytes().to_vec();
+    frame.extend(payload);
+    frame
+}
+
+/// The signatures in a `Signatures` answer's `Debug` form, in order, if it is one.
+pub fn signatures_from_summary(summary: &str) -> Option<Vec<ed25519_dalek::Signature>> {
+    let mut rest = summary.strip_prefix("Signatures([")?;
+    let mut signatures = Vec::new();
+    let bytes_after = |text: &str, label: &str| -> Option<([u8; 32], usize)> {
+        let start = text.find(label)? + label.len();
+        let end = start + text[start..].find(']')?;
+        let bytes: Vec<u8> = text[start..end]
+            .split(',')
+            .map(|byte| byte.trim().parse::<u8>().ok())
+            .collect::<Option<_>>()?;
+        Some((bytes.try_into().ok()?, end))
+    };
+    while let Some((r, end)) = bytes_after(rest, "r: [") {
+        rest = &rest[end..];
+        let (s, end) = bytes_after(rest, "s: [")?;
+        rest = &rest[end..];
+        signatures.push(ed25519_dalek::Signature::from_components(r, s));
+    }
+    Some(signatures)
 }
 
 /// A valid frame asking for the key listing.

@@ -79,8 +79,8 @@ impl FrameReader {
         Ok(Some((self.start + FRAME_HEADER_LEN, length)))
     }
 
-    /// Takes the next whole frame if one is already buffered, without reading. For the fuzzers.
-    #[cfg(feature = "test-support")]
+    /// Takes the next whole frame if one is already buffered, without reading: the signer
+    /// answers a burst of requests that one read brought in together.
     pub(crate) fn take_buffered(&mut self) -> Result<Option<&mut [u8]>, ReadError> {
         match self.buffered_frame()? {
             Some((payload_start, length)) => {

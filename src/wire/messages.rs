@@ -15,8 +15,8 @@
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::wire::MAX_MESSAGE_LEN;
 use crate::wire::key_types::{Algorithm, KeySpec, Purpose, WireKeyId};
+use crate::wire::{MAX_BATCH, MAX_FRAME_LEN, MAX_KEY_LIMIT, MAX_MESSAGE_LEN};
 
 /// A request from the host to the signer. One variant per operation; the signer handles them in
 /// one exhaustive `match` (see `signer::dispatch`). New operations are new variants, added at
@@ -51,6 +51,92 @@ pub(crate) enum Request<'a> {
     /// Refused (`NotInThisBuild`) by a signer built without the `test-support` feature, and
     /// never made by the in-process dispatcher.
     AttemptForbiddenSyscall { call: ForbiddenSyscall },
+    /// Sign 1 to [`MAX_BATCH`] 32-byte prehashed digests with one Ed25519 key; answered with
+    /// `Signatures`, one for each digest, in order. The signer signs them where they lie, in the
+    /// frame buffer.
+    SignMany {
+        key: WireKeyId,
+        #[serde(borrow, with = "digest_bytes")]
+        #[cfg_attr(feature = "test-support", arbitrary(with = arbitrary_digests))]
+        digests: &'a [[u8; 32]],
+    },
+}
+
+/// The most bytes of an answer frame to any request but a listing or a batch: every fixed-size
+/// answer and every refusal, with the largest id, is well under it.
+pub(crate) const SMALL_ANSWER_FRAME: usize = 128;
+
+impl Request<'_> {
+    /// The most bytes the frame answering this request can take. The signer answers a burst of
+    /// requests back to back in one buffer, and checks that this much is left before it handles
+    /// a request, since a request once handled cannot be undone to make room.
+    pub(crate) fn largest_answer_frame(&self) -> usize {
+        match self {
+            // At the largest key limit: most of a frame.
+            Request::ListKeys => SMALL_ANSWER_FRAME + LISTING_LEN * MAX_KEY_LIMIT as usize,
+            Request::SignMany { digests, .. } => {
+                SMALL_ANSWER_FRAME + SIGNATURE_LEN * digests.len().min(MAX_BATCH)
+            }
+            Request::GenerateKey { .. }
+            | Request::PublicKey { .. }
+            | Request::SignDigest { .. }
+            | Request::SignMessage { .. }
+            | Request::DiffieHellman { .. }
+            | Request::DropKey { .. }
+            | Request::AttemptForbiddenSyscall { .. } => SMALL_ANSWER_FRAME,
+        }
+    }
+}
+
+/// The bytes of one signature in a `Signatures` answer.
+const SIGNATURE_LEN: usize = 64;
+
+/// The bytes of one key in a `KeyList` answer: its id, one byte each for its purpose and its
+/// algorithm, its public key.
+const LISTING_LEN: usize = 24 + 1 + 1 + 32;
+
+// Whatever the request, its answer fits in an empty answer buffer (one frame).
+const _: () = assert!(SMALL_ANSWER_FRAME + LISTING_LEN * MAX_KEY_LIMIT as usize <= MAX_FRAME_LEN);
+const _: () = assert!(SMALL_ANSWER_FRAME + SIGNATURE_LEN * MAX_BATCH <= MAX_FRAME_LEN);
+
+/// `SignMany`'s digests travel as one byte string, 32 bytes a digest back to back, so that the
+/// signer can borrow them from its frame buffer as whole digests (a sequence of arrays could only
+/// be decoded into new memory). A length that is not a multiple of 32 does not decode: the
+/// request is malformed.
+mod digest_bytes {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        digests: &&[[u8; 32]],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(digests.as_flattened())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<&'de [[u8; 32]], D::Error> {
+        let bytes = <&'de [u8]>::deserialize(deserializer)?;
+        match bytes.as_chunks::<32>() {
+            (digests, []) => Ok(digests),
+            _ => Err(D::Error::invalid_length(
+                bytes.len(),
+                &"a whole number of 32-byte digests",
+            )),
+        }
+    }
+}
+
+/// Draws a batch of digests for `arbitrary`: any count the remaining bytes allow, none and over
+/// the cap included, so the refusals are drawn too.
+#[cfg(feature = "test-support")]
+fn arbitrary_digests<'a>(
+    input: &mut arbitrary::Unstructured<'a>,
+) -> arbitrary::Result<&'a [[u8; 32]]> {
+    let count = input.arbitrary_len::<[u8; 32]>()?;
+    let bytes = input.bytes(count * 32)?;
+    Ok(bytes.as_chunks::<32>().0)
 }
 
 /// Writes a byte slice as postcard bytes (a length, then the bytes) in one call rather than one
@@ -99,12 +185,19 @@ pub(crate) struct KeyListing {
     pub(crate) public_key: [u8; 32],
 }
 
-/// An answer from the signer. `L` is the key listing and `S` a shared secret: a `Vec` and a
-/// [`WireSecret`] when decoded by the host; a borrowed view of the key store and a borrowed
-/// `&[u8; 32]` when encoded by the signer (which allocates nothing once sandboxed). Both encode
-/// the same.
+/// One signature of a `Signatures` answer, as its two halves (serde has no 64-byte arrays).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct WireSignature {
+    pub(crate) r: [u8; 32],
+    pub(crate) s: [u8; 32],
+}
+
+/// An answer from the signer. `L` is the key listing, `S` a shared secret and `B` a batch's
+/// signatures: a `Vec`, a [`WireSecret`] and a `Vec` when decoded by the host; a borrowed view of
+/// the key store, a borrowed `&[u8; 32]` and a [`SignaturesView`] that signs as it is encoded
+/// when encoded by the signer (which allocates nothing once sandboxed). Both encode the same.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum Answer<L = Vec<KeyListing>, S = WireSecret> {
+pub(crate) enum Answer<L = Vec<KeyListing>, S = WireSecret, B = Vec<WireSignature>> {
     KeyGenerated {
         key: WireKeyId,
         public_key: [u8; 32],
@@ -129,6 +222,8 @@ pub(crate) enum Answer<L = Vec<KeyListing>, S = WireSecret> {
     SurvivedForbiddenSyscall {
         result: i64,
     },
+    /// The signatures of a `SignMany`, one for each digest, in the order of the digests.
+    Signatures(B),
 }
 
 /// A Diffie-Hellman result as the host receives it: decoded straight into one heap buffer,
@@ -186,9 +281,9 @@ impl<'de> Deserialize<'de> for WireSecret {
 
 /// An answer with the id of the request it answers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct AnswerFrame<L = Vec<KeyListing>, S = WireSecret> {
+pub(crate) struct AnswerFrame<L = Vec<KeyListing>, S = WireSecret, B = Vec<WireSignature>> {
     pub(crate) id: u64,
-    pub(crate) answer: Answer<L, S>,
+    pub(crate) answer: Answer<L, S, B>,
 }
 
 /// Why the signer refused a request. None of these ends the signer.
@@ -216,6 +311,10 @@ pub(crate) enum Refusal {
     },
     /// A request this build of the signer does not serve (a test hook without `test-support`).
     NotInThisBuild,
+    /// A batch to sign with no digests, or more than the cap.
+    BatchSize {
+        cap: u32,
+    },
 }
 
 /// Serializes a key listing from anything that can iterate it twice (once to count: postcard
@@ -231,6 +330,27 @@ where
         let mut sequence = serializer.serialize_seq(Some(count))?;
         for listing in self.0.clone() {
             sequence.serialize_element(&listing)?;
+        }
+        sequence.end()
+    }
+}
+
+/// Serializes a batch's signatures as they are made, one digest at a time, straight into the
+/// answer buffer: the signer needs no room for them anywhere else. `sign` must not fail: the key
+/// is looked up, and the batch's size checked, before the answer is encoded.
+pub(crate) struct SignaturesView<'a, F> {
+    pub(crate) digests: &'a [[u8; 32]],
+    pub(crate) sign: F,
+}
+
+impl<F> Serialize for SignaturesView<'_, F>
+where
+    F: Fn(&[u8; 32]) -> WireSignature,
+{
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut sequence = serializer.serialize_seq(Some(self.digests.len()))?;
+        for digest in self.digests {
+            sequence.serialize_element(&(self.sign)(digest))?;
         }
         sequence.end()
     }
@@ -269,9 +389,20 @@ pub(crate) const MESSAGE_CAP: u32 = {
     cap
 };
 
+/// The cap on a batch to sign, as the wire carries it.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "checked by the assertion above it"
+)]
+pub(crate) const BATCH_CAP: u32 = {
+    assert!(MAX_BATCH <= u32::MAX as usize);
+    MAX_BATCH as u32
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::FRAME_HEADER_LEN;
 
     #[test]
     fn a_diffie_hellman_answer_prints_without_its_secret() {
@@ -376,9 +507,19 @@ mod tests {
                 }),
             ),
             (
+                "request 2: `SignMany`",
+                framed(&RequestFrame {
+                    id: 2,
+                    request: Request::SignMany {
+                        key,
+                        digests: &[[3; 32], [4; 32]],
+                    },
+                }),
+            ),
+            (
                 "greeting: `Ready`",
                 framed(&Greeting::Ready {
-                    protocol_version: 2,
+                    protocol_version: 3,
                     key_memory: KeyMemory::LockedAnonymous,
                     store: [0xaa; 8],
                 }),
@@ -407,6 +548,22 @@ mod tests {
                     },
                 }),
             ),
+            (
+                "answer 2: `Signatures`",
+                framed(&AnswerFrame::<(), &[u8; 32]> {
+                    id: 2,
+                    answer: Answer::Signatures(vec![
+                        WireSignature {
+                            r: [0x11; 32],
+                            s: [0x22; 32],
+                        },
+                        WireSignature {
+                            r: [0x33; 32],
+                            s: [0x44; 32],
+                        },
+                    ]),
+                }),
+            ),
         ];
         for (name, encoded) in examples {
             assert_eq!(
@@ -421,8 +578,166 @@ mod tests {
         }
         assert_eq!(
             crate::wire::PROTOCOL_VERSION,
-            2,
-            "the document describes version 2"
+            3,
+            "the document describes version 3"
         );
+    }
+
+    /// What the signer encodes while it signs, and what the host decodes, agree.
+    #[test]
+    fn signatures_encoded_as_they_are_made_decode_as_the_host_reads_them() {
+        let digests: Vec<[u8; 32]> = (0..=255u8).map(|at| [at; 32]).collect();
+        let sign = |digest: &[u8; 32]| WireSignature {
+            r: *digest,
+            s: [!digest[0]; 32],
+        };
+        let encoded = framed(&AnswerFrame::<(), &[u8; 32], _> {
+            id: 77,
+            answer: Answer::Signatures(SignaturesView {
+                digests: &digests,
+                sign,
+            }),
+        });
+        let expected: Vec<WireSignature> = digests.iter().map(sign).collect();
+        let host_side = framed(&AnswerFrame::<()> {
+            id: 77,
+            answer: Answer::Signatures(expected.clone()),
+        });
+        assert_eq!(encoded, host_side);
+        let decoded = postcard::from_bytes::<AnswerFrame>(&encoded[FRAME_HEADER_LEN..]);
+        assert!(
+            matches!(&decoded, Ok(AnswerFrame { id: 77, answer: Answer::Signatures(signatures) }) if *signatures == expected),
+            "{decoded:?}"
+        );
+    }
+
+    /// A batch's digests are decoded where they lie, and only as whole digests.
+    #[test]
+    fn a_batch_decodes_in_place_and_only_as_whole_digests() {
+        let key = WireKeyId {
+            store: [1; 8],
+            local: [2; 16],
+        };
+        let digests = [[5u8; 32], [6; 32], [7; 32]];
+        let frame = framed(&RequestFrame {
+            id: 9,
+            request: Request::SignMany {
+                key,
+                digests: &digests,
+            },
+        });
+        let payload = &frame[FRAME_HEADER_LEN..];
+        let decoded = decode_request(payload);
+        assert!(
+            matches!(&decoded, Ok(RequestFrame { id: 9, request: Request::SignMany { digests: got, .. } }) if *got == digests),
+            "{decoded:?}"
+        );
+        if let Ok(RequestFrame {
+            request: Request::SignMany { digests: got, .. },
+            ..
+        }) = &decoded
+        {
+            assert!(
+                payload.as_ptr_range().contains(&got.as_ptr().cast::<u8>()),
+                "the digests were copied"
+            );
+        }
+        // The byte string's length, one byte before the digests (96 = 3 x 32), made 95: the body
+        // no longer decodes (and with the last byte dropped, nothing trails either).
+        let length_at = payload.len() - 96 - 1;
+        assert_eq!(payload[length_at], 96);
+        let mut cut = payload[..payload.len() - 1].to_vec();
+        cut[length_at] = 95;
+        assert_eq!(
+            decode_request(&cut),
+            Err(RequestDecodeError::Body { id: 9 })
+        );
+    }
+
+    /// Each answer fits in the room the signer checks for before handling its request.
+    #[test]
+    fn every_answer_fits_in_the_room_its_request_reserves() {
+        use crate::wire::key_types::{Algorithm, KeySpec, Purpose};
+        let key = WireKeyId {
+            store: [0xff; 8],
+            local: [0xff; 16],
+        };
+        let id = u64::MAX;
+        let length = |answer: Answer<(), &[u8; 32]>| framed(&AnswerFrame { id, answer }).len();
+        let small = [
+            length(Answer::KeyGenerated {
+                key,
+                public_key: [0xff; 32],
+            }),
+            length(Answer::PublicKey {
+                algorithm: Algorithm::X25519,
+                purpose: Purpose::NetworkHandshake,
+                public_key: [0xff; 32],
+            }),
+            length(Answer::Signature {
+                r: [0xff; 32],
+                s: [0xff; 32],
+            }),
+            length(Answer::SharedSecret(&[0xff; 32])),
+            length(Answer::KeyDropped),
+            length(Answer::SurvivedForbiddenSyscall { result: i64::MIN }),
+            length(Answer::Refused(Refusal::WrongAlgorithm {
+                algorithm: Algorithm::X25519,
+                needed: Algorithm::Ed25519,
+            })),
+            length(Answer::Refused(Refusal::KeyLimitReached {
+                limit: u32::MAX,
+            })),
+            length(Answer::Refused(Refusal::MessageTooLong { cap: u32::MAX })),
+            length(Answer::Refused(Refusal::BatchSize { cap: u32::MAX })),
+        ];
+        for answer_length in small {
+            assert!(answer_length <= SMALL_ANSWER_FRAME, "{answer_length}");
+        }
+        let sign = |_: &[u8; 32]| WireSignature {
+            r: [0xff; 32],
+            s: [0xff; 32],
+        };
+        let spec = KeySpec::new(Purpose::Consensus);
+        for count in [1, 2, 100, MAX_BATCH] {
+            let digests = vec![[0u8; 32]; count];
+            let request = Request::SignMany {
+                key,
+                digests: &digests,
+            };
+            let answer = framed(&AnswerFrame::<(), &[u8; 32], _> {
+                id,
+                answer: Answer::Signatures(SignaturesView {
+                    digests: &digests,
+                    sign,
+                }),
+            });
+            assert!(answer.len() <= request.largest_answer_frame(), "{count}");
+        }
+        let over = vec![[0u8; 32]; MAX_BATCH + 1];
+        let request = Request::SignMany {
+            key,
+            digests: &over,
+        };
+        assert!(request.largest_answer_frame() >= SMALL_ANSWER_FRAME);
+        assert!(Request::GenerateKey { spec }.largest_answer_frame() == SMALL_ANSWER_FRAME);
+        let listings = vec![
+            KeyListing {
+                key,
+                purpose: Purpose::NetworkHandshake,
+                algorithm: Algorithm::X25519,
+                public_key: [0xff; 32],
+            };
+            MAX_KEY_LIMIT as usize
+        ];
+        let listing = framed(&AnswerFrame::<_, &[u8; 32]> {
+            id,
+            answer: Answer::KeyList(listings),
+        });
+        assert!(
+            listing.len() > FRAME_HEADER_LEN,
+            "the listing did not encode"
+        );
+        assert!(listing.len() <= Request::ListKeys.largest_answer_frame());
     }
 }

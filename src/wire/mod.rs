@@ -8,8 +8,9 @@ pub(crate) mod messages;
 pub(crate) mod startup;
 
 /// The protocol version both sides must speak; checked when a signer starts. Version 2: start-up
-/// messages apart from answers, key ids with their store, message signing.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// messages apart from answers, key ids with their store, message signing. Version 3: signing a
+/// batch of digests in one request (`SignMany`).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The largest frame payload either side accepts, checked before anything is allocated or
 /// decoded. The largest legitimate frames are a key listing at the largest key limit and a
@@ -22,6 +23,17 @@ pub(crate) const FRAME_HEADER_LEN: usize = 4;
 /// The longest message [`sign_message`](crate::KeyService::sign_message) signs: the frame cap
 /// less 1 KiB for the request's id, kind and key.
 pub const MAX_MESSAGE_LEN: usize = MAX_FRAME_LEN - 1024;
+
+/// The most digests [`sign_many`](crate::KeyService::sign_many) signs in one call. Its answer
+/// carries 64 bytes a signature in one frame, so about a thousand would fit; 512 (a 32 KiB
+/// answer, half the frame cap) leaves the rest of the answer buffer for other callers' answers
+/// written in the same burst. Split a larger batch.
+pub const MAX_BATCH: usize = 512;
+
+// A batch's request (32 bytes a digest) and its answer (64 bytes a signature) each fit in one
+// frame with room to spare for the id, the kind, the key and the lengths.
+const _: () = assert!(MAX_BATCH * 32 + 64 <= MAX_FRAME_LEN);
+const _: () = assert!(MAX_BATCH * 64 + 64 <= MAX_FRAME_LEN);
 
 /// The most keys one signer may be configured to hold.
 pub const MAX_KEY_LIMIT: u32 = 1024;

@@ -4,7 +4,8 @@
 //! Latency: the in-process Ed25519 and X25519 baselines, keyward sign back to back (with the
 //! chosen worker count and with 1 worker), keyward sign after idle gaps, keyward X25519, and
 //! ssh-agent. Throughput: in-process threads against keyward with 1 worker and with one worker
-//! per core. Then the signer's CPU over an idle second and its resident memory.
+//! per core, and one caller signing in batches (`sign_many`). Then the signer's CPU over an idle
+//! second and its resident memory.
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,9 @@ const DIGEST: [u8; 32] = [0x5a; 32];
 const CALLER_COUNTS: [usize; 3] = [1, 2, 8];
 /// Caller counts of the throughput rows of each `--also-spin` setting.
 const ALSO_SPIN_CALLER_COUNTS: [usize; 2] = [2, 8];
+/// Digests per request of the `sign_many` throughput row: a validator's batch of votes (the
+/// legend in `report.rs` names the number).
+const BATCH: usize = 16;
 
 /// One signer service with an Ed25519 and an X25519 key.
 pub(super) struct Service {
@@ -58,6 +62,11 @@ impl Service {
 
     fn sign(&self, digest: &[u8; 32]) -> Result<()> {
         std::hint::black_box(self.service.sign(self.ed25519, digest)?);
+        Ok(())
+    }
+
+    fn sign_many(&self, digests: &[[u8; 32]]) -> Result<()> {
+        std::hint::black_box(self.service.sign_many(self.ed25519, digests)?);
         Ok(())
     }
 
@@ -301,6 +310,16 @@ pub(super) fn throughput_scenarios<'a>(
             ));
         }
     }
+    // Batches answer several signatures a request: compared with the rows above, not counted
+    // for the targets, which are about one signature a request.
+    rows.push(
+        ThroughputRow::new(
+            format!("keyward sign_many x{BATCH}, 1 worker, 1 caller"),
+            1,
+            Target::KeywardBatches(signers.with_workers(1)?),
+        )
+        .not_for_targets(),
+    );
     for (spin, service) in &signers.also_spin {
         for callers in ALSO_SPIN_CALLER_COUNTS {
             let name = format!(
@@ -321,6 +340,8 @@ pub(super) fn throughput_scenarios<'a>(
 pub(super) enum Target<'a> {
     InProcess(&'a SigningKey),
     Keyward(&'a Service),
+    /// `sign_many` in batches of [`BATCH`] digests (the last one shorter if need be).
+    KeywardBatches(&'a Service),
 }
 
 impl Target<'_> {
@@ -337,6 +358,15 @@ impl Target<'_> {
                     service.sign(&digest)?;
                 }
             }
+            Target::KeywardBatches(service) => {
+                let batch = [digest; BATCH];
+                let mut left = operations;
+                while left > 0 {
+                    let count = left.min(BATCH);
+                    service.sign_many(&batch[..count])?;
+                    left -= count;
+                }
+            }
         }
         Ok(())
     }
@@ -344,7 +374,7 @@ impl Target<'_> {
     pub(super) fn workers(&self) -> Option<usize> {
         match self {
             Target::InProcess(_) => None,
-            Target::Keyward(service) => Some(service.workers),
+            Target::Keyward(service) | Target::KeywardBatches(service) => Some(service.workers),
         }
     }
 
@@ -352,7 +382,9 @@ impl Target<'_> {
     pub(super) fn signer_cpu_ns(&self) -> Option<u64> {
         match self {
             Target::InProcess(_) => None,
-            Target::Keyward(service) => process_cpu_ns(service.pid()),
+            Target::Keyward(service) | Target::KeywardBatches(service) => {
+                process_cpu_ns(service.pid())
+            }
         }
     }
 }

@@ -164,7 +164,7 @@ impl SignerProcess {
             .map_err(|failure| self.verdict(failure))?;
         match answer {
             Answer::Refused(refusal) => Ok(Err(refusal)),
-            answer => match O::output(answer, self.store) {
+            answer => match operation.output(answer, self.store) {
                 Ok(output) => Ok(Ok(output)),
                 Err(what) => Err(self.verdict(CallFailure::Misbehaved(what))),
             },
@@ -179,9 +179,9 @@ impl SignerProcess {
         let lane = self.pick_lane();
         let queued = lane.in_flight.fetch_add(1, Ordering::Relaxed) > 0;
         let deadline = Instant::now() + self.request_timeout;
-        let spin = if queued {
-            // Behind another request on the lane, the answer is at least a signature away, and
-            // a spinning caller would take CPU from the workers.
+        let spin = if queued || !operation.answer_is_quick() {
+            // Behind another request on the lane, or for a batch, the answer is at least a
+            // signature away, and a spinning caller would take CPU from the workers.
             Duration::ZERO
         } else {
             self.caller_spin
