@@ -168,26 +168,40 @@ impl Report<'_> {
         let target = |met: bool, text: String| {
             println!("  [{}] {text}", if met { "met    " } else { "NOT MET" });
         };
+        // The bar of the second performance issue: a default (two-worker) service back to back
+        // within 1.1x at the median and 1.3x at p99; after an idle gap within 2x, at under 5% of
+        // a core for the signer at one request a millisecond; throughput at 0.95x one in-process
+        // thread with one worker and 1.8x with two.
         let sign = self.latency_ratio(self.rows.sign, false);
         target(
-            sign <= 1.3,
-            format!("one caller back to back, median: {sign:.2}x in-process (<= 1.30x)"),
+            sign <= 1.1,
+            format!("one caller back to back, median: {sign:.2}x in-process (<= 1.10x)"),
         );
         let sign_p99 = self.latency_ratio(self.rows.sign, true);
         target(
-            sign_p99 <= 1.6,
-            format!("one caller back to back, p99: {sign_p99:.2}x in-process p99 (<= 1.60x)"),
+            sign_p99 <= 1.3,
+            format!("one caller back to back, p99: {sign_p99:.2}x in-process p99 (<= 1.30x)"),
         );
         let gap = self.latency_ratio(self.rows.gap, false);
         target(
-            gap <= 3.0,
+            gap <= 2.0,
             format!(
-                "one caller, {} idle gaps, median: {gap:.2}x in-process (<= 3.00x)",
+                "one caller, {} idle gaps, median: {gap:.2}x in-process (<= 2.00x)",
                 format_gap(self.plan.gap)
             ),
         );
+        if let Some(share) = self.latency[self.rows.gap].child_cpu {
+            let percent = 100.0 * share;
+            target(
+                percent < 5.0,
+                format!(
+                    "one caller, {} idle gaps, signer CPU: {percent:.1}% of a core (< 5%)",
+                    format_gap(self.plan.gap)
+                ),
+            );
+        }
         for &workers in self.worker_rows {
-            let needed = if workers == 1 { 0.9 } else { 1.7 };
+            let needed = if workers == 1 { 0.95 } else { 1.8 };
             match self.best_throughput(workers) {
                 Some((ratio, callers)) => target(
                     ratio >= needed,
