@@ -66,6 +66,21 @@ fn generate(raw: &mut RawSigner, id: u64, purpose: Purpose) -> (KeyId, [u8; 32])
     (key, bytes_after(&summary, "public_key: ["))
 }
 
+/// Writes `frames` while the signer is stopped (so one read takes them all), then reads one
+/// answer per frame; returns the answers and how many writes the signer made meanwhile.
+fn send_burst(mode: &str, raw: &mut RawSigner, frames: &[Vec<u8>]) -> (Vec<(u64, String)>, u64) {
+    let before = writes_so_far(raw.pid());
+    write_while_stopped(raw, frames);
+    let mut answers = Vec::new();
+    for _ in 0..frames.len() {
+        answers.push(
+            raw.read_answer(ANSWER_WAIT)
+                .unwrap_or_else(|e| panic!("{mode}: answer {}: {e}", answers.len())),
+        );
+    }
+    (answers, writes_so_far(raw.pid()) - before)
+}
+
 /// Writes `frames` while the signer is stopped, so that its next read takes them all at once,
 /// then lets it go on.
 fn write_while_stopped(raw: &RawSigner, frames: &[Vec<u8>]) {
@@ -76,16 +91,6 @@ fn write_while_stopped(raw: &RawSigner, frames: &[Vec<u8>]) {
     }));
     raw.write(&frames.concat()).unwrap();
     assert!(signal_child(pid, Signal::SIGCONT));
-}
-
-fn digests(count: usize, salt: u8) -> Vec<[u8; 32]> {
-    (0..count)
-        .map(|at| {
-            let mut digest = [salt; 32];
-            digest[..8].copy_from_slice(&(at as u64).to_le_bytes());
-            digest
-        })
-        .collect()
 }
 
 fn assert_batch_signed(summary: &str, public: &VerifyingKey, digests: &[[u8; 32]]) {
@@ -105,7 +110,7 @@ fn a_burst_read_at_once_is_answered_in_order_with_one_write() {
         let (key, public) = generate(&mut raw, 1, Purpose::Consensus);
         let (handshake, _) = generate(&mut raw, 2, Purpose::NetworkHandshake);
         let public = VerifyingKey::from_bytes(&public).unwrap();
-        let batch = digests(5, 0x77);
+        let batch = common::numbered_digests(5, 0x77);
         let frames = vec![
             sign_frame(10, key, [1; 32]),
             sign_many_frame(11, key, &batch),
@@ -116,16 +121,7 @@ fn a_burst_read_at_once_is_answered_in_order_with_one_write() {
             sign_many_frame(16, key, &[]), // refused: an empty batch
             sign_frame(17, key, [3; 32]),
         ];
-        let before = writes_so_far(raw.pid());
-        write_while_stopped(&raw, &frames);
-        let mut answers = Vec::new();
-        for _ in 0..frames.len() {
-            answers.push(
-                raw.read_answer(ANSWER_WAIT)
-                    .unwrap_or_else(|e| panic!("{mode}: answer {}: {e}", answers.len())),
-            );
-        }
-        let writes = writes_so_far(raw.pid()) - before;
+        let (answers, writes) = send_burst(mode, &mut raw, &frames);
         let ids: Vec<u64> = answers.iter().map(|(id, _)| *id).collect();
         assert_eq!(ids, (10..=17).collect::<Vec<_>>(), "{mode}");
         let summary = |at: usize| answers[at].1.as_str();
@@ -167,7 +163,9 @@ fn a_burst_larger_than_the_answer_buffer_goes_out_in_order_in_several_writes() {
         let mut raw = RawSigner::spawn(config).unwrap_or_else(|e| panic!("{mode}: {e}"));
         let (key, public) = generate(&mut raw, 1, Purpose::Account);
         let public = VerifyingKey::from_bytes(&public).unwrap();
-        let batches: Vec<Vec<[u8; 32]>> = (0..3).map(|salt| digests(MAX_BATCH, salt)).collect();
+        let batches: Vec<Vec<[u8; 32]>> = (0..3)
+            .map(|salt| common::numbered_digests(MAX_BATCH, salt))
+            .collect();
         let frames = vec![
             sign_frame(10, key, [1; 32]),
             sign_many_frame(11, key, &batches[0]),
@@ -180,16 +178,7 @@ fn a_burst_larger_than_the_answer_buffer_goes_out_in_order_in_several_writes() {
             frames.iter().map(Vec::len).sum::<usize>() <= FRAME_CAP,
             "the burst must fit one read"
         );
-        let before = writes_so_far(raw.pid());
-        write_while_stopped(&raw, &frames);
-        let mut answers = Vec::new();
-        for _ in 0..frames.len() {
-            answers.push(
-                raw.read_answer(ANSWER_WAIT)
-                    .unwrap_or_else(|e| panic!("{mode}: answer {}: {e}", answers.len())),
-            );
-        }
-        let writes = writes_so_far(raw.pid()) - before;
+        let (answers, writes) = send_burst(mode, &mut raw, &frames);
         let ids: Vec<u64> = answers.iter().map(|(id, _)| *id).collect();
         assert_eq!(ids, (10..=15).collect::<Vec<_>>(), "{mode}");
         for (at, digest) in [(0, [1; 32]), (2, [2; 32]), (5, [3; 32])] {
@@ -220,7 +209,7 @@ fn a_corrupt_frame_in_a_burst_ends_the_stream_after_the_answers_before_it() {
                 RawSigner::spawn(config.clone()).unwrap_or_else(|e| panic!("{mode}: {e}"));
             let (key, public) = generate(&mut raw, 1, Purpose::Consensus);
             let public = VerifyingKey::from_bytes(&public).unwrap();
-            let batch = digests(3, 0x42);
+            let batch = common::numbered_digests(3, 0x42);
             let frames = vec![
                 sign_frame(10, key, [1; 32]),
                 sign_many_frame(11, key, &batch),

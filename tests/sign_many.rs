@@ -9,17 +9,6 @@ mod common;
 use ed25519_dalek::VerifyingKey;
 use keyward::{Error, KeyId, KeyService, KeySpec, MAX_BATCH, Purpose, SecretService};
 
-/// `count` digests, all different, and different for each `salt`.
-fn digests(count: usize, salt: u8) -> Vec<[u8; 32]> {
-    (0..count)
-        .map(|at| {
-            let mut digest = [salt; 32];
-            digest[..8].copy_from_slice(&(at as u64).to_le_bytes());
-            digest
-        })
-        .collect()
-}
-
 fn ed25519_key(service: &SecretService, purpose: Purpose) -> (KeyId, VerifyingKey) {
     let key = service.generate_key(KeySpec::new(purpose)).unwrap();
     (key, *service.public_key(key).unwrap().as_ed25519().unwrap())
@@ -31,7 +20,7 @@ fn a_batch_is_signed_as_sign_signs_each_digest_at_every_size_up_to_the_cap() {
         let service = SecretService::spawn(config).unwrap();
         let (key, public) = ed25519_key(&service, Purpose::Consensus);
         for (salt, count) in [1, 2, 100, MAX_BATCH].into_iter().enumerate() {
-            let batch = digests(count, u8::try_from(salt).unwrap());
+            let batch = common::numbered_digests(count, u8::try_from(salt).unwrap());
             let signatures = service
                 .sign_many(key, &batch)
                 .unwrap_or_else(|e| panic!("{mode}: {count} digests: {e}"));
@@ -67,7 +56,7 @@ fn an_empty_or_over_cap_batch_is_refused_before_sending_and_the_service_carries_
         let (key, public) = ed25519_key(&service, Purpose::Account);
         for length in [0, MAX_BATCH + 1, 4 * MAX_BATCH] {
             let error = service
-                .sign_many(key, &digests(length, 1))
+                .sign_many(key, &common::numbered_digests(length, 1))
                 .expect_err("refused");
             assert!(
                 matches!(error, Error::BatchSize { length: l, cap } if l == length && cap == MAX_BATCH),
@@ -81,7 +70,7 @@ fn an_empty_or_over_cap_batch_is_refused_before_sending_and_the_service_carries_
         }
         // The refusals were the host's: the same signer serves on.
         assert!(service.is_running() && service.pid() == pid, "{mode}");
-        let batch = digests(3, 2);
+        let batch = common::numbered_digests(3, 2);
         let signatures = service.sign_many(key, &batch).unwrap();
         for (digest, signature) in batch.iter().zip(&signatures) {
             public.verify_strict(digest, signature).unwrap();
@@ -97,7 +86,9 @@ fn a_batch_for_a_key_that_cannot_sign_is_refused_by_type() {
         let handshake = service
             .generate_key(KeySpec::new(Purpose::NetworkHandshake))
             .unwrap();
-        let error = service.sign_many(handshake, &digests(4, 3)).unwrap_err();
+        let error = service
+            .sign_many(handshake, &common::numbered_digests(4, 3))
+            .unwrap_err();
         assert!(
             matches!(
                 error,
@@ -114,12 +105,12 @@ fn a_batch_for_a_key_that_cannot_sign_is_refused_by_type() {
         let (dropped, _) = ed25519_key(&service, Purpose::Consensus);
         service.drop_key(dropped).unwrap();
         assert!(
-            matches!(service.sign_many(dropped, &digests(2, 4)), Err(Error::UnknownKey(k)) if k == dropped),
+            matches!(service.sign_many(dropped, &common::numbered_digests(2, 4)), Err(Error::UnknownKey(k)) if k == dropped),
             "{mode}"
         );
         let unknown: KeyId = "ee".repeat(24).parse().unwrap();
         assert!(matches!(
-            service.sign_many(unknown, &digests(2, 5)),
+            service.sign_many(unknown, &common::numbered_digests(2, 5)),
             Err(Error::UnknownKey(_))
         ));
         assert!(service.is_running() && service.pid() == pid, "{mode}");

@@ -153,11 +153,10 @@ pub(crate) fn clone_for_exec<T>(child_main: fn(&T) -> !, argument: &T) -> io::Re
     // CLONE_PIDFD, and 0 in the low byte: no exit signal.
     let flags = libc::c_ulong::from(libc::CLONE_PIDFD.unsigned_abs());
     let mut pidfd: libc::c_int = -1;
-    // SAFETY: without CLONE_VM, clone copies the address space as fork does, and with a null
-    // stack the child continues on its copy of this thread's stack, returning here with 0.
+    // The child runs only `child_main`, which never returns (`-> !`) and follows the rules above.
     // `pidfd` is a valid, writable int where the kernel stores the pidfd (CLONE_PIDFD uses the
-    // parent_tid argument); the child-tid pointer and TLS are unused (null, 0). The child runs
-    // only `child_main`, which never returns (`-> !`) and follows the rules stated above.
+    // parent_tid argument); the child-tid pointer and TLS are unused (null, 0).
+    // SAFETY: without CLONE_VM clone copies the address space as fork does; the child resumes here.
     let pid = unsafe {
         libc::syscall(
             libc::SYS_clone,

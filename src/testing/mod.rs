@@ -211,12 +211,20 @@ pub fn sign_frame(id: u64, key: KeyId, digest: [u8; 32]) -> Vec<u8> {
 
 /// A valid frame asking to sign `message` with `key` (any length: the frame may exceed the cap).
 pub fn sign_message_frame(id: u64, key: KeyId, message: &[u8]) -> Vec<u8> {
-    let request = Request::SignMessage {
-        key: key.wire(),
-        message,
-    };
+    unbounded_frame(
+        id,
+        &Request::SignMessage {
+            key: key.wire(),
+            message,
+        },
+    )
+}
+
+/// A frame for `request` of whatever length it encodes to, over the cap included (for tests of
+/// over-long frames; `request_frame` stops at the cap).
+fn unbounded_frame(id: u64, request: &Request<'_>) -> Vec<u8> {
     let mut payload = postcard::to_allocvec(&id).unwrap_or_default();
-    payload.extend(postcard::to_allocvec(&request).unwrap_or_default());
+    payload.extend(postcard::to_allocvec(request).unwrap_or_default());
     let length = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     let mut frame = length.to_le_bytes().to_vec();
     frame.extend(payload);
@@ -226,16 +234,13 @@ pub fn sign_message_frame(id: u64, key: KeyId, message: &[u8]) -> Vec<u8> {
 /// A frame asking to sign each of `digests` with `key` (any count: over the cap, the frame may
 /// exceed the frame cap).
 pub fn sign_many_frame(id: u64, key: KeyId, digests: &[[u8; 32]]) -> Vec<u8> {
-    let request = Request::SignMany {
-        key: key.wire(),
-        digests,
-    };
-    let mut payload = postcard::to_allocvec(&id).unwrap_or_default();
-    payload.extend(postcard::to_allocvec(&request).unwrap_or_default());
-    let length = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-    let mut frame = length.to_le_bytes().to_vec();
-    frame.extend(payload);
-    frame
+    unbounded_frame(
+        id,
+        &Request::SignMany {
+            key: key.wire(),
+            digests,
+        },
+    )
 }
 
 /// The signatures in a `Signatures` answer's `Debug` form, in order, if it is one.

@@ -96,6 +96,17 @@ pub(crate) fn run_host_role(test: &str, role: &str, deadline: std::time::Duratio
     );
 }
 
+/// `count` digests, all different, and different for each `salt`.
+pub(crate) fn numbered_digests(count: usize, salt: u8) -> Vec<[u8; 32]> {
+    (0..count)
+        .map(|at| {
+            let mut digest = [salt; 32];
+            digest[..8].copy_from_slice(&(at as u64).to_le_bytes());
+            digest
+        })
+        .collect()
+}
+
 /// A consensus key of `service`, checked to sign a digest that verifies under its public key:
 /// the signer is known to be serving, and to be a real one.
 pub(crate) fn serving_key(service: &dyn keyward::KeyService) -> keyward::KeyId {
