@@ -26,7 +26,6 @@ enum SecretKey {
 
 /// One held key.
 struct KeyRecord {
-    store: StoreId,
     id: LocalKeyId,
     purpose: Purpose,
     secret: SecretKey,
@@ -42,10 +41,10 @@ impl KeyRecord {
         }
     }
 
-    fn listing(&self) -> KeyListing {
+    fn listing(&self, store: StoreId) -> KeyListing {
         KeyListing {
             key: WireKeyId {
-                store: self.store,
+                store,
                 local: self.id,
             },
             purpose: self.purpose,
@@ -171,7 +170,6 @@ impl KeyStore {
             }
         };
         self.records.as_mut_slice()[free] = Some(KeyRecord {
-            store: self.id,
             id: id.local,
             purpose: spec.purpose,
             secret,
@@ -250,7 +248,7 @@ impl KeyStore {
             .as_slice()
             .iter()
             .flatten()
-            .map(KeyRecord::listing)
+            .map(|record| record.listing(self.id))
     }
 
     /// Erases a key: its record is dropped in place (the dalek types wipe themselves) and the
