@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::host::error::{Error, Result};
 use crate::host::sandbox_policy::Sandbox;
+use crate::host::store::StoreConfig;
 use crate::wire::key_types::SecretMemory;
 use crate::wire::{MAX_KEY_LIMIT, MAX_WORKERS};
 
@@ -90,11 +91,13 @@ pub struct Config {
     pub(crate) spawn_timeout: Duration,
     pub(crate) restart: RestartPolicy,
     pub(crate) latency: Latency,
+    pub(crate) store: Option<StoreConfig>,
 }
 
 impl Default for Config {
     /// Fork mode, sandbox enforced, 64 keys, one worker per core (at most two), memfd_secret where
-    /// available, 5 s request deadline, 10 s spawn deadline, manual restart, balanced latency.
+    /// available, 5 s request deadline, 10 s spawn deadline, manual restart, balanced latency,
+    /// keys in memory only (no store).
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         Self {
@@ -107,6 +110,7 @@ impl Default for Config {
             spawn_timeout: Duration::from_secs(10),
             restart: RestartPolicy::Manual,
             latency: Latency::BALANCED,
+            store: None,
         }
     }
 }
@@ -167,6 +171,13 @@ impl Config {
         self
     }
 
+    /// Keeps the keys in a sealed store on disk, so they survive restarts (see [`StoreConfig`]).
+    /// Without one, keys live in the signer's memory only and end with it.
+    pub fn with_store(mut self, store: StoreConfig) -> Self {
+        self.store = Some(store);
+        self
+    }
+
     /// The configured number of workers.
     pub fn workers(&self) -> usize {
         self.workers
@@ -192,6 +203,9 @@ impl Config {
             if value.is_zero() {
                 return Err(Error::InvalidConfig(format!("{name} must be above zero")));
             }
+        }
+        if let Some(store) = &self.store {
+            store.validate()?;
         }
         let spin_limit = Duration::from_millis(100);
         if self.latency.caller_spin > spin_limit || self.latency.signer_spin > spin_limit {

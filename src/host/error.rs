@@ -19,6 +19,10 @@ pub enum Error {
     #[error("could not start the signer: {0}")]
     Spawn(#[from] SpawnError),
 
+    /// The sealed key store could not be opened, created or written.
+    #[error("sealed key store: {0}")]
+    Store(#[from] crate::host::store::StoreError),
+
     /// The configuration was refused before anything was started.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
@@ -206,6 +210,13 @@ pub enum SpawnError {
     /// The signer ended before saying it was ready.
     #[error("the signer ended before it was ready: {0}")]
     Ended(SignerEnd),
+
+    /// The signer could not open or create its sealed store. [`SecretService::spawn`] and
+    /// `respawn` return this as [`Error::Store`].
+    ///
+    /// [`SecretService::spawn`]: crate::SecretService::spawn
+    #[error("the signer could not open its sealed store: {0}")]
+    Store(crate::host::store::StoreError),
 
     /// The signer did not say it was ready within the spawn deadline; it was killed.
     #[error("the signer was not ready within {0:?}; it was killed")]

@@ -19,3 +19,4 @@ pub(crate) mod service;
 pub(crate) mod signer_process;
 pub(crate) mod signer_program;
 pub(crate) mod status;
+pub(crate) mod store;

@@ -1,12 +1,15 @@
 //! Runs in the host: the typed call path. Each operation is a type that knows its request and
 //! the one answer kind that completes it, so an answer of the wrong kind is caught in one place
-//! (`SignerProcess::perform`) and no method matches answers by hand. The later
-//! persist-before-release step (the sealed store) hooks in there too.
+//! (`SignerProcess::perform`) and no method matches answers by hand. An operation that changes a
+//! sealed store returns the sealed change with its output; the service writes it durably before
+//! it returns (`ServiceCore::change_durably`).
 
 use crate::wire::key_types::{Algorithm, KeySpec, Purpose, StoreId, WireKeyId};
 #[cfg(feature = "test-support")]
 use crate::wire::messages::ForbiddenSyscall;
-use crate::wire::messages::{Answer, KeyListing, Request, WireSecret, WireSignature};
+use crate::wire::messages::{
+    Answer, KeyListing, Request, StoreChange, WireSecret, WireSignature,
+};
 
 /// One operation the signer performs.
 pub(crate) trait Operation {
@@ -35,7 +38,8 @@ const WRONG_KIND: &str = "an answer of the wrong kind";
 pub(crate) struct GenerateKey(pub(crate) KeySpec);
 
 impl Operation for GenerateKey {
-    type Output = (WireKeyId, [u8; 32]);
+    /// The key, its public key, and the sealed change to write (a sealed store only).
+    type Output = (WireKeyId, [u8; 32], Option<StoreChange>);
 
     fn request(&self) -> Request<'_> {
         Request::GenerateKey { spec: self.0 }
@@ -43,10 +47,17 @@ impl Operation for GenerateKey {
 
     fn output(&self, answer: Answer, store: StoreId) -> Result<Self::Output, &'static str> {
         match answer {
-            Answer::KeyGenerated { key, .. } if key.store != store => {
+            Answer::KeyGenerated { key, .. } | Answer::KeyGeneratedSealed { key, .. }
+                if key.store != store =>
+            {
                 Err("a new key named with another store")
             }
-            Answer::KeyGenerated { key, public_key } => Ok((key, public_key)),
+            Answer::KeyGenerated { key, public_key } => Ok((key, public_key, None)),
+            Answer::KeyGeneratedSealed {
+                key,
+                public_key,
+                change,
+            } => Ok((key, public_key, Some(change))),
             _ => Err(WRONG_KIND),
         }
     }
@@ -208,7 +219,8 @@ impl Operation for ListKeys {
 pub(crate) struct DropKey(pub(crate) WireKeyId);
 
 impl Operation for DropKey {
-    type Output = ();
+    /// The sealed change to write (a sealed store only).
+    type Output = Option<StoreChange>;
 
     fn request(&self) -> Request<'_> {
         Request::DropKey { key: self.0 }
@@ -216,7 +228,8 @@ impl Operation for DropKey {
 
     fn output(&self, answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
         match answer {
-            Answer::KeyDropped => Ok(()),
+            Answer::KeyDropped => Ok(None),
+            Answer::KeyDroppedSealed { change } => Ok(Some(change)),
             _ => Err(WRONG_KIND),
         }
     }

@@ -19,6 +19,9 @@ use crate::host::operations::{self, Operation};
 use crate::host::signer_process::{CallFailure, SignerProcess};
 use crate::host::signer_program::SignerProgram;
 use crate::host::status::SignerStatus;
+use crate::host::store::{AdoptError, HostStore, SignerLaunch};
+use crate::wire::messages::StoreChange;
+use crate::wire::store_format::StoreFile;
 use crate::wire::key_types::{KeySpec, StoreId};
 use crate::wire::messages::Refusal;
 use crate::wire::{MAX_BATCH, MAX_MESSAGE_LEN};
@@ -49,6 +52,8 @@ pub(crate) struct ServiceCore {
     generations: AtomicU32,
     /// The stores of this service's ended signers, with their generations, newest last.
     ended_stores: Mutex<VecDeque<(StoreId, u32)>>,
+    /// The sealed store, if the keys are kept on disk.
+    store: Option<HostStore>,
 }
 
 impl std::fmt::Debug for SecretService {
@@ -79,7 +84,14 @@ impl SecretService {
             SpawnMode::Fork => None,
             SpawnMode::ForkExec { program } => Some(SignerProgram::open(program)?),
         };
-        let signer = SignerProcess::spawn(&config, program.as_ref(), 1)?;
+        let (store, signer) = match &config.store {
+            None => (None, SignerProcess::spawn(&config, program.as_ref(), 1, None)?),
+            Some(store_config) => {
+                let (store, launch) = HostStore::open(store_config)?;
+                let signer = start_sealed(&config, program.as_ref(), 1, &store, launch)?;
+                (Some(store), signer)
+            }
+        };
         Ok(Self {
             core: Arc::new(ServiceCore {
                 config,
@@ -89,6 +101,7 @@ impl SecretService {
                 respawning: Mutex::new(()),
                 generations: AtomicU32::new(1),
                 ended_stores: Mutex::new(VecDeque::new()),
+                store,
             }),
         })
     }
@@ -121,8 +134,11 @@ impl SecretService {
     }
 
     /// Starts a new signer in place of the current one, which is shut down (or, if it already
-    /// ended, reaped). Every key of the old signer is gone; its ids are refused with
-    /// [`Error::KeyFromEndedSigner`]. Returns the new generation.
+    /// ended, reaped). Returns the new generation.
+    ///
+    /// Without a store, every key of the old signer is gone; its ids are refused with
+    /// [`Error::KeyFromEndedSigner`]. With a store, the new signer opens the store as it is on
+    /// disk: every key whose generation returned is there, under the same id.
     pub fn respawn(&self) -> Result<u32> {
         self.core.check_process()?;
         let _respawning = self
@@ -173,11 +189,23 @@ impl ServiceCore {
 
     fn replace_signer(&self) -> Result<u32> {
         let generation = self.generations.fetch_add(1, Ordering::AcqRel) + 1;
-        let fresh = Arc::new(SignerProcess::spawn(
-            &self.config,
-            self.program.as_ref(),
-            generation,
-        )?);
+        // With a store, its copy stays locked until the new signer is in place: a change in
+        // flight finishes with the old signer first, and none starts until the copy is the new
+        // signer's (read back from disk).
+        let mut store_copy = self.store.as_ref().map(HostStore::lock_file);
+        let fresh = match &self.store {
+            None => SignerProcess::spawn(&self.config, self.program.as_ref(), generation, None)?,
+            Some(store) => {
+                let launch = store.launch(None)?;
+                let (signer, file) =
+                    start_sealed_signer(&self.config, self.program.as_ref(), generation, store, launch)?;
+                if let Some(copy) = store_copy.as_mut() {
+                    **copy = Some((generation, file));
+                }
+                signer
+            }
+        };
+        let fresh = Arc::new(fresh);
         let old = std::mem::replace(
             &mut *self
                 .current
@@ -192,10 +220,91 @@ impl ServiceCore {
         if ended.len() == ENDED_STORES_REMEMBERED {
             ended.pop_front();
         }
-        ended.push_back((old.store(), old.generation()));
+        // A sealed store outlives its signers: its keys are the new signer's.
+        if self.store.is_none() {
+            ended.push_back((old.store(), old.generation()));
+        }
+        drop(store_copy);
         // The old signer is shut down when its last in-flight call lets go of it.
         drop(old);
         Ok(generation)
+    }
+
+    /// Performs a change (a generate or a drop) and, with a sealed store, writes the sealed
+    /// change durably before returning: the caller hears of a new key only once it is on disk.
+    /// `change_of` picks the sealed change out of the output; `undo` is asked of the signer when
+    /// the write fails (a new key is forgotten).
+    fn change_durably<O: Operation>(
+        &self,
+        operation: &O,
+        change_of: impl Fn(&O::Output) -> Option<StoreChange>,
+        undo: impl Fn(&O::Output) -> Option<operations::DropKey>,
+    ) -> Result<(Arc<SignerProcess>, Result<O::Output, Refusal>)> {
+        let Some(store) = &self.store else {
+            let signer = self.signer();
+            let result = self.perform(&signer, operation)?;
+            if let Ok(output) = &result {
+                if change_of(output).is_some() {
+                    return Err(signer.verdict(CallFailure::Misbehaved(
+                        "a sealed change from a signer without a store",
+                    )));
+                }
+            }
+            return Ok((signer, result));
+        };
+        let mut copy = store.lock_file();
+        let signer = self.signer();
+        let outcome = match copy.as_mut() {
+            Some((generation, file)) if *generation == signer.generation() => {
+                Self::change_and_write(store, file, &signer, operation, change_of, undo)
+            }
+            Some(_) => Err(Error::Internal("the store's copy belongs to another signer")),
+            None => Err(Error::Internal("a sealed store with no copy of its file")),
+        };
+        drop(copy);
+        match outcome {
+            Ok(done) => Ok((signer, done)),
+            Err(error) => {
+                if self.config.restart == RestartPolicy::Automatic && signer.has_ended() {
+                    self.restart_after(&signer);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// The change on `signer`, then its sealed change applied to the store's copy and written.
+    fn change_and_write<O: Operation>(
+        store: &HostStore,
+        file: &mut StoreFile,
+        signer: &SignerProcess,
+        operation: &O,
+        change_of: impl Fn(&O::Output) -> Option<StoreChange>,
+        undo: impl Fn(&O::Output) -> Option<operations::DropKey>,
+    ) -> Result<Result<O::Output, Refusal>> {
+        let output = match signer.perform(operation)? {
+            Ok(output) => output,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let Some(change) = change_of(&output) else {
+            return Err(signer.verdict(CallFailure::Misbehaved(
+                "no sealed change from a signer with a store",
+            )));
+        };
+        if let Err(what) = HostStore::apply(file, &change) {
+            return Err(signer.verdict(CallFailure::Misbehaved(what)));
+        }
+        if let Err(error) = store.write(file) {
+            // The signer still holds what it made: it forgets it, and the copy follows
+            // (unwritten: the disk keeps the state before the change).
+            if let Some(undo) = undo(&output) {
+                if let Ok(Ok(Some(change))) = signer.perform(&undo) {
+                    let _ = HostStore::apply(file, &change);
+                }
+            }
+            return Err(Error::Store(error));
+        }
+        Ok(Ok(output))
     }
 
     /// The current signer, if `key` belongs to its store.
@@ -267,9 +376,13 @@ impl ServiceCore {
 impl KeyService for ServiceCore {
     fn generate_key(&self, spec: KeySpec) -> Result<KeyId> {
         self.check_process()?;
-        let signer = self.signer();
-        match self.perform(&signer, &operations::GenerateKey(spec))? {
-            Ok((key, _public_key)) => Ok(KeyId(key)),
+        let (signer, generated) = self.change_durably(
+            &operations::GenerateKey(spec),
+            |(_, _, change)| *change,
+            |(key, _, _)| Some(operations::DropKey(*key)),
+        )?;
+        match generated {
+            Ok((key, _public_key, _change)) => Ok(KeyId(key)),
             Err(Refusal::PurposeAlgorithmMismatch) => Err(Error::PurposeAlgorithmMismatch { spec }),
             Err(refusal) => Err(refusal_error(&signer, refusal, None, "generate_key")),
         }
@@ -310,8 +423,13 @@ impl KeyService for ServiceCore {
     }
 
     fn drop_key(&self, key: KeyId) -> Result<()> {
-        let signer = self.signer_for(key)?;
-        self.perform(&signer, &operations::DropKey(key.wire()))?
+        // Checked against the current signer; the change itself goes to the signer current when
+        // the store's copy is locked (the same one, unless a respawn came between).
+        self.signer_for(key)?;
+        let (signer, dropped) =
+            self.change_durably(&operations::DropKey(key.wire()), |change| *change, |_| None)?;
+        dropped
+            .map(|_| ())
             .map_err(|refusal| refusal_error(&signer, refusal, Some(key), "drop_key"))
     }
 
@@ -450,4 +568,40 @@ fn refusal_error(
             "a refusal that does not fit the request",
         )),
     }
+}
+
+/// Starts a signer on a sealed store and takes it in: the store it opened is the one the host
+/// read, or the one it created is written before the signer serves anything.
+fn start_sealed_signer(
+    config: &Config,
+    program: Option<&SignerProgram>,
+    generation: u32,
+    store: &HostStore,
+    launch: SignerLaunch,
+) -> Result<(SignerProcess, StoreFile)> {
+    let (settings, expected) = launch.into_parts();
+    let signer = SignerProcess::spawn(config, program, generation, Some((store, settings)))
+        .map_err(|error| match error {
+            crate::host::error::SpawnError::Store(error) => Error::Store(error),
+            error => Error::Spawn(error),
+        })?;
+    match store.adopt(expected, signer.sealed_summary()) {
+        Ok(file) => Ok((signer, file)),
+        Err(AdoptError::Signer(what)) => Err(signer.verdict(CallFailure::Misbehaved(what))),
+        // The signer is shut down as it drops: its new store was never written.
+        Err(AdoptError::Store(error)) => Err(Error::Store(error)),
+    }
+}
+
+/// The first signer of a service with a sealed store.
+fn start_sealed(
+    config: &Config,
+    program: Option<&SignerProgram>,
+    generation: u32,
+    store: &HostStore,
+    launch: SignerLaunch,
+) -> Result<SignerProcess> {
+    let (signer, file) = start_sealed_signer(config, program, generation, store, launch)?;
+    *store.lock_file() = Some((generation, file));
+    Ok(signer)
 }

@@ -96,7 +96,14 @@ pub(crate) fn handle_frame(
         Request::GenerateKey { spec } => {
             let generated = write_store(store).generate(spec);
             scrub_stack();
-            generated.map(|(key, public_key)| Answer::KeyGenerated { key, public_key })
+            generated.map(|(key, public_key, change)| match change {
+                Some(change) => Answer::KeyGeneratedSealed {
+                    key,
+                    public_key,
+                    change,
+                },
+                None => Answer::KeyGenerated { key, public_key },
+            })
         }
         Request::PublicKey { key } => {
             read_store(store)
@@ -127,9 +134,14 @@ pub(crate) fn handle_frame(
             let listing = Answer::<_, &[u8; 32]>::KeyList(ListingView(store.listings()));
             return encode(id, listing, answer);
         }
-        Request::DropKey { key } => write_store(store)
-            .drop_key(&key)
-            .map(|()| Answer::KeyDropped),
+        Request::DropKey { key } => {
+            let dropped = write_store(store).drop_key(&key);
+            scrub_stack();
+            dropped.map(|change| match change {
+                Some(change) => Answer::KeyDroppedSealed { change },
+                None => Answer::KeyDropped,
+            })
+        }
         Request::AttemptForbiddenSyscall { call } => attempt_forbidden_syscall(lane, call),
         Request::SignMany { key, digests } => {
             if digests.is_empty() || digests.len() > MAX_BATCH {

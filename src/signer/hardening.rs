@@ -63,12 +63,25 @@ pub(crate) fn harden_and_serve(
         report_failure(HardeningStep::NoCoreDumps, errno as i32);
     }
 
-    let store = match KeyStore::new(settings.key_limit, settings.secret_memory) {
-        Ok(store) => store,
+    // A sealed store is opened (its unlock secret and state file read, its key derived) here,
+    // before the resource limits and the filter forbid opening files and growing memory.
+    let opened = match &settings.store {
+        None => KeyStore::new(settings.key_limit, settings.secret_memory).map(|store| (store, None)),
+        Some(store_settings) => {
+            KeyStore::open_sealed(settings.key_limit, settings.secret_memory, store_settings)
+                .map(|(store, summary)| (store, Some(summary)))
+        }
+    };
+    let (store, sealed) = match opened {
+        Ok(opened) => opened,
         Err(StoreSetupError::Memory(error)) => {
             report_failure(HardeningStep::SecretMemory, errno_of(&error))
         }
         Err(StoreSetupError::Entropy(errno)) => report_failure(HardeningStep::Entropy, errno),
+        Err(StoreSetupError::Store(problem)) => greet_and_exit(
+            Greeting::StoreRefused { problem },
+            exit_code::STORE_REFUSED,
+        ),
     };
     let store = Arc::new(RwLock::new(store));
     let spin = Duration::from_micros(u64::from(settings.signer_spin_micros));
@@ -100,6 +113,7 @@ pub(crate) fn harden_and_serve(
         let store = Arc::clone(&store);
         let started = Arc::clone(&started);
         let sandboxed = Arc::clone(&sandboxed);
+        let sealed = sealed.clone();
         let Some(lane_buffers) = buffers.pop() else {
             report_failure(HardeningStep::Workers, 0);
         };
@@ -108,7 +122,7 @@ pub(crate) fn harden_and_serve(
             .spawn(move || {
                 started.wait();
                 sandboxed.wait();
-                serve_lane(lane, &store, spin, lane_buffers)
+                serve_lane(lane, &store, spin, lane_buffers, sealed)
             });
         if let Err(error) = spawned {
             report_failure(HardeningStep::Workers, errno_of(&error));
@@ -141,5 +155,5 @@ pub(crate) fn harden_and_serve(
     let Some(lane_buffers) = buffers.pop() else {
         report_failure(HardeningStep::Workers, 0);
     };
-    serve_lane(Lane::FIRST, &store, spin, lane_buffers)
+    serve_lane(Lane::FIRST, &store, spin, lane_buffers, sealed)
 }

@@ -3,25 +3,57 @@
 //! Every key record and the key generator's state live in [`SecretCells`]: `memfd_secret` pages
 //! or locked, don't-dump, wipe-on-fork pages. Nothing here allocates after construction, so the
 //! sandboxed signer needs no memory-management system calls. Secret bytes leave this module only
-//! as signatures and Diffie-Hellman results.
+//! as signatures and Diffie-Hellman results, or sealed under the store's key-encryption key
+//! (`sealing`) for the host to write.
+//!
+//! With a sealed store, every change is one critical section under the store's write lock:
+//! the key is made or erased, its record sealed, the sequence number advanced and the manifest
+//! sealed, and the change handed to the host together with the answer.
 
-use std::io;
+use std::io::{self, Read};
 
 use ed25519_dalek::Signer as _;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
+use crate::signer::sealing::{MAX_UNLOCK_SECRET_LEN, Sealer};
 use crate::sys::{SecretCells, SecretMemoryBacking};
 use crate::wire::key_types::{
     Algorithm, KeySpec, LocalKeyId, Purpose, SecretMemory, StoreId, WireKeyId,
 };
-use crate::wire::messages::{KeyListing, MESSAGE_CAP, Refusal};
+use crate::wire::messages::{KeyListing, MESSAGE_CAP, Refusal, StoreChange};
+use crate::wire::startup::{
+    CreatedStore, SealedSummary, SignerStoreSettings, StoreProblem, TamperedPart, UnlockSource,
+};
+use crate::wire::store_format::{
+    BODY_LEN, HEADER_LEN, ManifestFields, RECORD_LEN, RecordsDigest, Seal, SealedRecord,
+    StoreFile, StoreHeader,
+};
 
 /// A secret key. No `Debug`, no `Clone`, no `Serialize`; wiped on drop by the dalek types.
 enum SecretKey {
     Ed25519(ed25519_dalek::SigningKey),
     X25519(x25519_dalek::StaticSecret),
+}
+
+impl SecretKey {
+    /// The key from its 32 secret bytes (an Ed25519 seed, or an X25519 scalar), and its public
+    /// key.
+    fn from_bytes(algorithm: Algorithm, bytes: &[u8; 32]) -> (Self, [u8; 32]) {
+        match algorithm {
+            Algorithm::Ed25519 => {
+                let key = ed25519_dalek::SigningKey::from_bytes(bytes);
+                let public = key.verifying_key().to_bytes();
+                (SecretKey::Ed25519(key), public)
+            }
+            Algorithm::X25519 => {
+                let key = x25519_dalek::StaticSecret::from(*bytes);
+                let public = x25519_dalek::PublicKey::from(&key).to_bytes();
+                (SecretKey::X25519(key), public)
+            }
+        }
+    }
 }
 
 /// One held key.
@@ -31,6 +63,11 @@ struct KeyRecord {
     secret: SecretKey,
     /// Kept beside the secret: deriving an X25519 public key costs a scalar multiplication.
     public_key: [u8; 32],
+    /// Seconds since the Unix epoch when the key was generated.
+    created: u64,
+    /// Its sealed secret and seal, as handed to the host (a sealed store only): the manifest
+    /// binds every record's bytes, so they are kept to hash.
+    sealed: Option<([u8; 32], Seal)>,
 }
 
 impl KeyRecord {
@@ -39,6 +76,21 @@ impl KeyRecord {
             SecretKey::Ed25519(_) => Algorithm::Ed25519,
             SecretKey::X25519(_) => Algorithm::X25519,
         }
+    }
+
+    /// The record as the store file holds it, if it was sealed.
+    fn sealed_record(&self, slot: u16) -> Option<SealedRecord> {
+        let (sealed_secret, seal) = self.sealed?;
+        Some(SealedRecord {
+            slot,
+            local: self.id,
+            purpose: self.purpose,
+            algorithm: self.algorithm(),
+            created: self.created,
+            public_key: self.public_key,
+            sealed_secret,
+            seal,
+        })
     }
 
     fn listing(&self, store: StoreId) -> KeyListing {
@@ -81,8 +133,18 @@ pub(crate) struct KeyStore {
     records: SecretCells<Option<KeyRecord>>,
     generator: SecretCells<GeneratorState>,
     limit: u32,
-    /// This store's name, drawn at start: a memory-only store is a new store every time.
+    /// This store's name: drawn at start for a memory-only store (a new store every time), read
+    /// from the header of a sealed one (the same store across restarts).
     id: StoreId,
+    sealed: Option<SealedState>,
+}
+
+/// What a sealed store keeps besides its keys.
+struct SealedState {
+    sealer: Sealer,
+    header_checksum: [u8; 32],
+    /// The sequence number of the last change sealed.
+    sequence: u64,
 }
 
 impl KeyStore {
@@ -118,9 +180,163 @@ impl KeyStore {
             generator,
             limit,
             id: [0; 8],
+            sealed: None,
         };
         store.id = *store.generator().draw::<8>();
         Ok(store)
+    }
+
+    /// Maps locked memory for `limit` keys, then opens the sealed store `settings` names (or
+    /// creates it): reads the unlock secret and the state file itself, derives the
+    /// key-encryption key, checks every seal and loads every key. Runs before the sandbox.
+    pub(crate) fn open_sealed(
+        limit: u32,
+        memory: SecretMemory,
+        settings: &SignerStoreSettings,
+    ) -> Result<(Self, SealedSummary), StoreSetupError> {
+        let mut store = Self::new(limit, memory)?;
+        let unlock = read_unlock_secret(&settings.unlock).map_err(StoreSetupError::Store)?;
+        let backing = store.backing();
+        let summary = match settings.create {
+            Some(kdf) => {
+                let mut header = StoreHeader {
+                    store: *store.generator().draw::<8>(),
+                    kdf,
+                    salt: *store.generator().draw::<16>(),
+                    verifier: Seal {
+                        nonce: [0; 24],
+                        tag: [0; 16],
+                    },
+                };
+                let sealer = Sealer::derive(&unlock, kdf, &header.salt, backing)
+                    .map_err(StoreSetupError::Store)?;
+                header.verifier = sealer.verifier(&header, *store.generator().draw::<24>());
+                let manifest = ManifestFields {
+                    sequence: 0,
+                    record_count: 0,
+                    records_digest: RecordsDigest::default().finish().1,
+                };
+                let header_checksum = header.checksum();
+                let manifest_seal = sealer.seal_manifest(
+                    &header_checksum,
+                    &manifest,
+                    *store.generator().draw::<24>(),
+                );
+                store.id = header.store;
+                store.sealed = Some(SealedState {
+                    sealer,
+                    header_checksum,
+                    sequence: 0,
+                });
+                SealedSummary {
+                    manifest,
+                    created: Some(CreatedStore {
+                        header,
+                        manifest_seal,
+                    }),
+                }
+            }
+            None => {
+                let bytes = read_state_file(&settings.state_path).map_err(StoreSetupError::Store)?;
+                let file = StoreFile::parse(&bytes)
+                    .map_err(|error| StoreSetupError::Store(StoreProblem::Malformed(error)))?;
+                store.load(&file, &unlock, backing).map_err(StoreSetupError::Store)?;
+                SealedSummary {
+                    manifest: file.manifest,
+                    created: None,
+                }
+            }
+        };
+        Ok((store, summary))
+    }
+
+    /// Checks a parsed file's seals with a key derived from `unlock` and loads its keys.
+    fn load(
+        &mut self,
+        file: &StoreFile,
+        unlock: &[u8],
+        backing: SecretMemoryBacking,
+    ) -> Result<(), StoreProblem> {
+        let header = &file.header;
+        let sealer = Sealer::derive(unlock, header.kdf, &header.salt, backing)?;
+        if !sealer.verifies(header) {
+            return Err(StoreProblem::WrongUnlockSecret);
+        }
+        let header_checksum = header.checksum();
+        if !sealer.manifest_opens(&header_checksum, &file.manifest, &file.manifest_seal) {
+            return Err(StoreProblem::Tampered(TamperedPart::Manifest));
+        }
+        let limit = self.limit;
+        for record in &file.records {
+            let slot = usize::from(record.slot);
+            if slot >= self.records.as_slice().len() {
+                return Err(StoreProblem::KeyLimitTooSmall {
+                    needed: u32::from(record.slot) + 1,
+                    limit,
+                });
+            }
+            if self.records.as_slice().iter().flatten().any(|held| held.id == record.local) {
+                return Err(StoreProblem::Tampered(TamperedPart::DuplicateKey));
+            }
+            let Some(secret) = sealer.open_record(&header.store, record) else {
+                return Err(StoreProblem::Tampered(TamperedPart::Record { slot: record.slot }));
+            };
+            let (key, public_key) = SecretKey::from_bytes(record.algorithm, &secret);
+            if public_key != record.public_key || record.purpose.algorithm() != record.algorithm
+            {
+                return Err(StoreProblem::Tampered(TamperedPart::PublicKey { slot: record.slot }));
+            }
+            self.records.as_mut_slice()[slot] = Some(KeyRecord {
+                id: record.local,
+                purpose: record.purpose,
+                secret: key,
+                public_key,
+                created: record.created,
+                sealed: Some((record.sealed_secret, record.seal)),
+            });
+        }
+        self.id = header.store;
+        self.sealed = Some(SealedState {
+            sealer,
+            header_checksum,
+            sequence: file.manifest.sequence,
+        });
+        Ok(())
+    }
+
+    /// Seals the state after a change: the next sequence number, the records' digest, the
+    /// manifest. `None` for a memory-only store.
+    fn seal_change(
+        &mut self,
+        added: Option<SealedRecord>,
+        removed_slot: Option<u16>,
+    ) -> Option<StoreChange> {
+        self.sealed.as_ref()?;
+        let nonce = *self.generator().draw::<24>();
+        let mut digest = RecordsDigest::default();
+        for (slot, record) in self.records.as_slice().iter().enumerate() {
+            let slot = u16::try_from(slot).unwrap_or(u16::MAX);
+            if let Some(sealed) = record.as_ref().and_then(|record| record.sealed_record(slot)) {
+                digest.add(&sealed);
+            }
+        }
+        let (record_count, records_digest) = digest.finish();
+        let sealed = self.sealed.as_mut()?;
+        sealed.sequence += 1;
+        let manifest = ManifestFields {
+            sequence: sealed.sequence,
+            record_count,
+            records_digest,
+        };
+        let manifest_seal = sealed
+            .sealer
+            .seal_manifest(&sealed.header_checksum, &manifest, nonce);
+        Some(StoreChange {
+            added,
+            removed_slot,
+            manifest,
+            manifest_seal,
+        })
     }
 
     /// This store's id; every key id it hands out carries it.
@@ -138,8 +354,12 @@ impl KeyStore {
         &mut self.generator.as_mut_slice()[0]
     }
 
-    /// Generates a key for `spec`; returns its id and public key.
-    pub(crate) fn generate(&mut self, spec: KeySpec) -> Result<(WireKeyId, [u8; 32]), Refusal> {
+    /// Generates a key for `spec`; returns its id, its public key and, for a sealed store, the
+    /// sealed change the host must write.
+    pub(crate) fn generate(
+        &mut self,
+        spec: KeySpec,
+    ) -> Result<(WireKeyId, [u8; 32], Option<StoreChange>), Refusal> {
         if spec.purpose.algorithm() != spec.algorithm {
             return Err(Refusal::PurposeAlgorithmMismatch);
         }
@@ -157,25 +377,41 @@ impl KeyStore {
             }
         };
         let seed = self.generator().draw::<32>();
-        let (secret, public_key) = match spec.algorithm {
-            Algorithm::Ed25519 => {
-                let key = ed25519_dalek::SigningKey::from_bytes(&seed);
-                let public = key.verifying_key().to_bytes();
-                (SecretKey::Ed25519(key), public)
-            }
-            Algorithm::X25519 => {
-                let key = x25519_dalek::StaticSecret::from(*seed);
-                let public = x25519_dalek::PublicKey::from(&key).to_bytes();
-                (SecretKey::X25519(key), public)
-            }
-        };
+        let (secret, public_key) = SecretKey::from_bytes(spec.algorithm, &seed);
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        // Slots are below the key limit, at most 1024.
+        let slot = u16::try_from(free).unwrap_or(u16::MAX);
+        let mut sealed_record = None;
+        let nonce = *self.generator().draw::<24>();
+        if let Some(sealed) = &self.sealed {
+            let mut record = SealedRecord {
+                slot,
+                local: id.local,
+                purpose: spec.purpose,
+                algorithm: spec.algorithm,
+                created,
+                public_key,
+                sealed_secret: [0; 32],
+                seal: Seal {
+                    nonce: [0; 24],
+                    tag: [0; 16],
+                },
+            };
+            sealed.sealer.seal_record(&self.id, &mut record, &seed, nonce);
+            sealed_record = Some(record);
+        }
         self.records.as_mut_slice()[free] = Some(KeyRecord {
             id: id.local,
             purpose: spec.purpose,
             secret,
             public_key,
+            created,
+            sealed: sealed_record.map(|record| (record.sealed_secret, record.seal)),
         });
-        Ok((id, public_key))
+        let change = self.seal_change(sealed_record, None);
+        Ok((id, public_key, change))
     }
 
     fn find(&self, key: &WireKeyId) -> Result<&KeyRecord, Refusal> {
@@ -252,20 +488,21 @@ impl KeyStore {
     }
 
     /// Erases a key: its record is dropped in place (the dalek types wipe themselves) and the
-    /// slot is free again.
-    pub(crate) fn drop_key(&mut self, key: &WireKeyId) -> Result<(), Refusal> {
+    /// slot is free again. For a sealed store, returns the sealed change the host must write.
+    pub(crate) fn drop_key(&mut self, key: &WireKeyId) -> Result<Option<StoreChange>, Refusal> {
         if key.store != self.id {
             return Err(Refusal::UnknownKey);
         }
         let id = &key.local;
-        let slot = self
+        let index = self
             .records
-            .as_mut_slice()
-            .iter_mut()
-            .find(|slot| slot.as_ref().is_some_and(|record| &record.id == id))
+            .as_slice()
+            .iter()
+            .position(|slot| slot.as_ref().is_some_and(|record| &record.id == id))
             .ok_or(Refusal::UnknownKey)?;
-        *slot = None;
-        Ok(())
+        self.records.as_mut_slice()[index] = None;
+        let slot = u16::try_from(index).unwrap_or(u16::MAX);
+        Ok(self.seal_change(None, Some(slot)))
     }
 }
 
@@ -307,6 +544,79 @@ pub(crate) enum StoreSetupError {
     Memory(io::Error),
     /// The operating system gave no entropy (the errno, or 0).
     Entropy(i32),
+    /// The sealed store could not be opened or created.
+    Store(StoreProblem),
+}
+
+/// The unlock secret's bytes, read into one buffer made at its full size first (so no growing
+/// buffer leaves a copy behind), without one trailing newline (`\n` or `\r\n`): a passphrase
+/// file written by an editor or `echo` ends with one.
+fn read_unlock_secret(source: &UnlockSource) -> Result<Zeroizing<Vec<u8>>, StoreProblem> {
+    let mut secret = Zeroizing::new(vec![0u8; MAX_UNLOCK_SECRET_LEN + 1]);
+    let length = match source {
+        UnlockSource::Passphrase(passphrase) => {
+            let length = passphrase.0.len().min(secret.len());
+            secret[..length].copy_from_slice(&passphrase.0[..length]);
+            passphrase.0.len()
+        }
+        UnlockSource::File(path) => {
+            let unreadable = |error: io::Error| StoreProblem::UnlockSecretUnreadable {
+                errno: error.raw_os_error().unwrap_or(0),
+            };
+            let mut file = std::fs::File::open(path_of(path)).map_err(unreadable)?;
+            let mut length = 0;
+            loop {
+                match file.read(&mut secret[length..]) {
+                    Ok(0) => break,
+                    Ok(read) => {
+                        length += read;
+                        if length == secret.len() {
+                            break;
+                        }
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                    Err(error) => return Err(unreadable(error)),
+                }
+            }
+            length
+        }
+    };
+    if length > MAX_UNLOCK_SECRET_LEN {
+        return Err(StoreProblem::UnlockSecretTooLong {
+            cap: MAX_UNLOCK_SECRET_LEN as u32,
+        });
+    }
+    let mut length = length;
+    if secret[..length].ends_with(b"\n") {
+        length -= 1;
+        if secret[..length].ends_with(b"\r") {
+            length -= 1;
+        }
+    }
+    if length == 0 {
+        return Err(StoreProblem::UnlockSecretEmpty);
+    }
+    secret.truncate(length);
+    Ok(secret)
+}
+
+/// The state file's bytes, up to the largest store keyward writes (and one more, so that a
+/// longer file is seen to be too long).
+fn read_state_file(path: &[u8]) -> Result<Vec<u8>, StoreProblem> {
+    let unreadable = |error: io::Error| StoreProblem::StateUnreadable {
+        errno: error.raw_os_error().unwrap_or(0),
+    };
+    let cap = HEADER_LEN + BODY_LEN + RECORD_LEN * crate::wire::MAX_KEY_LIMIT as usize + 1;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path_of(path))
+        .and_then(|file| file.take(cap as u64).read_to_end(&mut bytes))
+        .map_err(unreadable)?;
+    Ok(bytes)
+}
+
+fn path_of(bytes: &[u8]) -> &std::path::Path {
+    use std::os::unix::ffi::OsStrExt;
+    std::path::Path::new(std::ffi::OsStr::from_bytes(bytes))
 }
 
 /// Overwrites the stack below the caller's frame, where the frames of a finished key operation

@@ -12,4 +12,5 @@ pub(crate) mod dispatch;
 pub(crate) mod entry;
 pub(crate) mod hardening;
 pub(crate) mod key_store;
+pub(crate) mod sealing;
 pub(crate) mod serve;

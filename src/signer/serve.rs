@@ -19,7 +19,7 @@ use crate::sys::{self, SecretMemoryBacking};
 use crate::wire::PROTOCOL_VERSION;
 use crate::wire::framing::{FrameReader, ReadError, encode_frame, frame_buffer, write_all};
 use crate::wire::key_types::KeyMemory;
-use crate::wire::startup::{Greeting, exit_code};
+use crate::wire::startup::{Greeting, SealedSummary, exit_code};
 
 /// A lane's read buffer and answer buffer, each one frame at the cap.
 pub(crate) struct LaneBuffers {
@@ -43,6 +43,7 @@ pub(crate) fn serve_lane(
     store: &RwLock<KeyStore>,
     spin: Duration,
     buffers: LaneBuffers,
+    sealed: Option<SealedSummary>,
 ) -> ! {
     let request = lane.request_fd();
     let response = lane.response_fd();
@@ -68,6 +69,7 @@ pub(crate) fn serve_lane(
         protocol_version: PROTOCOL_VERSION,
         key_memory,
         store: store_id,
+        sealed,
     };
     match encode_frame(&ready, &mut answer) {
         Ok(length) if send(&answer[..length]).is_ok() => {}

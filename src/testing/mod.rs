@@ -128,7 +128,7 @@ impl RawSigner {
             SpawnMode::Fork => None,
             SpawnMode::ForkExec { program } => Some(SignerProgram::open(program)?),
         };
-        let mut process = SignerProcess::spawn(&config, program.as_ref(), 1)?;
+        let mut process = SignerProcess::spawn(&config, program.as_ref(), 1, None)?;
         let (request, response) = process
             .take_raw_lane()
             .ok_or(Error::Internal("the signer has no lane"))?;
@@ -376,3 +376,13 @@ pub const FRAME_CAP: usize = crate::wire::MAX_FRAME_LEN;
 
 /// How the signer reports an end caused by a corrupt stream, for tests to compare against.
 pub const CORRUPT_STREAM_END: SignerEnd = SignerEnd::CorruptRequestStream;
+
+pub use crate::host::store::directory::WritePoint as StoreWritePoint;
+
+/// Makes this process kill itself (SIGKILL) when a durable store write reaches `point`, after
+/// `skip` writes have passed that point. For crash tests, in a subprocess host.
+pub fn crash_at_store_write(point: StoreWritePoint, skip: u32) {
+    use std::sync::atomic::Ordering;
+    crate::host::store::directory::CRASH_AFTER_WRITES.store(skip, Ordering::SeqCst);
+    crate::host::store::directory::CRASH_POINT.store(point as u8, Ordering::SeqCst);
+}

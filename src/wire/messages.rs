@@ -16,6 +16,7 @@ use serde::ser::SerializeSeq;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::wire::key_types::{Algorithm, KeySpec, Purpose, WireKeyId};
+use crate::wire::store_format::{ManifestFields, Seal, SealedRecord};
 use crate::wire::{MAX_BATCH, MAX_FRAME_LEN, MAX_KEY_LIMIT, MAX_MESSAGE_LEN};
 
 /// A request from the host to the signer. One variant per operation; the signer handles them in
@@ -66,6 +67,10 @@ pub(crate) enum Request<'a> {
 /// answer and every refusal, with the largest id, is well under it.
 pub(crate) const SMALL_ANSWER_FRAME: usize = 128;
 
+/// The most bytes of an answer frame that carries a sealed store change (a record, a manifest
+/// and their seals, about 330 bytes at most).
+pub(crate) const SEALED_ANSWER_FRAME: usize = 512;
+
 impl Request<'_> {
     /// The most bytes the frame answering this request can take. The signer answers a burst of
     /// requests back to back in one buffer, and checks that this much is left before it handles
@@ -77,12 +82,11 @@ impl Request<'_> {
             Request::SignMany { digests, .. } => {
                 SMALL_ANSWER_FRAME + SIGNATURE_LEN * digests.len().min(MAX_BATCH)
             }
-            Request::GenerateKey { .. }
-            | Request::PublicKey { .. }
+            Request::GenerateKey { .. } | Request::DropKey { .. } => SEALED_ANSWER_FRAME,
+            Request::PublicKey { .. }
             | Request::SignDigest { .. }
             | Request::SignMessage { .. }
             | Request::DiffieHellman { .. }
-            | Request::DropKey { .. }
             | Request::AttemptForbiddenSyscall { .. } => SMALL_ANSWER_FRAME,
         }
     }
@@ -224,6 +228,26 @@ pub(crate) enum Answer<L = Vec<KeyListing>, S = WireSecret, B = Vec<WireSignatur
     },
     /// The signatures of a `SignMany`, one for each digest, in the order of the digests.
     Signatures(B),
+    /// `KeyGenerated` from a signer with a sealed store: the new key and the sealed change the
+    /// host must write durably before it tells its caller.
+    KeyGeneratedSealed {
+        key: WireKeyId,
+        public_key: [u8; 32],
+        change: StoreChange,
+    },
+    /// `KeyDropped` from a signer with a sealed store, with the sealed change to write.
+    KeyDroppedSealed { change: StoreChange },
+}
+
+/// One write of the sealed store, as the signer hands it to the host: at most one record added
+/// and one removed, and the manifest of the state after the change, sealed. The host applies it
+/// to its copy of the file and writes the result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StoreChange {
+    pub(crate) added: Option<SealedRecord>,
+    pub(crate) removed_slot: Option<u16>,
+    pub(crate) manifest: ManifestFields,
+    pub(crate) manifest_seal: Seal,
 }
 
 /// A Diffie-Hellman result as the host receives it: decoded straight into one heap buffer,
@@ -519,9 +543,10 @@ mod tests {
             (
                 "greeting: `Ready`",
                 framed(&Greeting::Ready {
-                    protocol_version: 3,
+                    protocol_version: 4,
                     key_memory: KeyMemory::LockedAnonymous,
                     store: [0xaa; 8],
+                    sealed: None,
                 }),
             ),
             (

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::wire::key_types::{KeyMemory, SecretMemory, StoreId};
+use crate::wire::store_format::{FormatError, KdfParameters, ManifestFields, Seal, StoreHeader};
 
 /// Exit codes a signer uses, so the supervisor can say why it stopped.
 pub(crate) mod exit_code {
@@ -29,6 +30,8 @@ pub(crate) mod exit_code {
     pub(crate) const PIPE_FAILED: i32 = 74;
     /// The bootstrap message of an exec'd signer was missing or malformed.
     pub(crate) const BAD_BOOTSTRAP: i32 = 75;
+    /// The sealed store could not be opened or created; the greeting said why.
+    pub(crate) const STORE_REFUSED: i32 = 76;
 }
 
 /// What the exec'd signer needs to know, sent as the first frame on lane 0. A forked signer gets
@@ -42,6 +45,130 @@ pub(crate) struct SignerSettings {
     pub(crate) signer_spin_micros: u32,
     pub(crate) parent_pid: i32,
     pub(crate) sandboxed: bool,
+    /// The sealed store to open or create; `None` keeps keys in memory only.
+    pub(crate) store: Option<SignerStoreSettings>,
+}
+
+/// Where a signer's sealed store is and how to unlock it. The signer reads both files itself,
+/// before its sandbox is applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SignerStoreSettings {
+    /// The current state file's path, as bytes.
+    pub(crate) state_path: Vec<u8>,
+    pub(crate) unlock: UnlockSource,
+    /// Set to create a new store with these costs (the host checked that none exists).
+    pub(crate) create: Option<KdfParameters>,
+}
+
+/// Where the unlock secret comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum UnlockSource {
+    /// A file the signer reads itself (a path, as bytes): the host never opens it.
+    File(Vec<u8>),
+    /// A passphrase handed over in memory (tests and interactive use); wiped when dropped.
+    Passphrase(PassphraseBytes),
+}
+
+/// A passphrase in transit to the signer: wiped when dropped, redacted when printed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
+pub(crate) struct PassphraseBytes(#[serde(with = "serde_bytes_vec")] pub(crate) Vec<u8>);
+
+impl std::fmt::Debug for PassphraseBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PassphraseBytes([REDACTED])")
+    }
+}
+
+/// A byte vector as postcard bytes (one length, then the bytes).
+mod serde_bytes_vec {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(bytes)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        <&'de [u8]>::deserialize(deserializer).map(<[u8]>::to_vec)
+    }
+}
+
+/// What a signer with a sealed store reports when it is ready: which write it opened, and the
+/// records it holds (by digest), so the host can check it read the same file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SealedSummary {
+    pub(crate) manifest: ManifestFields,
+    /// Set when the signer created the store: its header and the seal of the empty store's
+    /// manifest, for the host to write before anything else happens.
+    pub(crate) created: Option<CreatedStore>,
+}
+
+/// A store the signer has just created.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct CreatedStore {
+    pub(crate) header: StoreHeader,
+    pub(crate) manifest_seal: Seal,
+}
+
+/// Why a signer could not open or create its sealed store. It says so, then exits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum StoreProblem {
+    /// The unlock secret's file could not be opened or read (the errno).
+    UnlockSecretUnreadable { errno: i32 },
+    /// The unlock secret is empty.
+    UnlockSecretEmpty,
+    /// The unlock secret is longer than the signer reads.
+    UnlockSecretTooLong { cap: u32 },
+    /// The state file could not be opened or read (the errno).
+    StateUnreadable { errno: i32 },
+    /// The state file is not well-formed.
+    Malformed(FormatError),
+    /// The header's verifier does not open: the unlock secret is not this store's.
+    WrongUnlockSecret,
+    /// A seal opened by the right key does not match what it covers.
+    Tampered(TamperedPart),
+    /// The store holds a key in a slot at or above the signer's key limit.
+    KeyLimitTooSmall { needed: u32, limit: u32 },
+    /// The key derivation failed (its parameters were refused).
+    KdfFailed,
+    /// Locked memory for the key-encryption key could not be mapped (the errno).
+    Memory { errno: i32 },
+}
+
+/// Which part of an authenticated store did not check out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum TamperedPart {
+    /// The manifest seal: the sequence number, the record count or the set of records is not
+    /// what the signer sealed.
+    Manifest,
+    /// A record's seal (the record in this slot).
+    Record {
+        /// The record's slot.
+        slot: u16,
+    },
+    /// A record's public key does not belong to its (authentic) secret.
+    PublicKey {
+        /// The record's slot.
+        slot: u16,
+    },
+    /// Two records name the same key.
+    DuplicateKey,
+}
+
+impl std::fmt::Display for TamperedPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TamperedPart::Manifest => f.write_str(
+                "the manifest (its sequence number, record count or set of records) is not one the signer sealed",
+            ),
+            TamperedPart::Record { slot } => write!(f, "the record in slot {slot} does not open"),
+            TamperedPart::PublicKey { slot } => write!(
+                f,
+                "the public key of the record in slot {slot} does not belong to its secret"
+            ),
+            TamperedPart::DuplicateKey => f.write_str("two records name the same key"),
+        }
+    }
 }
 
 /// The first frame an exec'd signer reads: the version, then the settings and the seccomp
@@ -61,11 +188,15 @@ pub(crate) enum Greeting {
         protocol_version: u32,
         key_memory: KeyMemory,
         store: StoreId,
+        /// Set when the signer opened or created a sealed store.
+        sealed: Option<SealedSummary>,
     },
     /// A hardening step failed; the signer then exits.
     HardeningFailed { step: HardeningStep, errno: i32 },
     /// An exec'd signer whose bootstrap had another protocol version.
     VersionMismatch { protocol_version: u32 },
+    /// The sealed store could not be opened or created; the signer then exits.
+    StoreRefused { problem: StoreProblem },
 }
 
 /// A step of the signer's hardening; named in the error when that step fails.
@@ -94,6 +225,8 @@ pub enum HardeningStep {
     ResourceLimits,
     /// Loading the seccomp filter.
     SeccompFilter,
+    /// Opening or creating the sealed key store (before the sandbox).
+    SealedStore,
 }
 
 impl std::fmt::Display for HardeningStep {
@@ -110,6 +243,7 @@ impl std::fmt::Display for HardeningStep {
             HardeningStep::NoNewPrivileges => "setting no-new-privileges",
             HardeningStep::ResourceLimits => "setting resource limits",
             HardeningStep::SeccompFilter => "loading the seccomp filter",
+            HardeningStep::SealedStore => "opening the sealed key store",
         })
     }
 }

@@ -138,7 +138,10 @@ impl Lane {
         let mut writer = lock(&self.writer);
         let LaneWriter { fd, buffer, .. } = &mut *writer;
         let length = encode_frame(message, buffer).map_err(|_| None)?;
-        write_frame(fd.as_fd(), &buffer[..length], pidfd, deadline).map_err(Some)
+        let written = write_frame(fd.as_fd(), &buffer[..length], pidfd, deadline).map_err(Some);
+        // The bootstrap may carry an in-memory passphrase for the store: no copy stays behind.
+        zeroize::Zeroize::zeroize(&mut buffer[..length]);
+        written
     }
 
     /// Reads the lane's greeting. `Err(None)`: a frame came that is not a greeting.

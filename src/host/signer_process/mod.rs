@@ -19,6 +19,7 @@ use crate::host::status::{self, FilterCheck, SignerStatus};
 use crate::sys;
 use crate::wire::key_types::{KeyMemory, StoreId};
 use crate::wire::messages::{Answer, Refusal};
+use crate::wire::startup::SealedSummary;
 use lanes::Lane;
 use watch::ChildWatch;
 
@@ -57,6 +58,8 @@ pub(crate) struct SignerProcess {
     watcher: Option<JoinHandle<()>>,
     /// How the signer's seccomp program compared with keyward's when it became ready.
     filter: FilterCheck,
+    /// What a signer with a sealed store reported when it became ready.
+    sealed: Option<SealedSummary>,
 }
 
 impl SignerProcess {
@@ -73,6 +76,11 @@ impl SignerProcess {
     /// The store the signer serves; every key id it hands out names it.
     pub(crate) fn store(&self) -> StoreId {
         self.store
+    }
+
+    /// What the signer reported of its sealed store when it became ready (`None`: memory only).
+    pub(crate) fn sealed_summary(&self) -> Option<&SealedSummary> {
+        self.sealed.as_ref()
     }
 
     /// Whether the signer has ended (or is being ended).
@@ -255,7 +263,7 @@ mod tests {
             // Without CAP_SYS_ADMIN the kernel shows nothing to compare.
             return;
         }
-        let signer = SignerProcess::spawn(&Config::default(), None, 1)
+        let signer = SignerProcess::spawn(&Config::default(), None, 1, None)
             .unwrap_or_else(|error| panic!("spawn: {error}"));
         assert_eq!(signer.filter, FilterCheck::Identical);
         let compiled: Vec<sys::Instruction> = sandbox_policy::compiled_filter()

@@ -19,12 +19,16 @@ use crate::host::error::{SignerEnd, SpawnError};
 use crate::host::sandbox_policy::{self, Sandbox};
 use crate::host::signer_program::SignerProgram;
 use crate::host::status::{self, FilterCheck};
+use crate::host::store::HostStore;
 use crate::signer::entry::{self, ForkedLaunch, SIGNER_ARGUMENT};
 use crate::sys;
 use crate::wire::PROTOCOL_VERSION;
 use crate::wire::framing::ReadError;
 use crate::wire::key_types::{KeyMemory, StoreId};
-use crate::wire::startup::{Bootstrap, Greeting, HardeningStep, SignerSettings, exit_code};
+use crate::wire::startup::{
+    Bootstrap, Greeting, HardeningStep, SealedSummary, SignerSettings, SignerStoreSettings,
+    exit_code,
+};
 
 impl SignerProcess {
     /// Starts a signer and waits until every worker says it is hardened and ready. With
@@ -34,7 +38,12 @@ impl SignerProcess {
         config: &Config,
         program: Option<&SignerProgram>,
         generation: u32,
+        store: Option<(&HostStore, SignerStoreSettings)>,
     ) -> Result<Self, SpawnError> {
+        let (host_store, store_settings) = match store {
+            Some((host_store, settings)) => (Some(host_store), Some(settings)),
+            None => (None, None),
+        };
         let system = |what: &'static str| move |source| SpawnError::System { what, source };
         entry::prepare_panic_exit();
         let filter = match config.sandbox {
@@ -96,6 +105,7 @@ impl SignerProcess {
                 .unwrap_or(u32::MAX),
             parent_pid: nix::unistd::getpid().as_raw(),
             sandboxed: config.sandbox == Sandbox::Enforced,
+            store: store_settings,
         };
         // The program as the kernel will show it: what the signer's filter is compared with.
         let program_compiled: Vec<sys::Instruction> =
@@ -181,13 +191,15 @@ impl SignerProcess {
             shutdown: Some(shutdown_write),
             watcher: Some(watcher),
             filter: FilterCheck::Unsandboxed,
+            sealed: None,
         };
         // On any failure below, dropping `signer` kills and reaps the process.
         let ready_by = Instant::now() + config.spawn_timeout;
         if let Some(bootstrap) = bootstrap {
             signer.send_bootstrap(&bootstrap, ready_by)?;
         }
-        (signer.key_memory, signer.store) = signer.await_ready(config.spawn_timeout, ready_by)?;
+        (signer.key_memory, signer.store, signer.sealed) =
+            signer.await_ready(config.spawn_timeout, ready_by, host_store)?;
         // "Ready" is the signer's word; the kernel's is what counts. A signer that says it but
         // is not filtered, or kept a privilege on any thread, never serves.
         if config.sandbox == Sandbox::Enforced {
@@ -222,8 +234,9 @@ impl SignerProcess {
         &self,
         timeout: Duration,
         deadline: Instant,
-    ) -> Result<(KeyMemory, StoreId), SpawnError> {
-        let mut ready: Option<(KeyMemory, StoreId)> = None;
+        host_store: Option<&HostStore>,
+    ) -> Result<(KeyMemory, StoreId, Option<SealedSummary>), SpawnError> {
+        let mut ready: Option<(KeyMemory, StoreId, Option<SealedSummary>)> = None;
         for lane in &self.lanes {
             let greeting = match lane.read_greeting(self.child.pidfd.as_fd(), deadline) {
                 Ok(greeting) => greeting,
@@ -242,13 +255,25 @@ impl SignerProcess {
                     protocol_version: PROTOCOL_VERSION,
                     key_memory,
                     store,
-                } => match ready {
-                    Some((_, first_store)) if first_store != store => {
+                    sealed,
+                } => match &ready {
+                    Some((_, first_store, first_sealed))
+                        if *first_store != store || *first_sealed != sealed =>
+                    {
                         self.child.kill(SignerEnd::ProtocolViolation);
                         return Err(SpawnError::UnexpectedGreeting);
                     }
-                    _ => ready = Some((key_memory, store)),
+                    _ => ready = Some((key_memory, store, sealed)),
                 },
+                Greeting::StoreRefused { problem } => {
+                    return Err(match host_store {
+                        Some(host_store) => SpawnError::Store(host_store.problem_error(problem)),
+                        None => {
+                            self.child.kill(SignerEnd::ProtocolViolation);
+                            SpawnError::UnexpectedGreeting
+                        }
+                    });
+                }
                 Greeting::HardeningFailed { step, errno } => {
                     return Err(SpawnError::Hardening { step, errno });
                 }
