@@ -745,7 +745,52 @@ mod tests {
             digests: &over,
         };
         assert!(request.largest_answer_frame() >= SMALL_ANSWER_FRAME);
-        assert!(Request::GenerateKey { spec }.largest_answer_frame() == SMALL_ANSWER_FRAME);
+        // A sealed change at its largest: every varint at its widest.
+        let record = SealedRecord {
+            slot: u16::MAX,
+            local: [0xff; 16],
+            purpose: Purpose::NetworkHandshake,
+            algorithm: Algorithm::X25519,
+            created: u64::MAX,
+            public_key: [0xff; 32],
+            sealed_secret: [0xff; 32],
+            seal: Seal {
+                nonce: [0xff; 24],
+                tag: [0xff; 16],
+            },
+        };
+        let change = StoreChange {
+            added: Some(record),
+            removed_slot: Some(u16::MAX),
+            manifest: ManifestFields {
+                sequence: u64::MAX,
+                record_count: u32::MAX,
+                records_digest: [0xff; 32],
+            },
+            manifest_seal: Seal {
+                nonce: [0xff; 24],
+                tag: [0xff; 16],
+            },
+        };
+        for answer in [
+            Answer::KeyGeneratedSealed {
+                key,
+                public_key: [0xff; 32],
+                change,
+            },
+            Answer::KeyDroppedSealed { change },
+        ] {
+            let answer_length = framed(&AnswerFrame::<(), &[u8; 32]> { id, answer }).len();
+            assert!(answer_length <= SEALED_ANSWER_FRAME, "{answer_length}");
+        }
+        assert_eq!(
+            Request::GenerateKey { spec }.largest_answer_frame(),
+            SEALED_ANSWER_FRAME
+        );
+        assert_eq!(
+            Request::DropKey { key }.largest_answer_frame(),
+            SEALED_ANSWER_FRAME
+        );
         let listings = vec![
             KeyListing {
                 key,
