@@ -19,15 +19,15 @@ use keyward::{
     SpawnError, SpawnMode,
 };
 
-/// The greeting a real signer sends: a frame of 11 bytes, `Greeting::Ready`, protocol version 3,
-/// key memory `LockedAnonymous`, store id all zeros, as `printf` octal escapes.
-const READY: &str = r"\013\000\000\000\000\003\001\000\000\000\000\000\000\000\000";
+/// The greeting a real signer sends: a frame of 12 bytes, `Greeting::Ready`, protocol version 4,
+/// key memory `LockedAnonymous`, store id all zeros, no sealed store, as `printf` octal escapes.
+const READY: &str = r"\014\000\000\000\000\004\001\000\000\000\000\000\000\000\000\000";
 
 /// The greeting's protocol version is the library's.
 #[test]
 fn the_scripted_greeting_speaks_this_protocol_version() {
-    assert_eq!(keyward::PROTOCOL_VERSION, 3, "update READY's version byte");
-    assert!(READY.starts_with(r"\013\000\000\000\000\003"));
+    assert_eq!(keyward::PROTOCOL_VERSION, 4, "update READY's version byte");
+    assert!(READY.starts_with(r"\014\000\000\000\000\004"));
 }
 
 /// Waits on the request pipe until the supervisor closes it (then the impostor exits).

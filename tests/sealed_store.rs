@@ -1,4 +1,5 @@
 //! The sealed store: keys, ids and public keys survive the service, in both spawn modes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -44,9 +45,11 @@ fn keys_survive_a_restart_in_both_spawn_modes() {
         let base = store_dir(name);
         let unlock = unlock_file(&base);
         let store_path = base.join("store");
-        let config = Config::default()
-            .with_spawn_mode(mode)
-            .with_store(StoreConfig::new(&store_path, unlock).create_if_missing().with_kdf(TEST_KDF));
+        let config = Config::default().with_spawn_mode(mode).with_store(
+            StoreConfig::new(&store_path, unlock)
+                .create_if_missing()
+                .with_kdf(TEST_KDF),
+        );
         let digest = [7u8; 32];
         let (ids, before, signature) = {
             let service = SecretService::spawn(config.clone()).unwrap();
@@ -54,12 +57,20 @@ fn keys_survive_a_restart_in_both_spawn_modes() {
                 .iter()
                 .map(|&purpose| service.generate_key(KeySpec::new(purpose)).unwrap())
                 .collect();
-            let before: Vec<_> = ids.iter().map(|&id| service.public_key(id).unwrap()).collect();
+            let before: Vec<_> = ids
+                .iter()
+                .map(|&id| service.public_key(id).unwrap())
+                .collect();
             let signature = service.sign(ids[1], &digest).unwrap();
             (ids, before, signature)
         };
         let service = SecretService::spawn(config).unwrap();
-        let mut listed: Vec<_> = service.list_keys().unwrap().into_iter().map(|k| k.id).collect();
+        let mut listed: Vec<_> = service
+            .list_keys()
+            .unwrap()
+            .into_iter()
+            .map(|k| k.id)
+            .collect();
         let mut expected = ids.clone();
         listed.sort_by_key(|id| format!("{id:#}"));
         expected.sort_by_key(|id| format!("{id:#}"));

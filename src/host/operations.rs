@@ -7,9 +7,7 @@
 use crate::wire::key_types::{Algorithm, KeySpec, Purpose, StoreId, WireKeyId};
 #[cfg(feature = "test-support")]
 use crate::wire::messages::ForbiddenSyscall;
-use crate::wire::messages::{
-    Answer, KeyListing, Request, StoreChange, WireSecret, WireSignature,
-};
+use crate::wire::messages::{Answer, KeyListing, Request, StoreChange, WireSecret, WireSignature};
 
 /// One operation the signer performs.
 pub(crate) trait Operation {

@@ -20,10 +20,10 @@ use crate::host::signer_process::{CallFailure, SignerProcess};
 use crate::host::signer_program::SignerProgram;
 use crate::host::status::SignerStatus;
 use crate::host::store::{AdoptError, HostStore, SignerLaunch};
-use crate::wire::messages::StoreChange;
-use crate::wire::store_format::StoreFile;
 use crate::wire::key_types::{KeySpec, StoreId};
 use crate::wire::messages::Refusal;
+use crate::wire::messages::StoreChange;
+use crate::wire::store_format::StoreFile;
 use crate::wire::{MAX_BATCH, MAX_MESSAGE_LEN};
 
 /// How many ended signers' stores a service remembers, to tell a key of an ended signer from a
@@ -85,7 +85,10 @@ impl SecretService {
             SpawnMode::ForkExec { program } => Some(SignerProgram::open(program)?),
         };
         let (store, signer) = match &config.store {
-            None => (None, SignerProcess::spawn(&config, program.as_ref(), 1, None)?),
+            None => (
+                None,
+                SignerProcess::spawn(&config, program.as_ref(), 1, None)?,
+            ),
             Some(store_config) => {
                 let (store, launch) = HostStore::open(store_config)?;
                 let signer = start_sealed(&config, program.as_ref(), 1, &store, launch)?;
@@ -197,8 +200,13 @@ impl ServiceCore {
             None => SignerProcess::spawn(&self.config, self.program.as_ref(), generation, None)?,
             Some(store) => {
                 let launch = store.launch(None)?;
-                let (signer, file) =
-                    start_sealed_signer(&self.config, self.program.as_ref(), generation, store, launch)?;
+                let (signer, file) = start_sealed_signer(
+                    &self.config,
+                    self.program.as_ref(),
+                    generation,
+                    store,
+                    launch,
+                )?;
                 if let Some(copy) = store_copy.as_mut() {
                     **copy = Some((generation, file));
                 }
@@ -239,16 +247,16 @@ impl ServiceCore {
         operation: &O,
         change_of: impl Fn(&O::Output) -> Option<StoreChange>,
         undo: impl Fn(&O::Output) -> Option<operations::DropKey>,
-    ) -> Result<(Arc<SignerProcess>, Result<O::Output, Refusal>)> {
+    ) -> Result<Changed<O::Output>> {
         let Some(store) = &self.store else {
             let signer = self.signer();
             let result = self.perform(&signer, operation)?;
-            if let Ok(output) = &result {
-                if change_of(output).is_some() {
-                    return Err(signer.verdict(CallFailure::Misbehaved(
-                        "a sealed change from a signer without a store",
-                    )));
-                }
+            if let Ok(output) = &result
+                && change_of(output).is_some()
+            {
+                return Err(signer.verdict(CallFailure::Misbehaved(
+                    "a sealed change from a signer without a store",
+                )));
             }
             return Ok((signer, result));
         };
@@ -258,7 +266,9 @@ impl ServiceCore {
             Some((generation, file)) if *generation == signer.generation() => {
                 Self::change_and_write(store, file, &signer, operation, change_of, undo)
             }
-            Some(_) => Err(Error::Internal("the store's copy belongs to another signer")),
+            Some(_) => Err(Error::Internal(
+                "the store's copy belongs to another signer",
+            )),
             None => Err(Error::Internal("a sealed store with no copy of its file")),
         };
         drop(copy);
@@ -297,10 +307,10 @@ impl ServiceCore {
         if let Err(error) = store.write(file) {
             // The signer still holds what it made: it forgets it, and the copy follows
             // (unwritten: the disk keeps the state before the change).
-            if let Some(undo) = undo(&output) {
-                if let Ok(Ok(Some(change))) = signer.perform(&undo) {
-                    let _ = HostStore::apply(file, &change);
-                }
+            if let Some(undo) = undo(&output)
+                && let Ok(Ok(Some(change))) = signer.perform(&undo)
+            {
+                let _ = HostStore::apply(file, &change);
             }
             return Err(Error::Store(error));
         }
@@ -592,6 +602,10 @@ fn start_sealed_signer(
         Err(AdoptError::Store(error)) => Err(Error::Store(error)),
     }
 }
+
+/// What a change gives its caller: the signer it was made on (for the refusal's error) and its
+/// output or refusal.
+type Changed<T> = (Arc<SignerProcess>, Result<T, Refusal>);
 
 /// The first signer of a service with a sealed store.
 fn start_sealed(

@@ -66,7 +66,9 @@ pub(crate) fn harden_and_serve(
     // A sealed store is opened (its unlock secret and state file read, its key derived) here,
     // before the resource limits and the filter forbid opening files and growing memory.
     let opened = match &settings.store {
-        None => KeyStore::new(settings.key_limit, settings.secret_memory).map(|store| (store, None)),
+        None => {
+            KeyStore::new(settings.key_limit, settings.secret_memory).map(|store| (store, None))
+        }
         Some(store_settings) => {
             KeyStore::open_sealed(settings.key_limit, settings.secret_memory, store_settings)
                 .map(|(store, summary)| (store, Some(summary)))
@@ -78,10 +80,9 @@ pub(crate) fn harden_and_serve(
             report_failure(HardeningStep::SecretMemory, errno_of(&error))
         }
         Err(StoreSetupError::Entropy(errno)) => report_failure(HardeningStep::Entropy, errno),
-        Err(StoreSetupError::Store(problem)) => greet_and_exit(
-            Greeting::StoreRefused { problem },
-            exit_code::STORE_REFUSED,
-        ),
+        Err(StoreSetupError::Store(problem)) => {
+            greet_and_exit(Greeting::StoreRefused { problem }, exit_code::STORE_REFUSED)
+        }
     };
     let store = Arc::new(RwLock::new(store));
     let spin = Duration::from_micros(u64::from(settings.signer_spin_micros));

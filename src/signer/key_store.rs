@@ -27,8 +27,8 @@ use crate::wire::startup::{
     CreatedStore, SealedSummary, SignerStoreSettings, StoreProblem, TamperedPart, UnlockSource,
 };
 use crate::wire::store_format::{
-    BODY_LEN, HEADER_LEN, ManifestFields, RECORD_LEN, RecordsDigest, Seal, SealedRecord,
-    StoreFile, StoreHeader,
+    BODY_LEN, HEADER_LEN, ManifestFields, RECORD_LEN, RecordsDigest, Seal, SealedRecord, StoreFile,
+    StoreHeader,
 };
 
 /// A secret key. No `Debug`, no `Clone`, no `Serialize`; wiped on drop by the dalek types.
@@ -237,10 +237,13 @@ impl KeyStore {
                 }
             }
             None => {
-                let bytes = read_state_file(&settings.state_path).map_err(StoreSetupError::Store)?;
+                let bytes =
+                    read_state_file(&settings.state_path).map_err(StoreSetupError::Store)?;
                 let file = StoreFile::parse(&bytes)
                     .map_err(|error| StoreSetupError::Store(StoreProblem::Malformed(error)))?;
-                store.load(&file, &unlock, backing).map_err(StoreSetupError::Store)?;
+                store
+                    .load(&file, &unlock, backing)
+                    .map_err(StoreSetupError::Store)?;
                 SealedSummary {
                     manifest: file.manifest,
                     created: None,
@@ -275,16 +278,25 @@ impl KeyStore {
                     limit,
                 });
             }
-            if self.records.as_slice().iter().flatten().any(|held| held.id == record.local) {
+            if self
+                .records
+                .as_slice()
+                .iter()
+                .flatten()
+                .any(|held| held.id == record.local)
+            {
                 return Err(StoreProblem::Tampered(TamperedPart::DuplicateKey));
             }
             let Some(secret) = sealer.open_record(&header.store, record) else {
-                return Err(StoreProblem::Tampered(TamperedPart::Record { slot: record.slot }));
+                return Err(StoreProblem::Tampered(TamperedPart::Record {
+                    slot: record.slot,
+                }));
             };
             let (key, public_key) = SecretKey::from_bytes(record.algorithm, &secret);
-            if public_key != record.public_key || record.purpose.algorithm() != record.algorithm
-            {
-                return Err(StoreProblem::Tampered(TamperedPart::PublicKey { slot: record.slot }));
+            if public_key != record.public_key || record.purpose.algorithm() != record.algorithm {
+                return Err(StoreProblem::Tampered(TamperedPart::PublicKey {
+                    slot: record.slot,
+                }));
             }
             self.records.as_mut_slice()[slot] = Some(KeyRecord {
                 id: record.local,
@@ -316,7 +328,10 @@ impl KeyStore {
         let mut digest = RecordsDigest::default();
         for (slot, record) in self.records.as_slice().iter().enumerate() {
             let slot = u16::try_from(slot).unwrap_or(u16::MAX);
-            if let Some(sealed) = record.as_ref().and_then(|record| record.sealed_record(slot)) {
+            if let Some(sealed) = record
+                .as_ref()
+                .and_then(|record| record.sealed_record(slot))
+            {
                 digest.add(&sealed);
             }
         }
@@ -399,7 +414,9 @@ impl KeyStore {
                     tag: [0; 16],
                 },
             };
-            sealed.sealer.seal_record(&self.id, &mut record, &seed, nonce);
+            sealed
+                .sealer
+                .seal_record(&self.id, &mut record, &seed, nonce);
             sealed_record = Some(record);
         }
         self.records.as_mut_slice()[free] = Some(KeyRecord {
@@ -583,7 +600,7 @@ fn read_unlock_secret(source: &UnlockSource) -> Result<Zeroizing<Vec<u8>>, Store
     };
     if length > MAX_UNLOCK_SECRET_LEN {
         return Err(StoreProblem::UnlockSecretTooLong {
-            cap: MAX_UNLOCK_SECRET_LEN as u32,
+            cap: u32::try_from(MAX_UNLOCK_SECRET_LEN).unwrap_or(u32::MAX),
         });
     }
     let mut length = length;

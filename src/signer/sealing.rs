@@ -12,10 +12,10 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::sys::{SecretCells, SecretMemoryBacking};
 use crate::wire::key_types::StoreId;
+use crate::wire::startup::StoreProblem;
 use crate::wire::store_format::{
     KdfParameters, ManifestFields, Seal, SealedRecord, StoreHeader, VERIFIER_LABEL,
 };
-use crate::wire::startup::StoreProblem;
 
 /// The longest unlock secret read (a passphrase, or a systemd credential): 4 KiB.
 pub(crate) const MAX_UNLOCK_SECRET_LEN: usize = 4096;
@@ -39,9 +39,10 @@ impl Sealer {
         kdf.check().map_err(|_| StoreProblem::KdfFailed)?;
         let params = argon2::Params::new(kdf.memory_kib, kdf.passes, kdf.lanes, Some(32))
             .map_err(|_| StoreProblem::KdfFailed)?;
-        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-        let mut key = SecretCells::new(1, backing, || [0u8; 32])
-            .map_err(|error| StoreProblem::Memory {
+        let argon =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let mut key =
+            SecretCells::new(1, backing, || [0u8; 32]).map_err(|error| StoreProblem::Memory {
                 errno: error.raw_os_error().unwrap_or(0),
             })?;
         // Allocated before the sandbox (which forbids growing memory), wiped and freed before it.
@@ -64,9 +65,11 @@ impl Sealer {
 
     /// Seals `secret` in place under `nonce` with `associated_data`; returns the tag.
     fn seal(&self, nonce: &[u8; 24], associated_data: &[u8], secret: &mut [u8]) -> [u8; 16] {
-        let tag = self
-            .cipher()
-            .encrypt_inout_detached(nonce.into(), associated_data, InOutBuf::from(secret));
+        let tag = self.cipher().encrypt_inout_detached(
+            nonce.into(),
+            associated_data,
+            InOutBuf::from(secret),
+        );
         // Encryption fails only for inputs longer than XChaCha20 can count (256 GiB).
         tag.map_or([0; 16], Into::into)
     }
@@ -162,8 +165,13 @@ mod tests {
     };
 
     fn sealer(unlock: &[u8]) -> Sealer {
-        Sealer::derive(unlock, SMALL, &[5; 16], SecretMemoryBacking::LockedAnonymous)
-            .unwrap_or_else(|problem| panic!("{problem:?}"))
+        Sealer::derive(
+            unlock,
+            SMALL,
+            &[5; 16],
+            SecretMemoryBacking::LockedAnonymous,
+        )
+        .unwrap_or_else(|problem| panic!("{problem:?}"))
     }
 
     fn header(sealer: &Sealer) -> StoreHeader {
@@ -210,15 +218,30 @@ mod tests {
         };
         let secret = [0x5a; 32];
         sealer.seal_record(&[1; 8], &mut record, &secret, [6; 24]);
-        assert_ne!(record.sealed_secret, secret, "the secret is not in the clear");
-        assert_eq!(sealer.open_record(&[1; 8], &record).as_deref(), Some(&secret));
-        assert!(sealer.open_record(&[2; 8], &record).is_none(), "another store");
+        assert_ne!(
+            record.sealed_secret, secret,
+            "the secret is not in the clear"
+        );
+        assert_eq!(
+            sealer.open_record(&[1; 8], &record).as_deref(),
+            Some(&secret)
+        );
+        assert!(
+            sealer.open_record(&[2; 8], &record).is_none(),
+            "another store"
+        );
         let mut moved = record;
         moved.slot = 3;
-        assert!(sealer.open_record(&[1; 8], &moved).is_none(), "another slot");
+        assert!(
+            sealer.open_record(&[1; 8], &moved).is_none(),
+            "another slot"
+        );
         let mut flipped = record;
         flipped.sealed_secret[0] ^= 1;
-        assert!(sealer.open_record(&[1; 8], &flipped).is_none(), "a flipped bit");
+        assert!(
+            sealer.open_record(&[1; 8], &flipped).is_none(),
+            "a flipped bit"
+        );
     }
 
     #[test]

@@ -236,7 +236,9 @@ pub(crate) enum Answer<L = Vec<KeyListing>, S = WireSecret, B = Vec<WireSignatur
         change: StoreChange,
     },
     /// `KeyDropped` from a signer with a sealed store, with the sealed change to write.
-    KeyDroppedSealed { change: StoreChange },
+    KeyDroppedSealed {
+        change: StoreChange,
+    },
 }
 
 /// One write of the sealed store, as the signer hands it to the host: at most one record added

@@ -70,7 +70,9 @@ pub(crate) enum UnlockSource {
 }
 
 /// A passphrase in transit to the signer: wiped when dropped, redacted when printed.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
+#[derive(
+    Clone, PartialEq, Eq, Serialize, Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop,
+)]
 pub(crate) struct PassphraseBytes(#[serde(with = "serde_bytes_vec")] pub(crate) Vec<u8>);
 
 impl std::fmt::Debug for PassphraseBytes {
@@ -87,7 +89,9 @@ mod serde_bytes_vec {
         serializer.serialize_bytes(bytes)
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<u8>, D::Error> {
         <&'de [u8]>::deserialize(deserializer).map(<[u8]>::to_vec)
     }
 }

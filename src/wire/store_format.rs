@@ -121,7 +121,7 @@ impl StoreHeader {
     }
 
     /// The header's bytes, checksum last.
-    pub(crate) fn to_bytes(&self) -> [u8; HEADER_LEN] {
+    pub(crate) fn to_bytes(self) -> [u8; HEADER_LEN] {
         let mut bytes = [0u8; HEADER_LEN];
         bytes[..VERIFIED_LEN].copy_from_slice(&self.verified_bytes());
         bytes[47..71].copy_from_slice(&self.verifier.nonce);
@@ -181,7 +181,7 @@ impl SealedRecord {
     }
 
     /// The record's bytes in the file.
-    pub(crate) fn to_bytes(&self) -> [u8; RECORD_LEN] {
+    pub(crate) fn to_bytes(self) -> [u8; RECORD_LEN] {
         let mut bytes = [0u8; RECORD_LEN];
         bytes[..RECORD_CLEAR_LEN].copy_from_slice(&self.clear_bytes());
         bytes[60..84].copy_from_slice(&self.seal.nonce);
@@ -194,7 +194,8 @@ impl SealedRecord {
         Ok(Self {
             slot: u16::from_le_bytes([bytes[0], bytes[1]]),
             local: array(&bytes[2..18]),
-            purpose: purpose_from(bytes[18]).ok_or(FormatError::Corrupt(CorruptField::RecordPurpose))?,
+            purpose: purpose_from(bytes[18])
+                .ok_or(FormatError::Corrupt(CorruptField::RecordPurpose))?,
             algorithm: algorithm_from(bytes[19])
                 .ok_or(FormatError::Corrupt(CorruptField::RecordAlgorithm))?,
             created: u64::from_le_bytes(array(&bytes[20..28])),
@@ -300,7 +301,10 @@ impl std::fmt::Display for FormatError {
                 "it is store format version {found}; this build reads version {FORMAT_VERSION}"
             ),
             FormatError::Truncated { length, needed } => {
-                write!(f, "it is truncated: {length} bytes, at least {needed} needed")
+                write!(
+                    f,
+                    "it is truncated: {length} bytes, at least {needed} needed"
+                )
             }
             FormatError::TrailingBytes { length, expected } => write!(
                 f,
@@ -592,7 +596,10 @@ mod tests {
     fn every_truncation_and_every_extra_byte_is_refused() {
         let bytes = sample().to_bytes();
         for length in 0..bytes.len() {
-            assert!(StoreFile::parse(&bytes[..length]).is_err(), "length {length}");
+            assert!(
+                StoreFile::parse(&bytes[..length]).is_err(),
+                "length {length}"
+            );
         }
         let mut longer = bytes.clone();
         longer.push(0);

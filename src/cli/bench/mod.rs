@@ -21,6 +21,7 @@ mod progress;
 mod report;
 mod scenarios;
 mod ssh_agent;
+mod store;
 
 use std::time::Duration;
 
@@ -165,7 +166,13 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     };
 
     let local = Local::new()?;
+    let store_bench = store::StoreBench::new(main_workers, latency)?;
     let load_before = procfs::load_average();
+    println!(
+        "keyward bench: sealed-store scenarios in {} (signer pid {})",
+        store_bench.directory().display(),
+        store_bench.pid()
+    );
     println!(
         "keyward bench: {} rounds; latency scenarios take turns every {} operations; \
          {} cores; signer pid {} with {} worker(s), caller_spin {:?}, signer_spin {:?}",
@@ -179,7 +186,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     );
 
     let (mut latency_rows, row_index) =
-        scenarios::latency_scenarios(&plan, main, &signers, &local, agent.as_mut())?;
+        scenarios::latency_scenarios(&plan, main, &signers, &local, agent.as_mut(), &store_bench)?;
     let (mut throughput_rows, worker_rows) =
         scenarios::throughput_scenarios(&signers, &local, cores)?;
     // Two steps after the rounds: the idle second and the memory readings.

@@ -16,6 +16,10 @@ pub(super) struct RowIndex {
     pub(super) sign: usize,
     pub(super) gap: usize,
     pub(super) agent: Option<usize>,
+    /// The sealed store's durable write (its baseline is a bare fsync).
+    pub(super) store_write: usize,
+    /// Signing by a service on a sealed store.
+    pub(super) store_sign: usize,
 }
 
 /// Everything measured, ready to print.
@@ -236,6 +240,23 @@ impl Report<'_> {
                 println!("  [skipped] faster than ssh-agent: no ssh-agent comparison in this run");
             }
         }
+        // The sealed store's bar: a durable write within 1.2x a bare fsync of the same size in
+        // the same directory, and signing no slower with a store than without.
+        let store_write = self.latency_ratio(self.rows.store_write, false);
+        target(
+            store_write <= 1.2,
+            format!(
+                "sealed store write, median: {store_write:.2}x a bare write + fsync (<= 1.20x)"
+            ),
+        );
+        let with_store = per_round_ratio(
+            &self.latency[self.rows.store_sign].medians,
+            &self.latency[self.rows.sign].medians,
+        );
+        target(
+            with_store <= 1.05,
+            format!("sign with a sealed store, median: {with_store:.2}x without (<= 1.05x)"),
+        );
         let idle_share = 100.0 * self.idle.share_of_core();
         target(
             idle_share < 1.0,

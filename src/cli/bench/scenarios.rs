@@ -18,6 +18,7 @@ use super::measure::{LatencyRow, ThroughputRow, process_cpu_ns};
 use super::procfs::{IdleCpu, Memory, ProcessCpu};
 use super::report::{RowIndex, format_gap, plural, spin_label};
 use super::ssh_agent::SshAgent;
+use super::store::StoreBench;
 
 /// What the latency scenarios sign (what is signed does not change the cost).
 const DIGEST: [u8; 32] = [0x5a; 32];
@@ -166,6 +167,7 @@ pub(super) fn latency_scenarios<'a>(
     signers: &'a Signers,
     local: &'a Local,
     agent: Option<&'a mut SshAgent>,
+    store: &'a StoreBench,
 ) -> Result<(Vec<LatencyRow<'a>>, RowIndex)> {
     let back_to_back_per_turn = plan.per_chunk(plan.ops);
     let idle_gaps_per_turn = plan.per_chunk(plan.gap_ops);
@@ -251,6 +253,31 @@ pub(super) fn latency_scenarios<'a>(
         None => None,
     };
 
+    // The sealed store: its durable writes against a bare fsync in the same directory, and its
+    // signing against signing without a store.
+    let store_per_turn = plan.per_chunk(plan.agent_ops);
+    let store_baseline = rows.len();
+    rows.push(LatencyRow::new(
+        "bare write + fsync, state-file size, same dir",
+        None,
+        store_per_turn,
+        Box::new(move || store.bare_write()),
+    )?);
+    let store_write = rows.len();
+    rows.push(LatencyRow::new(
+        "keyward store write (generate or drop)",
+        Some(store_baseline),
+        store_per_turn,
+        Box::new(move || store.write()),
+    )?);
+    let store_sign = rows.len();
+    rows.push(LatencyRow::new(
+        "keyward sign, back to back, sealed store",
+        Some(0),
+        back_to_back_per_turn,
+        Box::new(move || store.sign(&DIGEST)),
+    )?);
+
     for (spin, service) in &signers.also_spin {
         let label = spin_label(spin);
         rows.push(LatencyRow::new(
@@ -273,6 +300,8 @@ pub(super) fn latency_scenarios<'a>(
         sign: sign_row,
         gap: gap_row,
         agent: agent_row,
+        store_write,
+        store_sign,
     };
     Ok((rows, index))
 }

@@ -37,7 +37,10 @@ const GROUP_OR_OTHER: u32 = 0o077;
 /// The points of a durable write where a crash test can make the host die
 /// (`keyward::testing::crash_at_store_write`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(not(feature = "test-support"), allow(dead_code, reason = "crash tests only"))]
+#[cfg_attr(
+    not(feature = "test-support"),
+    allow(dead_code, reason = "crash tests only")
+)]
 #[cfg_attr(
     not(feature = "test-support"),
     allow(unreachable_pub, reason = "exported only with test-support")
@@ -93,19 +96,20 @@ impl StoreDirectory {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&lock_path)
             .map_err(|error| io_error(&lock_path, "opening the lock file", &error))?;
-        let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(
-            |(_, errno)| match errno {
-                nix::errno::Errno::EWOULDBLOCK => StoreError::Locked {
-                    directory: path.clone(),
-                    lock: lock_path.clone(),
-                },
-                errno => StoreError::Io {
-                    path: lock_path.clone(),
-                    operation: "locking",
-                    errno: errno as i32,
-                },
-            },
-        )?;
+        let lock =
+            Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+                match errno {
+                    nix::errno::Errno::EWOULDBLOCK => StoreError::Locked {
+                        directory: path.clone(),
+                        lock: lock_path.clone(),
+                    },
+                    errno => StoreError::Io {
+                        path: lock_path.clone(),
+                        operation: "locking",
+                        errno: errno as i32,
+                    },
+                }
+            })?;
         Ok(Self { path, _lock: lock })
     }
 
@@ -180,21 +184,21 @@ impl StoreDirectory {
             .map_err(failed(&temporary, WriteStep::SyncTemporary))?;
         drop(file);
         test_point(WritePoint::AfterTemporarySync);
-        if let Some(previous) = previous {
-            if self.has(name)? {
-                // A hard link renamed over the previous copy: the current state never stops
-                // existing under its own name.
-                let staged = self.file(TEMPORARY_PREVIOUS_FILE);
-                let keep = failed(&staged, WriteStep::KeepPrevious);
-                match std::fs::remove_file(&staged) {
-                    Ok(()) => {}
-                    Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-                    Err(error) => return Err(keep(error)),
-                }
-                std::fs::hard_link(&target, &staged)
-                    .and_then(|()| std::fs::rename(&staged, self.file(previous)))
-                    .map_err(failed(&staged, WriteStep::KeepPrevious))?;
+        if let Some(previous) = previous
+            && self.has(name)?
+        {
+            // A hard link renamed over the previous copy: the current state never stops
+            // existing under its own name.
+            let staged = self.file(TEMPORARY_PREVIOUS_FILE);
+            let keep = failed(&staged, WriteStep::KeepPrevious);
+            match std::fs::remove_file(&staged) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => return Err(keep(error)),
             }
+            std::fs::hard_link(&target, &staged)
+                .and_then(|()| std::fs::rename(&staged, self.file(previous)))
+                .map_err(failed(&staged, WriteStep::KeepPrevious))?;
         }
         std::fs::rename(&temporary, &target).map_err(failed(&target, WriteStep::Rename))?;
         test_point(WritePoint::AfterRename);

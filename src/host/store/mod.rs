@@ -16,9 +16,7 @@ use crate::wire::messages::StoreChange;
 use crate::wire::startup::{
     PassphraseBytes, SealedSummary, SignerStoreSettings, StoreProblem, UnlockSource,
 };
-use crate::wire::store_format::{
-    BODY_LEN, HEADER_LEN, KdfParameters, RECORD_LEN, StoreFile,
-};
+use crate::wire::store_format::{BODY_LEN, HEADER_LEN, KdfParameters, RECORD_LEN, StoreFile};
 use directory::{PREVIOUS_FILE, STATE_FILE, STORE_ID_FILE, StoreDirectory};
 pub use error::{StoreError, WriteStep};
 
@@ -144,7 +142,8 @@ impl StoreConfig {
 }
 
 /// The largest state file keyward writes.
-const MAX_STATE_LEN: usize = HEADER_LEN + BODY_LEN + RECORD_LEN * crate::wire::MAX_KEY_LIMIT as usize;
+const MAX_STATE_LEN: usize =
+    HEADER_LEN + BODY_LEN + RECORD_LEN * crate::wire::MAX_KEY_LIMIT as usize;
 
 /// An open store: its locked directory and the host's copy of its file.
 #[derive(Debug)]
@@ -174,9 +173,7 @@ impl SignerLaunch {
 impl HostStore {
     /// Opens the store's directory (creating it if allowed), takes its lock, and reads and
     /// checks what can be checked without the key: permissions, form, the store id.
-    pub(crate) fn open(
-        config: &StoreConfig,
-    ) -> Result<(Self, SignerLaunch), StoreError> {
+    pub(crate) fn open(config: &StoreConfig) -> Result<(Self, SignerLaunch), StoreError> {
         config.validate()?;
         let may_create = config.creation != StoreCreation::OpenExisting;
         let directory = StoreDirectory::open(&config.directory, may_create)?;
@@ -272,7 +269,12 @@ impl HostStore {
                     manifest_seal: created.manifest_seal,
                     records: Vec::new(),
                 };
-                if file.records_digest() != (summary.manifest.record_count, summary.manifest.records_digest) {
+                if file.records_digest()
+                    != (
+                        summary.manifest.record_count,
+                        summary.manifest.records_digest,
+                    )
+                {
                     return Err(AdoptError::Signer("a new store that is not empty"));
                 }
                 let id = format!("{}\n", hex(&file.header.store));
@@ -284,7 +286,11 @@ impl HostStore {
                     .map_err(AdoptError::Store)?;
                 file
             }
-            _ => return Err(AdoptError::Signer("a greeting that does not fit its settings")),
+            _ => {
+                return Err(AdoptError::Signer(
+                    "a greeting that does not fit its settings",
+                ));
+            }
         };
         Ok(file)
     }
@@ -312,7 +318,10 @@ impl HostStore {
         }
         if let Some(added) = change.added {
             let index = records.partition_point(|record| record.slot < added.slot);
-            if records.get(index).is_some_and(|record| record.slot == added.slot) {
+            if records
+                .get(index)
+                .is_some_and(|record| record.slot == added.slot)
+            {
                 return Err("a sealed change that adds a record over another");
             }
             records.insert(index, added);
@@ -323,7 +332,9 @@ impl HostStore {
             manifest_seal: change.manifest_seal,
             records,
         };
-        if changed.records_digest() != (change.manifest.record_count, change.manifest.records_digest) {
+        if changed.records_digest()
+            != (change.manifest.record_count, change.manifest.records_digest)
+        {
             return Err("a sealed change whose manifest does not match the records");
         }
         *file = changed;
@@ -341,7 +352,11 @@ impl HostStore {
         let path = self.directory.file(STATE_FILE);
         match problem {
             StoreProblem::UnlockSecretUnreadable { errno } => StoreError::UnlockSecretUnreadable {
-                path: self.unlock.file_path().map(Path::to_path_buf).unwrap_or_default(),
+                path: self
+                    .unlock
+                    .file_path()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default(),
                 errno,
             },
             StoreProblem::UnlockSecretEmpty => StoreError::UnlockSecretEmpty,
