@@ -147,14 +147,14 @@ fn an_answer_to_a_request_never_made_is_a_protocol_error() {
 
 #[test]
 fn a_signer_that_speaks_another_protocol_version_is_refused() {
-    // `Ready` with protocol version 4.
+    // `Ready` with protocol version 5.
     let impostor = Impostor::new(&format!(
-        r"printf '\013\000\000\000\000\004\001\000\000\000\000\000\000\000\000' >&19
+        r"printf '\014\000\000\000\000\005\001\000\000\000\000\000\000\000\000\000' >&19
 {WAIT_FOR_END}"
     ));
     match SecretService::spawn(impostor.config()) {
         Err(Error::Spawn(SpawnError::VersionMismatch { ours, theirs })) => {
-            assert_eq!((ours, theirs), (keyward::PROTOCOL_VERSION, 4));
+            assert_eq!((ours, theirs), (keyward::PROTOCOL_VERSION, 5));
         }
         other => panic!(
             "expected a version mismatch, got {:?}",
