@@ -45,7 +45,7 @@ impl Signer {
     fn spawn(workers: usize) -> Self {
         let service = SecretService::spawn(Config::default().with_workers(workers)).unwrap();
         let ed25519 = service
-            .generate_key(KeySpec::new(Purpose::Consensus))
+            .generate_key(KeySpec::new(Purpose::Account))
             .unwrap();
         let x25519 = service
             .generate_key(KeySpec::new(Purpose::NetworkHandshake))

@@ -22,7 +22,7 @@
 //!
 //! # fn main() -> Result<(), keyward::Error> {
 //! let service = SecretService::spawn(Config::default())?;
-//! let consensus = service.generate_key(KeySpec::new(Purpose::Consensus))?;
+//! let consensus = service.generate_key(KeySpec::new(Purpose::Account))?;
 //! let public = service.public_key(consensus)?;
 //! let digest = [7u8; 32]; // prehashed by the caller
 //! let signature = service.sign(consensus, &digest)?;
@@ -65,6 +65,10 @@ pub use signer::entry::{SIGNER_ARGUMENT, run_signer_if_requested};
 pub use wire::key_types::{Algorithm, KeyMemory, KeySpec, Purpose, SecretMemory};
 #[cfg(feature = "test-support")]
 pub use wire::messages::ForbiddenSyscall;
+pub use wire::consensus::{
+    CONSENSUS_DOMAIN, CONSENSUS_SIGNING_LEN, ChainId, ChainWatermarks, ConsensusKind,
+    ConsensusMessage, GuardRule, Watermark,
+};
 pub use wire::startup::{HardeningStep, TamperedPart};
 pub use wire::store_format::{CorruptField, FormatError, KdfParameters};
 pub use wire::{

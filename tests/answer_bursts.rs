@@ -107,7 +107,7 @@ fn assert_batch_signed(summary: &str, public: &VerifyingKey, digests: &[[u8; 32]
 fn a_burst_read_at_once_is_answered_in_order_with_one_write() {
     for (mode, config) in common::spawn_modes() {
         let mut raw = RawSigner::spawn(config).unwrap_or_else(|e| panic!("{mode}: {e}"));
-        let (key, public) = generate(&mut raw, 1, Purpose::Consensus);
+        let (key, public) = generate(&mut raw, 1, Purpose::NetworkDiscovery);
         let (handshake, _) = generate(&mut raw, 2, Purpose::NetworkHandshake);
         let public = VerifyingKey::from_bytes(&public).unwrap();
         let batch = common::numbered_digests(5, 0x77);
@@ -207,7 +207,7 @@ fn a_corrupt_frame_in_a_burst_ends_the_stream_after_the_answers_before_it() {
         for (what, corrupt) in [("no id", &no_id), ("over the cap", &over_cap)] {
             let mut raw =
                 RawSigner::spawn(config.clone()).unwrap_or_else(|e| panic!("{mode}: {e}"));
-            let (key, public) = generate(&mut raw, 1, Purpose::Consensus);
+            let (key, public) = generate(&mut raw, 1, Purpose::NetworkDiscovery);
             let public = VerifyingKey::from_bytes(&public).unwrap();
             let batch = common::numbered_digests(3, 0x42);
             let frames = vec![

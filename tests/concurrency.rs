@@ -42,10 +42,10 @@ fn eight_threads_sign_a_thousand_digests_each_over_four_keys() {
     for (mode, config) in common::spawn_modes() {
         let service = SecretService::spawn(config).unwrap();
         let signing_purposes = [
-            Purpose::Consensus,
+            Purpose::NetworkDiscovery,
             Purpose::Account,
             Purpose::NetworkDiscovery,
-            Purpose::Consensus,
+            Purpose::NetworkDiscovery,
         ];
         let keys: Vec<(KeyId, VerifyingKey)> = signing_purposes
             .into_iter()
@@ -97,7 +97,7 @@ fn callers_queued_on_one_worker_each_get_their_own_answer_from_a_burst() {
     const ITERATIONS: usize = 300;
     for (mode, config) in common::spawn_modes() {
         let service = SecretService::spawn(config.with_workers(1)).unwrap();
-        let keys: Vec<(KeyId, VerifyingKey)> = [Purpose::Consensus, Purpose::Account]
+        let keys: Vec<(KeyId, VerifyingKey)> = [Purpose::NetworkDiscovery, Purpose::Account]
             .into_iter()
             .map(|purpose| {
                 let key = service.generate_key(KeySpec::new(purpose)).unwrap();
@@ -186,7 +186,7 @@ fn generate_list_and_drop_run_alongside_signing() {
         let fixed: Vec<(KeyId, VerifyingKey)> = (0..4)
             .map(|_| {
                 let key = service
-                    .generate_key(KeySpec::new(Purpose::Consensus))
+                    .generate_key(KeySpec::new(Purpose::Account))
                     .unwrap();
                 (key, *service.public_key(key).unwrap().as_ed25519().unwrap())
             })
@@ -370,12 +370,12 @@ fn every_spawn_generates_different_keys() {
         // And a respawned signer does not repeat its predecessor.
         let service = SecretService::spawn(config).unwrap();
         let before = service
-            .generate_key(KeySpec::new(Purpose::Consensus))
+            .generate_key(KeySpec::new(Purpose::Account))
             .unwrap();
         let before = service.public_key(before).unwrap();
         service.respawn().unwrap();
         let after = service
-            .generate_key(KeySpec::new(Purpose::Consensus))
+            .generate_key(KeySpec::new(Purpose::Account))
             .unwrap();
         assert_ne!(service.public_key(after).unwrap(), before, "{mode}");
     }

@@ -55,7 +55,7 @@ impl Fixture {
         assert_keys_work(self.mode, &self.service, &self.keys);
         let fresh = self
             .service
-            .generate_key(KeySpec::new(Purpose::Consensus))
+            .generate_key(KeySpec::new(Purpose::Account))
             .unwrap();
         self.service.sign(fresh, &[1; 32]).unwrap();
         self.service.drop_key(fresh).unwrap();
@@ -348,7 +348,7 @@ fn the_key_limit_is_enforced_and_a_drop_frees_a_slot() {
     for (mode, config) in common::spawn_modes() {
         let service = SecretService::spawn(config.with_key_limit(3)).unwrap();
         let mut keys: Vec<(Purpose, KeyId)> = [
-            Purpose::Consensus,
+            Purpose::NetworkDiscovery,
             Purpose::Account,
             Purpose::NetworkHandshake,
         ]
@@ -444,9 +444,9 @@ fn the_configuration_bounds_themselves_are_accepted() {
             let service = SecretService::spawn(config.clone())
                 .unwrap_or_else(|e| panic!("{mode} {config:?}: {e}"));
             let key = service
-                .generate_key(KeySpec::new(Purpose::Consensus))
+                .generate_key(KeySpec::new(Purpose::Account))
                 .unwrap();
-            assert_keys_work(mode, &service, &[(Purpose::Consensus, key)]);
+            assert_keys_work(mode, &service, &[(Purpose::NetworkDiscovery, key)]);
         }
         // A limit of one means one.
         let service = SecretService::spawn(base.clone().with_key_limit(1)).unwrap();

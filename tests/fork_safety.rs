@@ -123,7 +123,7 @@ fn spawn_repeatedly(mode: &'static str, config: Config, spawns: usize) {
                 let config = config.clone().with_spawn_timeout(DEADLINE / 2);
                 let service = SecretService::spawn(config).map_err(|e| e.to_string())?;
                 let key = service
-                    .generate_key(KeySpec::new(Purpose::Consensus))
+                    .generate_key(KeySpec::new(Purpose::Account))
                     .map_err(|e| e.to_string())?;
                 let public = *service
                     .public_key(key)

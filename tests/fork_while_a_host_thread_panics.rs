@@ -53,7 +53,7 @@ fn signers_forked_while_a_host_thread_panics_start_and_serve() {
                     let config = config.clone().with_spawn_timeout(DEADLINE / 2);
                     let service = SecretService::spawn(config).map_err(|e| e.to_string())?;
                     let key = service
-                        .generate_key(KeySpec::new(Purpose::Consensus))
+                        .generate_key(KeySpec::new(Purpose::Account))
                         .map_err(|e| e.to_string())?;
                     let public = *service
                         .public_key(key)

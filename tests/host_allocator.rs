@@ -147,7 +147,7 @@ fn spawn_repeatedly(what: &str, mode: SpawnMode) -> usize {
             .with_spawn_mode(mode.clone())
             .with_spawn_timeout(SPAWN_DEADLINE);
         let result = SecretService::spawn(config).and_then(|service| {
-            let key = service.generate_key(KeySpec::new(Purpose::Consensus))?;
+            let key = service.generate_key(KeySpec::new(Purpose::Account))?;
             let public = service.public_key(key)?;
             let signature = service.sign(key, &[7; 32])?;
             public

@@ -63,7 +63,7 @@ fn play_host_with_closed_standard_streams() {
         let _ = std::io::stdout().flush();
         let signed = (|| {
             let key = service
-                .generate_key(KeySpec::new(Purpose::Consensus))
+                .generate_key(KeySpec::new(Purpose::Account))
                 .map_err(|error| format!("generate_key: {error}"))?;
             let public = *service.public_key(key).unwrap().as_ed25519().unwrap();
             for n in 0..SIGNATURES {

@@ -92,7 +92,7 @@ fn play_host_that_forks() {
     for (mode, config) in common::spawn_modes() {
         let service = SecretService::spawn(config).unwrap();
         let key = service
-            .generate_key(KeySpec::new(Purpose::Consensus))
+            .generate_key(KeySpec::new(Purpose::Account))
             .unwrap();
         let public = *service.public_key(key).unwrap().as_ed25519().unwrap();
         let signer_pid = service.pid();

@@ -99,7 +99,7 @@ fn play_host() {
         outcomes.push(sandbox_violation(mode, &service));
         let service = SecretService::spawn(config).unwrap();
         let key = service
-            .generate_key(KeySpec::new(Purpose::Consensus))
+            .generate_key(KeySpec::new(Purpose::Account))
             .unwrap();
         service.sign(key, &[1; 32]).unwrap();
         outcomes.push(killed(mode, &service, key));

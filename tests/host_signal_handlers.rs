@@ -70,7 +70,7 @@ fn play_host_catching_every_signal() {
         let service = SecretService::spawn(config).unwrap();
         // The signer serves with the host's handlers installed around it.
         let key = service
-            .generate_key(KeySpec::new(Purpose::Consensus))
+            .generate_key(KeySpec::new(Purpose::Account))
             .unwrap();
         service.sign(key, &[1; 32]).unwrap();
         let signer = caught(&service.pid().to_string());

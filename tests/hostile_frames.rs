@@ -67,7 +67,7 @@ fn assert_still_serving(mode: &str, raw: &mut RawSigner, next_id: u64) {
     let (id, summary) = ask(
         mode,
         raw,
-        &generate_key_frame(next_id + 1, KeySpec::new(Purpose::Consensus)),
+        &generate_key_frame(next_id + 1, KeySpec::new(Purpose::Account)),
     );
     assert_eq!(id, next_id + 1);
     let key = generated_key_from_summary(&summary)
@@ -116,7 +116,7 @@ fn a_sign_message_frame_over_the_cap_ends_the_signer() {
         let (_, summary) = ask(
             mode,
             &mut raw,
-            &generate_key_frame(1, KeySpec::new(Purpose::Consensus)),
+            &generate_key_frame(1, KeySpec::new(Purpose::Account)),
         );
         let key = generated_key_from_summary(&summary)
             .unwrap_or_else(|| panic!("{mode}: not a generated key: {summary}"));
@@ -346,7 +346,7 @@ fn a_signer_killed_mid_answer_leaves_a_cut_frame_and_is_reaped() {
             let (_, summary) = ask(
                 mode,
                 &mut raw,
-                &generate_key_frame(id, KeySpec::new(Purpose::Consensus)),
+                &generate_key_frame(id, KeySpec::new(Purpose::Account)),
             );
             assert!(summary.starts_with("KeyGenerated"), "{mode}: {summary}");
         }

@@ -100,7 +100,7 @@ fn assert_protocol_violation(impostor: &Impostor, what: &str) {
     let service = SecretService::spawn(impostor.config()).unwrap();
     let pid = service.pid();
     let error = service
-        .generate_key(KeySpec::new(Purpose::Consensus))
+        .generate_key(KeySpec::new(Purpose::Account))
         .unwrap_err();
     match &error {
         Error::SignerMisbehaved { what: said, .. } => {
@@ -233,7 +233,7 @@ fn a_signer_that_says_ready_without_its_sandbox_never_serves() {
         });
     let service = SecretService::spawn(real).unwrap();
     service
-        .generate_key(KeySpec::new(Purpose::Consensus))
+        .generate_key(KeySpec::new(Purpose::Account))
         .unwrap();
 }
 
@@ -248,7 +248,7 @@ fn a_running_signer_that_never_answers_is_killed_as_hung() {
     let pid = service.pid();
     let started = Instant::now();
     let error = service
-        .generate_key(KeySpec::new(Purpose::Consensus))
+        .generate_key(KeySpec::new(Purpose::Account))
         .unwrap_err();
     let took = started.elapsed();
     assert!(

@@ -70,7 +70,7 @@ fn use_it(service: &SecretService) {
         service.generate_key(KeySpec::new(purpose)).unwrap();
     }
     let key = service
-        .generate_key(KeySpec::new(Purpose::Consensus))
+        .generate_key(KeySpec::new(Purpose::Account))
         .unwrap();
     let public = *service.public_key(key).unwrap().as_ed25519().unwrap();
     let signature = service.sign(key, &[9; 32]).unwrap();
@@ -138,7 +138,7 @@ fn a_signer_replaced_while_calls_are_in_flight_is_reaped_once_they_finish() {
         let service = SecretService::spawn(config).unwrap();
         let old = service.pid();
         let key = service
-            .generate_key(KeySpec::new(Purpose::Consensus))
+            .generate_key(KeySpec::new(Purpose::Account))
             .unwrap();
         let public = *service.public_key(key).unwrap().as_ed25519().unwrap();
         let signed = std::sync::atomic::AtomicUsize::new(0);

@@ -144,7 +144,7 @@ fn play_unprivileged_owner() {
             let service = SecretService::spawn(config.clone().with_secret_memory(memory))
                 .unwrap_or_else(|e| panic!("{mode} {memory:?}: {e}"));
             service
-                .generate_key(KeySpec::new(Purpose::Consensus))
+                .generate_key(KeySpec::new(Purpose::Account))
                 .unwrap();
             let pid = service.pid();
             let uid_line = common::status_field(&pid.to_string(), "Uid");
@@ -539,7 +539,7 @@ fn memfd_secret_pages_are_unreadable_even_by_root() {
         let service = SecretService::spawn(config.with_secret_memory(SecretMemory::MemfdSecret))
             .unwrap_or_else(|e| panic!("{mode}: {e}"));
         service
-            .generate_key(KeySpec::new(Purpose::Consensus))
+            .generate_key(KeySpec::new(Purpose::Account))
             .unwrap();
         let who = service.pid().to_string();
         let maps = common::smaps(&who).unwrap();

@@ -83,7 +83,7 @@ fn play_crasher() {
             let service =
                 SecretService::spawn(config.clone()).unwrap_or_else(|e| panic!("{mode}: {e}"));
             let key = service
-                .generate_key(KeySpec::new(Purpose::Consensus))
+                .generate_key(KeySpec::new(Purpose::Account))
                 .unwrap();
             service.sign(key, &[1; 32]).unwrap();
             let pid = service.pid();

@@ -40,7 +40,7 @@ fn spawn_use_and_drop_cycles_leak_no_descriptor_or_thread() {
                 );
                 assert!(threads() > threads_before, "{mode}: no watcher thread");
                 let key = service
-                    .generate_key(KeySpec::new(Purpose::Consensus))
+                    .generate_key(KeySpec::new(Purpose::Account))
                     .unwrap();
                 service.sign(key, &[5; 32]).unwrap();
                 service.list_keys().unwrap();

@@ -50,7 +50,7 @@ fn a_handle_in_a_struct_signs_from_another_thread_after_the_service_moved() {
     for (mode, config) in common::spawn_modes() {
         let service = SecretService::spawn(config).unwrap();
         let key = service
-            .generate_key(KeySpec::new(Purpose::Consensus))
+            .generate_key(KeySpec::new(Purpose::Account))
             .unwrap();
         let consensus = Consensus {
             signer: service.signing_key(key).unwrap(),

@@ -490,7 +490,7 @@ fn valid_requests_after_garbage_still_work() {
     );
     run(CASES, strategy, |(garbage, digest, peer, message)| {
         let mut dispatcher = Dispatcher::new(16).unwrap();
-        let signing = generate(&mut dispatcher, 1, Purpose::Consensus);
+        let signing = generate(&mut dispatcher, 1, Purpose::Account);
         let handshake = generate(&mut dispatcher, 2, Purpose::NetworkHandshake);
         let mut last = 2u64;
         for payload in &garbage {
@@ -638,7 +638,7 @@ fn sign_many_agrees_with_ed25519_dalek_at_any_batch_size() {
     run(CASES, strategy, |(count, seed, wrong_key)| {
         let mut dispatcher = Dispatcher::new(2).unwrap();
         let d = &mut dispatcher;
-        let signing = generate(d, 1, Purpose::Consensus);
+        let signing = generate(d, 1, Purpose::Account);
         let handshake = generate(d, 2, Purpose::NetworkHandshake);
         let digests: Vec<[u8; 32]> = (0..count)
             .map(|at| {
@@ -803,10 +803,10 @@ fn every_request_kind_is_served_correctly_in_process() {
     id += 6;
     // Fill the store: the limit is refused by name.
     for _ in 0..3 {
-        generate(d, id, Purpose::Consensus);
+        generate(d, id, Purpose::Account);
         id += 1;
     }
-    let summary = ask(d, generate_key_frame(id, KeySpec::new(Purpose::Consensus)));
+    let summary = ask(d, generate_key_frame(id, KeySpec::new(Purpose::Account)));
     assert!(summary.contains("KeyLimitReached"), "{summary}");
     // ListKeys: the four keys held, the handshake key among them.
     let summary = ask(d, list_keys_frame(id + 1));

@@ -47,9 +47,32 @@ fn exercise_whole_api(what: &str, config: Config, workers: usize) {
         by_purpose.push((purpose, key, info.public_key));
     }
 
-    // Signing with each Ed25519 key, directly and through signature::Signer.
+    // The consensus key signs typed messages, through its double-sign guard; blind signing
+    // with it is refused.
+    let &(_, consensus, consensus_public) = &by_purpose[1];
+    let chain = keyward::ChainId([7; 32]);
+    for round in 1..4 {
+        let vote = keyward::ConsensusMessage::vote(chain, 1, round, [round as u8; 32]);
+        let signature = service.sign_consensus(consensus, &vote).unwrap();
+        consensus_public
+            .as_ed25519()
+            .unwrap()
+            .verify_strict(&vote.signing_bytes(), &signature)
+            .unwrap();
+        assert_eq!(service.sign_consensus(consensus, &vote).unwrap(), signature);
+    }
+    assert!(matches!(
+        service.sign_consensus(consensus, &keyward::ConsensusMessage::vote(chain, 1, 3, [0; 32])),
+        Err(Error::WouldDoubleSign { .. })
+    ));
+    assert!(matches!(
+        service.sign(consensus, &[1; 32]),
+        Err(Error::BlindSigningRefused { .. })
+    ));
+
+    // Signing with each other Ed25519 key, directly and through signature::Signer.
     for &(purpose, key, public) in &by_purpose {
-        if purpose.algorithm() != Algorithm::Ed25519 {
+        if purpose.algorithm() != Algorithm::Ed25519 || purpose == Purpose::Consensus {
             continue;
         }
         let verifying = *public.as_ed25519().unwrap();
@@ -107,7 +130,7 @@ fn exercise_whole_api(what: &str, config: Config, workers: usize) {
     }
 
     // Every refusal: each is an answer from the sandboxed signer, not a kill.
-    let &(_, consensus, _) = &by_purpose[1];
+    let &(_, account, _) = &by_purpose[0];
     assert!(matches!(
         service.sign(handshake, &[1; 32]),
         Err(Error::WrongKeyType { .. })
@@ -117,7 +140,7 @@ fn exercise_whole_api(what: &str, config: Config, workers: usize) {
         Err(Error::WrongKeyType { .. })
     ));
     assert!(matches!(
-        service.diffie_hellman(consensus, &x25519_dalek::PublicKey::from([9u8; 32])),
+        service.diffie_hellman(account, &x25519_dalek::PublicKey::from([9u8; 32])),
         Err(Error::WrongKeyType { .. })
     ));
     assert!(matches!(
@@ -151,12 +174,12 @@ fn exercise_whole_api(what: &str, config: Config, workers: usize) {
                     let key = service.generate_key(KeySpec::new(purpose)).unwrap();
                     if purpose == Purpose::Consensus {
                         service
-                            .sign(consensus, &[u8::try_from(thread).unwrap(); 32])
+                            .sign(account, &[u8::try_from(thread).unwrap(); 32])
                             .unwrap();
                         service.public_key(key).unwrap();
                     } else if purpose == Purpose::Account {
                         service
-                            .sign_many(consensus, &[[u8::try_from(index % 251).unwrap(); 32]; 16])
+                            .sign_many(account, &[[u8::try_from(index % 251).unwrap(); 32]; 16])
                             .unwrap();
                     }
                 }
@@ -181,24 +204,24 @@ fn exercise_whole_api(what: &str, config: Config, workers: usize) {
 
     // Idle long enough for every worker to stop spinning and sleep in poll, then serve again.
     std::thread::sleep(Duration::from_millis(100));
-    service.sign(consensus, &[8; 32]).unwrap();
+    service.sign(account, &[8; 32]).unwrap();
 
     // Drop: the key is erased, later use is refused, its slot is free again.
-    service.drop_key(consensus).unwrap();
+    service.drop_key(account).unwrap();
     assert!(matches!(
-        service.sign(consensus, &[1; 32]),
+        service.sign(account, &[1; 32]),
         Err(Error::UnknownKey(_))
     ));
     assert!(matches!(
-        service.public_key(consensus),
+        service.public_key(account),
         Err(Error::UnknownKey(_))
     ));
     assert!(matches!(
-        service.drop_key(consensus),
+        service.drop_key(account),
         Err(Error::UnknownKey(_))
     ));
     let replacement = service
-        .generate_key(KeySpec::new(Purpose::Consensus))
+        .generate_key(KeySpec::new(Purpose::Account))
         .unwrap();
     service.sign(replacement, &[1; 32]).unwrap();
     assert_eq!(service.list_keys().unwrap().len(), MAX_KEY_LIMIT as usize);
@@ -235,7 +258,7 @@ fn whole_api_works_under_the_filter_without_spinning_and_with_long_spins() {
                     .unwrap_or_else(|e| panic!("{mode} {name}: {e}"));
             let pid = service.pid();
             let key = service
-                .generate_key(KeySpec::new(Purpose::Consensus))
+                .generate_key(KeySpec::new(Purpose::Account))
                 .unwrap();
             for round in 0..20u8 {
                 service.sign(key, &[round; 32]).unwrap();

@@ -56,7 +56,7 @@ fn assert_killed_by_sandbox(call: ForbiddenSyscall) {
             "{mode}: not sandboxed before the attempt"
         );
         let key = service
-            .generate_key(KeySpec::new(Purpose::Consensus))
+            .generate_key(KeySpec::new(Purpose::Account))
             .unwrap();
         service.sign(key, &[1; 32]).unwrap();
         let pid = service.pid();
@@ -178,7 +178,7 @@ fn a_violation_on_any_worker_ends_the_whole_signer() {
             SecretService::spawn(config.with_workers(4).with_request_timeout(REQUEST_TIMEOUT))
                 .unwrap_or_else(|e| panic!("{mode}: {e}"));
         let key = service
-            .generate_key(KeySpec::new(Purpose::Consensus))
+            .generate_key(KeySpec::new(Purpose::Account))
             .unwrap();
         let results = std::thread::scope(|scope| {
             let hammers: Vec<_> = (0..3)
@@ -246,7 +246,7 @@ fn control_without_the_filter_the_same_attempts_do_not_kill_the_signer() {
             "{mode}: other hardening still applies"
         );
         let key = service
-            .generate_key(KeySpec::new(Purpose::Consensus))
+            .generate_key(KeySpec::new(Purpose::Account))
             .unwrap();
         let pid = service.pid();
         for call in harmless {

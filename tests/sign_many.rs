@@ -18,7 +18,7 @@ fn ed25519_key(service: &SecretService, purpose: Purpose) -> (KeyId, VerifyingKe
 fn a_batch_is_signed_as_sign_signs_each_digest_at_every_size_up_to_the_cap() {
     for (mode, config) in common::spawn_modes() {
         let service = SecretService::spawn(config).unwrap();
-        let (key, public) = ed25519_key(&service, Purpose::Consensus);
+        let (key, public) = ed25519_key(&service, Purpose::NetworkDiscovery);
         for (salt, count) in [1, 2, 100, MAX_BATCH].into_iter().enumerate() {
             let batch = common::numbered_digests(count, u8::try_from(salt).unwrap());
             let signatures = service
@@ -102,7 +102,7 @@ fn a_batch_for_a_key_that_cannot_sign_is_refused_by_type() {
             "{mode}: {error:?}"
         );
         // A dropped key, and a key of another service, are unknown.
-        let (dropped, _) = ed25519_key(&service, Purpose::Consensus);
+        let (dropped, _) = ed25519_key(&service, Purpose::NetworkDiscovery);
         service.drop_key(dropped).unwrap();
         assert!(
             matches!(service.sign_many(dropped, &common::numbered_digests(2, 4)), Err(Error::UnknownKey(k)) if k == dropped),

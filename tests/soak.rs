@@ -43,9 +43,9 @@ fn fixture(service: &SecretService) -> Fixture {
     let mut listing = HashMap::new();
     for purpose in [
         Purpose::Account,
-        Purpose::Consensus,
         Purpose::NetworkDiscovery,
-        Purpose::Consensus,
+        Purpose::NetworkDiscovery,
+        Purpose::NetworkDiscovery,
     ] {
         let key = service.generate_key(KeySpec::new(purpose)).unwrap();
         let public = *service.public_key(key).unwrap().as_ed25519().unwrap();
@@ -244,7 +244,7 @@ fn fault_worker(
     while !stop.load(Ordering::Relaxed) {
         let outcome: Result<(), Error> = (|| {
             if mine.is_none() {
-                let signing = service.generate_key(KeySpec::new(Purpose::Consensus))?;
+                let signing = service.generate_key(KeySpec::new(Purpose::Account))?;
                 let handshake = service.generate_key(KeySpec::new(Purpose::NetworkHandshake))?;
                 let ours = *service.public_key(handshake)?.as_x25519().unwrap();
                 // The signing key still answers after the handshake key was made, so no restart

@@ -60,7 +60,7 @@ fn substitute(bytes: &mut [u8], placeholder: &[u8], key: &[u8]) {
 
 fuzz_target!(|data: &[u8]| {
     let mut dispatcher = Dispatcher::new(8).expect("locked memory for the key store");
-    let ed25519 = generate(&mut dispatcher, 0, Purpose::Consensus);
+    let ed25519 = generate(&mut dispatcher, 0, Purpose::Account);
     let x25519 = generate(&mut dispatcher, 1, Purpose::NetworkHandshake);
     let mut last = 1u64;
     let mut rest = data;

@@ -92,6 +92,7 @@ pub struct Config {
     pub(crate) restart: RestartPolicy,
     pub(crate) latency: Latency,
     pub(crate) store: Option<StoreConfig>,
+    pub(crate) blind_consensus_signing: bool,
 }
 
 impl Default for Config {
@@ -111,6 +112,7 @@ impl Default for Config {
             restart: RestartPolicy::Manual,
             latency: Latency::BALANCED,
             store: None,
+            blind_consensus_signing: false,
         }
     }
 }
@@ -175,6 +177,18 @@ impl Config {
     /// Without one, keys live in the signer's memory only and end with it.
     pub fn with_store(mut self, store: StoreConfig) -> Self {
         self.store = Some(store);
+        self
+    }
+
+    /// UNSAFE: lets consensus keys sign blind digests and arbitrary messages, as other keys do.
+    ///
+    /// By default a consensus key signs only typed messages
+    /// ([`sign_consensus`](crate::KeyService::sign_consensus)), which the signer's double-sign
+    /// guard checks; `sign`, `sign_message` and `sign_many` with it are refused
+    /// ([`Error::BlindSigningRefused`]). A chain whose consensus signs bytes keyward cannot type
+    /// may need this; the guard then protects nothing those calls sign.
+    pub fn allow_blind_consensus_signing_unsafe(mut self) -> Self {
+        self.blind_consensus_signing = true;
         self
     }
 

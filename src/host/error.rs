@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::host::keys::KeyId;
-use crate::wire::key_types::{Algorithm, KeySpec};
+use crate::wire::key_types::{Algorithm, KeySpec, Purpose};
 use crate::wire::startup::HardeningStep;
 
 /// The result type of every keyward operation.
@@ -105,6 +105,56 @@ pub enum Error {
     PurposeAlgorithmMismatch {
         /// The refused spec.
         spec: KeySpec,
+    },
+
+    /// The double-sign guard in the signer refused a consensus message: signing it could make
+    /// the validator sign two conflicting messages. Nothing was signed.
+    #[error(
+        "key {key} will not sign this {} at epoch {}, round {}: {rule} (its {} watermark: {})",
+        message.kind, message.epoch, message.round, message.kind,
+        watermark.map_or_else(|| "none".to_owned(), |w| format!("epoch {}, round {}", w.epoch, w.round))
+    )]
+    WouldDoubleSign {
+        /// The consensus key.
+        key: KeyId,
+        /// The refused message.
+        message: crate::wire::consensus::ConsensusMessage,
+        /// The rule that refused it.
+        rule: crate::wire::consensus::GuardRule,
+        /// The key's watermark of the message's kind on its chain.
+        watermark: Option<crate::wire::consensus::Watermark>,
+    },
+
+    /// A typed consensus call for a key of another purpose.
+    #[error("key {key} is a {purpose} key; only consensus keys sign consensus messages")]
+    NotAConsensusKey {
+        /// The key.
+        key: KeyId,
+        /// Its purpose.
+        purpose: Purpose,
+    },
+
+    /// Blind signing (a digest, a message, a batch) with a consensus key, which signs only
+    /// typed consensus messages unless the service was configured otherwise.
+    #[error(
+        "key {key} is a {purpose} key: it signs only typed consensus messages (sign_consensus), which its double-sign guard checks; {operation} is refused (Config::allow_blind_consensus_signing_unsafe allows it, without the guard)"
+    )]
+    BlindSigningRefused {
+        /// The key.
+        key: KeyId,
+        /// Its purpose.
+        purpose: Purpose,
+        /// The refused operation.
+        operation: &'static str,
+    },
+
+    /// The consensus key keeps watermarks for as many chains as it can.
+    #[error("key {key} already keeps watermarks for {cap} chains; use another key for another chain")]
+    ChainLimit {
+        /// The key.
+        key: KeyId,
+        /// The most chains per key.
+        cap: u32,
     },
 
     /// The peer's X25519 public key is a low-order point: the shared secret would be all zeros.

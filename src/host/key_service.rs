@@ -49,6 +49,19 @@ pub trait KeyService: Send + Sync + std::fmt::Debug {
     /// [`Error::BatchSize`](crate::Error) before anything is sent.
     fn sign_many(&self, key: KeyId, digests: &[[u8; 32]]) -> Result<Vec<ed25519_dalek::Signature>>;
 
+    /// Signs a typed consensus message with the consensus key `key`, if the signer's
+    /// double-sign guard allows it; else [`Error::WouldDoubleSign`](crate::Error) says which
+    /// rule refused it and where the watermark stands. The signature covers
+    /// [`ConsensusMessage::signing_bytes`](crate::ConsensusMessage::signing_bytes) (verify with
+    /// `verify_strict` over those bytes). With a sealed store, the advanced watermark is on disk
+    /// before the signature leaves the signer; a repeat of the same message gets the same
+    /// signature without a write.
+    fn sign_consensus(
+        &self,
+        key: KeyId,
+        message: &crate::wire::consensus::ConsensusMessage,
+    ) -> Result<ed25519_dalek::Signature>;
+
     /// X25519 Diffie-Hellman between the handshake key `key` and a peer's public key. A peer
     /// point of low order (which would make the secret all zeros) is refused.
     fn diffie_hellman(

@@ -4,6 +4,7 @@
 //! sealed store returns the sealed change with its output; the service writes it durably before
 //! it returns (`ServiceCore::change_durably`).
 
+use crate::wire::consensus::{ChainWatermarks, ConsensusMessage};
 use crate::wire::key_types::{Algorithm, KeySpec, Purpose, StoreId, WireKeyId};
 #[cfg(feature = "test-support")]
 use crate::wire::messages::ForbiddenSyscall;
@@ -231,6 +232,111 @@ impl Operation for DropKey {
             _ => Err(WRONG_KIND),
         }
     }
+}
+
+/// What a consensus request comes to.
+pub(crate) enum ConsensusOutcome {
+    /// Signed at once: a repeat of a durable watermark, or a memory-only signer.
+    Signed(ed25519_dalek::Signature),
+    /// The advanced watermark, sealed: write it, then release the signature.
+    Persist(StoreChange),
+}
+
+/// Sign a typed consensus message, if the guard allows it.
+pub(crate) struct SignConsensus {
+    pub(crate) key: WireKeyId,
+    pub(crate) message: ConsensusMessage,
+}
+
+impl Operation for SignConsensus {
+    type Output = ConsensusOutcome;
+
+    fn request(&self) -> Request<'_> {
+        Request::SignConsensus {
+            key: self.key,
+            message: self.message,
+        }
+    }
+
+    fn output(&self, answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
+        match answer {
+            Answer::Signature { r, s } => Ok(ConsensusOutcome::Signed(signature(r, s))),
+            Answer::ConsensusSealed { change } => Ok(ConsensusOutcome::Persist(change)),
+            _ => Err(WRONG_KIND),
+        }
+    }
+}
+
+/// The signature of a consensus message whose watermark the host has written durably.
+pub(crate) struct ReleaseConsensus {
+    pub(crate) key: WireKeyId,
+    pub(crate) message: ConsensusMessage,
+    pub(crate) sequence: u64,
+}
+
+impl Operation for ReleaseConsensus {
+    type Output = ed25519_dalek::Signature;
+
+    fn request(&self) -> Request<'_> {
+        Request::ReleaseConsensus {
+            key: self.key,
+            message: self.message,
+            sequence: self.sequence,
+        }
+    }
+
+    fn output(&self, answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
+        match answer {
+            Answer::Signature { r, s } => Ok(signature(r, s)),
+            _ => Err(WRONG_KIND),
+        }
+    }
+}
+
+/// A consensus key's watermarks.
+pub(crate) struct ListWatermarks(pub(crate) WireKeyId);
+
+impl Operation for ListWatermarks {
+    type Output = Vec<ChainWatermarks>;
+
+    fn request(&self) -> Request<'_> {
+        Request::Watermarks { key: self.0 }
+    }
+
+    fn output(&self, answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
+        match answer {
+            Answer::Watermarks(chains) => Ok(chains.into_iter().flatten().collect()),
+            _ => Err(WRONG_KIND),
+        }
+    }
+}
+
+/// Raise a consensus key's watermarks on one chain.
+pub(crate) struct RaiseWatermarks {
+    pub(crate) key: WireKeyId,
+    pub(crate) marks: ChainWatermarks,
+}
+
+impl Operation for RaiseWatermarks {
+    type Output = Option<StoreChange>;
+
+    fn request(&self) -> Request<'_> {
+        Request::RaiseWatermarks {
+            key: self.key,
+            marks: self.marks,
+        }
+    }
+
+    fn output(&self, answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
+        match answer {
+            Answer::WatermarksRaised { change } => Ok(change),
+            _ => Err(WRONG_KIND),
+        }
+    }
+}
+
+fn signature(r: [u8; 32], s: [u8; 32]) -> ed25519_dalek::Signature {
+    ed25519_dalek::Signature::from_components(r, s)
 }
 
 /// The sandbox tests' hook: attempt a forbidden system call.

@@ -22,6 +22,7 @@ use crate::host::status::SignerStatus;
 use crate::host::store::{AdoptError, HostStore, SignerLaunch};
 use crate::wire::key_types::{KeySpec, StoreId};
 use crate::wire::messages::Refusal;
+use crate::wire::consensus::{ChainWatermarks, ConsensusMessage};
 use crate::wire::messages::StoreChange;
 use crate::wire::store_format::StoreFile;
 use crate::wire::{MAX_BATCH, MAX_MESSAGE_LEN};
@@ -152,6 +153,19 @@ impl SecretService {
         self.core.replace_signer()
     }
 
+    /// The consensus key `key`'s watermarks: per chain it has signed on, the highest proposal,
+    /// vote and timeout signed (for the interchange export).
+    pub fn watermarks(&self, key: KeyId) -> Result<Vec<ChainWatermarks>> {
+        self.core.watermarks(key)
+    }
+
+    /// Raises the consensus key `key`'s watermarks on one chain to at least `marks`: each
+    /// kind's watermark becomes the higher of the two, never lower (the interchange import).
+    /// With a sealed store, durable before it returns.
+    pub fn raise_watermarks(&self, key: KeyId, marks: &ChainWatermarks) -> Result<()> {
+        self.core.raise_watermarks(key, marks)
+    }
+
     /// Test builds only: makes the signer attempt a forbidden system call.
     ///
     /// Under the sandbox the signer dies of SIGSYS and this returns
@@ -238,13 +252,15 @@ impl ServiceCore {
         Ok(generation)
     }
 
-    /// Performs a change (a generate or a drop) and, with a sealed store, writes the sealed
-    /// change durably before returning: the caller hears of a new key only once it is on disk.
-    /// `change_of` picks the sealed change out of the output; `undo` is asked of the signer when
-    /// the write fails (a new key is forgotten).
+    /// Performs a change (a generate, a drop, a raise of watermarks) and, with a sealed store,
+    /// writes the sealed change durably before returning: the caller hears of a new key only
+    /// once it is on disk. `change_of` picks the sealed change out of the output (`required`:
+    /// a signer with a store must send one); `undo` is asked of the signer when the write fails
+    /// (a new key is forgotten).
     fn change_durably<O: Operation>(
         &self,
         operation: &O,
+        required: bool,
         change_of: impl Fn(&O::Output) -> Option<StoreChange>,
         undo: impl Fn(&O::Output) -> Option<operations::DropKey>,
     ) -> Result<Changed<O::Output>> {
@@ -260,12 +276,45 @@ impl ServiceCore {
             }
             return Ok((signer, result));
         };
+        self.under_store_lock(store, |signer, file| {
+            let output = match signer.perform(operation)? {
+                Ok(output) => output,
+                Err(refusal) => return Ok(Err(refusal)),
+            };
+            let Some(change) = change_of(&output) else {
+                if required {
+                    return Err(signer.verdict(CallFailure::Misbehaved(
+                        "no sealed change from a signer with a store",
+                    )));
+                }
+                return Ok(Ok(output));
+            };
+            if let Err(error) = write_change(store, file, signer, &change) {
+                // The signer still holds what it made: it forgets it, and the copy follows
+                // (unwritten: the disk keeps the state before the change).
+                if let Error::Store(_) = error
+                    && let Some(undo) = undo(&output)
+                    && let Ok(Ok(Some(change))) = signer.perform(&undo)
+                {
+                    let _ = HostStore::apply(file, &change);
+                }
+                return Err(error);
+            }
+            Ok(Ok(output))
+        })
+    }
+
+    /// Runs `work` on the current signer with the store's copy locked (one change at a time,
+    /// and never across a respawn); restarts an ended signer afterwards if so configured.
+    fn under_store_lock<T>(
+        &self,
+        store: &HostStore,
+        work: impl FnOnce(&Arc<SignerProcess>, &mut StoreFile) -> Result<T>,
+    ) -> Result<(Arc<SignerProcess>, T)> {
         let mut copy = store.lock_file();
         let signer = self.signer();
         let outcome = match copy.as_mut() {
-            Some((generation, file)) if *generation == signer.generation() => {
-                Self::change_and_write(store, file, &signer, operation, change_of, undo)
-            }
+            Some((generation, file)) if *generation == signer.generation() => work(&signer, file),
             Some(_) => Err(Error::Internal(
                 "the store's copy belongs to another signer",
             )),
@@ -283,38 +332,27 @@ impl ServiceCore {
         }
     }
 
-    /// The change on `signer`, then its sealed change applied to the store's copy and written.
-    fn change_and_write<O: Operation>(
-        store: &HostStore,
-        file: &mut StoreFile,
-        signer: &SignerProcess,
-        operation: &O,
-        change_of: impl Fn(&O::Output) -> Option<StoreChange>,
-        undo: impl Fn(&O::Output) -> Option<operations::DropKey>,
-    ) -> Result<Result<O::Output, Refusal>> {
-        let output = match signer.perform(operation)? {
-            Ok(output) => output,
-            Err(refusal) => return Ok(Err(refusal)),
+    /// A consensus key's watermarks on every chain it has signed on (or had raised by an
+    /// import).
+    fn watermarks(&self, key: KeyId) -> Result<Vec<ChainWatermarks>> {
+        let signer = self.signer_for(key)?;
+        self.perform(&signer, &operations::ListWatermarks(key.wire()))?
+            .map_err(|refusal| refusal_error(&signer, refusal, Some(key), "watermarks"))
+    }
+
+    /// Raises a consensus key's watermarks on one chain (never lowers one); durable before it
+    /// returns.
+    fn raise_watermarks(&self, key: KeyId, marks: &ChainWatermarks) -> Result<()> {
+        self.signer_for(key)?;
+        let operation = operations::RaiseWatermarks {
+            key: key.wire(),
+            marks: *marks,
         };
-        let Some(change) = change_of(&output) else {
-            return Err(signer.verdict(CallFailure::Misbehaved(
-                "no sealed change from a signer with a store",
-            )));
-        };
-        if let Err(what) = HostStore::apply(file, &change) {
-            return Err(signer.verdict(CallFailure::Misbehaved(what)));
-        }
-        if let Err(error) = store.write(file) {
-            // The signer still holds what it made: it forgets it, and the copy follows
-            // (unwritten: the disk keeps the state before the change).
-            if let Some(undo) = undo(&output)
-                && let Ok(Ok(Some(change))) = signer.perform(&undo)
-            {
-                let _ = HostStore::apply(file, &change);
-            }
-            return Err(Error::Store(error));
-        }
-        Ok(Ok(output))
+        let (signer, raised) =
+            self.change_durably(&operation, false, |change| *change, |_| None)?;
+        raised
+            .map(|_| ())
+            .map_err(|refusal| refusal_error(&signer, refusal, Some(key), "raise_watermarks"))
     }
 
     /// The current signer, if `key` belongs to its store.
@@ -388,6 +426,7 @@ impl KeyService for ServiceCore {
         self.check_process()?;
         let (signer, generated) = self.change_durably(
             &operations::GenerateKey(spec),
+            true,
             |(_, _, change)| *change,
             |(key, _, _)| Some(operations::DropKey(*key)),
         )?;
@@ -437,7 +476,7 @@ impl KeyService for ServiceCore {
         // the store's copy is locked (the same one, unless a respawn came between).
         self.signer_for(key)?;
         let (signer, dropped) =
-            self.change_durably(&operations::DropKey(key.wire()), |change| *change, |_| None)?;
+            self.change_durably(&operations::DropKey(key.wire()), true, |change| *change, |_| None)?;
         dropped
             .map(|_| ())
             .map_err(|refusal| refusal_error(&signer, refusal, Some(key), "drop_key"))
@@ -483,6 +522,56 @@ impl KeyService for ServiceCore {
         };
         self.perform(&signer, &operation)?
             .map_err(|refusal| refusal_error(&signer, refusal, Some(key), "sign_many"))
+    }
+
+    fn sign_consensus(
+        &self,
+        key: KeyId,
+        message: &ConsensusMessage,
+    ) -> Result<ed25519_dalek::Signature> {
+        let signer = self.signer_for(key)?;
+        let operation = operations::SignConsensus {
+            key: key.wire(),
+            message: *message,
+        };
+        let refused = |signer: &SignerProcess, refusal| match refusal {
+            Refusal::WouldDoubleSign { rule, watermark } => Error::WouldDoubleSign {
+                key,
+                message: *message,
+                rule,
+                watermark,
+            },
+            refusal => refusal_error(signer, refusal, Some(key), "sign_consensus"),
+        };
+        let Some(store) = &self.store else {
+            // Memory only: the guard holds for this signer's life; nothing is written.
+            return match self.perform(&signer, &operation)? {
+                Ok(operations::ConsensusOutcome::Signed(signature)) => Ok(signature),
+                Ok(operations::ConsensusOutcome::Persist(_)) => Err(signer.verdict(
+                    CallFailure::Misbehaved("a sealed change from a signer without a store"),
+                )),
+                Err(refusal) => Err(refused(&signer, refusal)),
+            };
+        };
+        // Check and advance in the signer, write, then release: all under the store's lock, so
+        // no other change comes between this watermark's write and its signature.
+        let (_, signature) = self.under_store_lock(store, |signer, file| {
+            let change = match signer.perform(&operation)? {
+                Ok(operations::ConsensusOutcome::Signed(signature)) => return Ok(signature),
+                Ok(operations::ConsensusOutcome::Persist(change)) => change,
+                Err(refusal) => return Err(refused(signer, refusal)),
+            };
+            write_change(store, file, signer, &change)?;
+            let release = operations::ReleaseConsensus {
+                key: key.wire(),
+                message: *message,
+                sequence: change.manifest.sequence,
+            };
+            signer
+                .perform(&release)?
+                .map_err(|refusal| refused(signer, refusal))
+        })?;
+        Ok(signature)
     }
 
     fn diffie_hellman(
@@ -532,6 +621,14 @@ impl KeyService for SecretService {
         self.core.sign_many(key, digests)
     }
 
+    fn sign_consensus(
+        &self,
+        key: KeyId,
+        message: &ConsensusMessage,
+    ) -> Result<ed25519_dalek::Signature> {
+        self.core.sign_consensus(key, message)
+    }
+
     fn diffie_hellman(
         &self,
         key: KeyId,
@@ -557,6 +654,15 @@ fn refusal_error(
             needed,
         },
         (Refusal::LowOrderPoint, _) => Error::LowOrderPoint,
+        (Refusal::NotAConsensusKey { purpose }, Some(key)) => {
+            Error::NotAConsensusKey { key, purpose }
+        }
+        (Refusal::BlindSigningRefused { purpose }, Some(key)) => Error::BlindSigningRefused {
+            key,
+            purpose,
+            operation,
+        },
+        (Refusal::ChainLimit { cap }, Some(key)) => Error::ChainLimit { key, cap },
         (Refusal::KeyLimitReached { limit }, _) => Error::KeyLimitReached { limit },
         (Refusal::MalformedRequest | Refusal::RequestIdNotIncreasing, _) => Error::Internal(
             "the signer could not decode a request from this library: build both from one source",
@@ -572,7 +678,12 @@ fn refusal_error(
             | Refusal::BatchSize { .. }
             | Refusal::UnknownKey
             | Refusal::WrongAlgorithm { .. }
-            | Refusal::PurposeAlgorithmMismatch,
+            | Refusal::PurposeAlgorithmMismatch
+            | Refusal::NotAConsensusKey { .. }
+            | Refusal::BlindSigningRefused { .. }
+            | Refusal::ChainLimit { .. }
+            | Refusal::WouldDoubleSign { .. }
+            | Refusal::NotReleasable,
             _,
         ) => signer.verdict(CallFailure::Misbehaved(
             "a refusal that does not fit the request",
@@ -601,6 +712,18 @@ fn start_sealed_signer(
         // The signer is shut down as it drops: its new store was never written.
         Err(AdoptError::Store(error)) => Err(Error::Store(error)),
     }
+}
+
+/// Applies a sealed change to the store's copy and writes it durably. A change that does not
+/// fit the copy means the signer is not to be trusted.
+fn write_change(
+    store: &HostStore,
+    file: &mut StoreFile,
+    signer: &SignerProcess,
+    change: &StoreChange,
+) -> Result<()> {
+    HostStore::apply(file, change).map_err(|what| signer.verdict(CallFailure::Misbehaved(what)))?;
+    store.write(file).map_err(Error::Store)
 }
 
 /// What a change gives its caller: the signer it was made on (for the refusal's error) and its

@@ -10,7 +10,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::Serialize;
 
-use crate::signer::key_store::{KeyStore, scrub_stack};
+use crate::signer::key_store::{ConsensusStep, KeyStore, scrub_stack};
 use crate::wire::MAX_BATCH;
 use crate::wire::framing::encode_frame;
 use crate::wire::messages::{
@@ -143,6 +143,27 @@ pub(crate) fn handle_frame(
             })
         }
         Request::AttemptForbiddenSyscall { call } => attempt_forbidden_syscall(lane, call),
+        Request::SignConsensus { key, message } => {
+            let step = write_store(store).sign_consensus(&key, &message);
+            scrub_stack();
+            step.map(|step| match step {
+                ConsensusStep::Signed(r, s) => Answer::Signature { r, s },
+                ConsensusStep::Persist(change) => Answer::ConsensusSealed { change },
+            })
+        }
+        Request::ReleaseConsensus {
+            key,
+            message,
+            sequence,
+        } => {
+            let signed = write_store(store).release_consensus(&key, &message, sequence);
+            scrub_stack();
+            signed.map(|(r, s)| Answer::Signature { r, s })
+        }
+        Request::Watermarks { key } => read_store(store).watermarks(&key).map(Answer::Watermarks),
+        Request::RaiseWatermarks { key, marks } => write_store(store)
+            .raise_watermarks(&key, &marks)
+            .map(|change| Answer::WatermarksRaised { change }),
         Request::SignMany { key, digests } => {
             if digests.is_empty() || digests.len() > MAX_BATCH {
                 return reply(

@@ -74,7 +74,7 @@ pub(crate) fn harden_and_serve(
                 .map(|(store, summary)| (store, Some(summary)))
         }
     };
-    let (store, sealed) = match opened {
+    let (mut store, sealed) = match opened {
         Ok(opened) => opened,
         Err(StoreSetupError::Memory(error)) => {
             report_failure(HardeningStep::SecretMemory, errno_of(&error))
@@ -84,6 +84,7 @@ pub(crate) fn harden_and_serve(
             greet_and_exit(Greeting::StoreRefused { problem }, exit_code::STORE_REFUSED)
         }
     };
+    store.allow_blind_consensus_signing(settings.allow_blind_consensus);
     let store = Arc::new(RwLock::new(store));
     let spin = Duration::from_micros(u64::from(settings.signer_spin_micros));
 

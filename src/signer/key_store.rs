@@ -17,7 +17,9 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
+use crate::signer::guard::{self, Verdict};
 use crate::signer::sealing::{MAX_UNLOCK_SECRET_LEN, Sealer};
+use crate::wire::consensus::{ChainWatermarks, ConsensusMessage, Watermark};
 use crate::sys::{SecretCells, SecretMemoryBacking};
 use crate::wire::key_types::{
     Algorithm, KeySpec, LocalKeyId, Purpose, SecretMemory, StoreId, WireKeyId,
@@ -27,8 +29,8 @@ use crate::wire::startup::{
     CreatedStore, SealedSummary, SignerStoreSettings, StoreProblem, TamperedPart, UnlockSource,
 };
 use crate::wire::store_format::{
-    BODY_LEN, HEADER_LEN, ManifestFields, RECORD_LEN, RecordsDigest, Seal, SealedRecord, StoreFile,
-    StoreHeader,
+    BODY_LEN, HEADER_LEN, MAX_CHAINS_PER_KEY, ManifestFields, RECORD_LEN, RecordsDigest, Seal,
+    SealedRecord, StoreFile, StoreHeader, WATERMARK_LEN, WatermarkRecord,
 };
 
 /// A secret key. No `Debug`, no `Clone`, no `Serialize`; wiped on drop by the dalek types.
@@ -137,6 +139,19 @@ pub(crate) struct KeyStore {
     /// from the header of a sealed one (the same store across restarts).
     id: StoreId,
     sealed: Option<SealedState>,
+    /// Per slot, a consensus key's double-sign guard on each chain it signed on. Not secret, so
+    /// in ordinary memory, allocated once at start.
+    guards: Vec<[Option<ChainGuard>; MAX_CHAINS_PER_KEY]>,
+    /// Whether consensus keys may sign blind digests and arbitrary messages (unsafe).
+    blind_consensus_allowed: bool,
+}
+
+/// A consensus key's watermarks on one chain, and for each kind the sequence number of the
+/// sealed change that carried it (0: read from the store file, so durable).
+#[derive(Clone, Copy, Debug)]
+struct ChainGuard {
+    marks: ChainWatermarks,
+    sealed_in: [u64; 3],
 }
 
 /// What a sealed store keeps besides its keys.
@@ -145,6 +160,16 @@ struct SealedState {
     header_checksum: [u8; 32],
     /// The sequence number of the last change sealed.
     sequence: u64,
+    /// The highest sequence number the host has said is durable (the file's, when opened).
+    durable: u64,
+}
+
+/// What a consensus request comes to.
+pub(crate) enum ConsensusStep {
+    /// Signed: nothing needed writing.
+    Signed([u8; 32], [u8; 32]),
+    /// The advanced watermark, sealed: the host writes it, then asks for the signature.
+    Persist(StoreChange),
 }
 
 impl KeyStore {
@@ -181,6 +206,8 @@ impl KeyStore {
             limit,
             id: [0; 8],
             sealed: None,
+            guards: vec![[None; MAX_CHAINS_PER_KEY]; capacity],
+            blind_consensus_allowed: false,
         };
         store.id = *store.generator().draw::<8>();
         Ok(store)
@@ -214,7 +241,8 @@ impl KeyStore {
                 let manifest = ManifestFields {
                     sequence: 0,
                     record_count: 0,
-                    records_digest: RecordsDigest::default().finish().1,
+                    watermark_count: 0,
+                    records_digest: RecordsDigest::default().finish().2,
                 };
                 let header_checksum = header.checksum();
                 let manifest_seal = sealer.seal_manifest(
@@ -227,6 +255,7 @@ impl KeyStore {
                     sealer,
                     header_checksum,
                     sequence: 0,
+                    durable: 0,
                 });
                 SealedSummary {
                     manifest,
@@ -307,13 +336,43 @@ impl KeyStore {
                 sealed: Some((record.sealed_secret, record.seal)),
             });
         }
+        for record in &file.watermarks {
+            let slot = usize::from(record.slot);
+            let holds_consensus_key = self
+                .records
+                .as_slice()
+                .get(slot)
+                .and_then(Option::as_ref)
+                .is_some_and(|key| key.purpose == Purpose::Consensus);
+            if !holds_consensus_key {
+                return Err(StoreProblem::Tampered(TamperedPart::Watermark {
+                    slot: record.slot,
+                }));
+            }
+            let Some(free) = self.guards[slot].iter_mut().find(|guard| guard.is_none()) else {
+                return Err(StoreProblem::Tampered(TamperedPart::Watermark {
+                    slot: record.slot,
+                }));
+            };
+            *free = Some(ChainGuard {
+                marks: record.marks,
+                sealed_in: [0; 3],
+            });
+        }
         self.id = header.store;
         self.sealed = Some(SealedState {
             sealer,
             header_checksum,
             sequence: file.manifest.sequence,
+            durable: file.manifest.sequence,
         });
         Ok(())
+    }
+
+    /// Lets consensus keys sign blind digests and arbitrary messages (unsafe: the guard cannot
+    /// see what they are).
+    pub(crate) fn allow_blind_consensus_signing(&mut self, allowed: bool) {
+        self.blind_consensus_allowed = allowed;
     }
 
     /// Seals the state after a change: the next sequence number, the records' digest, the
@@ -322,6 +381,7 @@ impl KeyStore {
         &mut self,
         added: Option<SealedRecord>,
         removed_slot: Option<u16>,
+        watermark: Option<WatermarkRecord>,
     ) -> Option<StoreChange> {
         self.sealed.as_ref()?;
         let nonce = *self.generator().draw::<24>();
@@ -335,12 +395,25 @@ impl KeyStore {
                 digest.add(&sealed);
             }
         }
-        let (record_count, records_digest) = digest.finish();
+        for (slot, guards) in self.guards.iter().enumerate() {
+            let slot = u16::try_from(slot).unwrap_or(u16::MAX);
+            // In chain order, as the file holds them; a fixed array, sorted in place.
+            let mut chains = *guards;
+            chains.sort_unstable_by_key(|guard| guard.map(|guard| guard.marks.chain));
+            for guard in chains.iter().flatten() {
+                digest.add_watermark(&WatermarkRecord {
+                    slot,
+                    marks: guard.marks,
+                });
+            }
+        }
+        let (record_count, watermark_count, records_digest) = digest.finish();
         let sealed = self.sealed.as_mut()?;
         sealed.sequence += 1;
         let manifest = ManifestFields {
             sequence: sealed.sequence,
             record_count,
+            watermark_count,
             records_digest,
         };
         let manifest_seal = sealed
@@ -349,6 +422,7 @@ impl KeyStore {
         Some(StoreChange {
             added,
             removed_slot,
+            watermark,
             manifest,
             manifest_seal,
         })
@@ -427,21 +501,226 @@ impl KeyStore {
             created,
             sealed: sealed_record.map(|record| (record.sealed_secret, record.seal)),
         });
-        let change = self.seal_change(sealed_record, None);
+        let change = self.seal_change(sealed_record, None, None);
         Ok((id, public_key, change))
     }
 
     fn find(&self, key: &WireKeyId) -> Result<&KeyRecord, Refusal> {
+        let slot = self.slot_of(key)?;
+        self.records.as_slice()[slot]
+            .as_ref()
+            .ok_or(Refusal::UnknownKey)
+    }
+
+    /// The slot holding `key`.
+    fn slot_of(&self, key: &WireKeyId) -> Result<usize, Refusal> {
         if key.store != self.id {
             return Err(Refusal::UnknownKey);
         }
-        let id = &key.local;
         self.records
             .as_slice()
             .iter()
-            .flatten()
-            .find(|record| &record.id == id)
+            .position(|slot| slot.as_ref().is_some_and(|record| record.id == key.local))
             .ok_or(Refusal::UnknownKey)
+    }
+
+    /// A key that may sign blind (digests, arbitrary messages): any Ed25519 key but a consensus
+    /// key, unless that was allowed.
+    fn blind_signer(&self, id: &WireKeyId) -> Result<Ed25519Signer<'_>, Refusal> {
+        let record = self.find(id)?;
+        if record.purpose == Purpose::Consensus && !self.blind_consensus_allowed {
+            return Err(Refusal::BlindSigningRefused {
+                purpose: record.purpose,
+            });
+        }
+        Ed25519Signer::of(record)
+    }
+
+    /// The consensus key `key`: its slot and signer.
+    fn consensus_key(&self, key: &WireKeyId) -> Result<usize, Refusal> {
+        let slot = self.slot_of(key)?;
+        let record = self.find(key)?;
+        if record.purpose != Purpose::Consensus {
+            return Err(Refusal::NotAConsensusKey {
+                purpose: record.purpose,
+            });
+        }
+        Ed25519Signer::of(record)?;
+        Ok(slot)
+    }
+
+    /// Signs a consensus message if the guard allows it. Check, advance and (when nothing needs
+    /// writing) sign happen here, under the store's write lock: one critical section. With a
+    /// sealed store, an advanced watermark is sealed and handed to the host instead of a
+    /// signature; the signature comes from [`release_consensus`](Self::release_consensus) once
+    /// the host says the change is durable.
+    pub(crate) fn sign_consensus(
+        &mut self,
+        key: &WireKeyId,
+        message: &ConsensusMessage,
+    ) -> Result<ConsensusStep, Refusal> {
+        let slot = self.consensus_key(key)?;
+        let durable = self.sealed.as_ref().map(|sealed| sealed.durable);
+        let guards = &mut self.guards[slot];
+        let index = match guards
+            .iter()
+            .position(|guard| guard.is_some_and(|guard| guard.marks.chain == message.chain))
+        {
+            Some(index) => index,
+            None => guards
+                .iter()
+                .position(Option::is_none)
+                .ok_or(Refusal::ChainLimit {
+                    cap: MAX_CHAINS_PER_KEY as u32,
+                })?,
+        };
+        let mut guard = guards[index].unwrap_or(ChainGuard {
+            marks: ChainWatermarks::empty(message.chain),
+            sealed_in: [0; 3],
+        });
+        let kind = message.kind.index();
+        match guard::judge(&guard.marks, message) {
+            Verdict::Refuse(rule) => {
+                return Err(Refusal::WouldDoubleSign {
+                    rule,
+                    watermark: guard.marks.of(message.kind),
+                });
+            }
+            // Durable already (or nothing is ever written): the same signature again.
+            Verdict::Repeat if durable.is_none_or(|durable| guard.sealed_in[kind] <= durable) => {
+                return self.sign_consensus_bytes(slot, message);
+            }
+            // Advanced (or repeated before its write was acknowledged): seal it first.
+            Verdict::Repeat | Verdict::Advance => {}
+        }
+        guard.marks.set(
+            message.kind,
+            Some(Watermark {
+                epoch: message.epoch,
+                round: message.round,
+                digest: message.digest,
+            }),
+        );
+        let Some(sequence) = self.sealed.as_ref().map(|sealed| sealed.sequence + 1) else {
+            self.guards[slot][index] = Some(guard);
+            return self.sign_consensus_bytes(slot, message);
+        };
+        guard.sealed_in[kind] = sequence;
+        self.guards[slot][index] = Some(guard);
+        let record = WatermarkRecord {
+            slot: u16::try_from(slot).unwrap_or(u16::MAX),
+            marks: guard.marks,
+        };
+        self.seal_change(None, None, Some(record))
+            .map(ConsensusStep::Persist)
+            .ok_or(Refusal::NotReleasable)
+    }
+
+    /// Signs `message` once the host has said every change up to `sequence` is durable:
+    /// `message` must be the key's watermark of its kind, sealed at or before `sequence`, and
+    /// `sequence` one this signer sealed.
+    pub(crate) fn release_consensus(
+        &mut self,
+        key: &WireKeyId,
+        message: &ConsensusMessage,
+        sequence: u64,
+    ) -> Result<([u8; 32], [u8; 32]), Refusal> {
+        let slot = self.consensus_key(key)?;
+        let sealed = self.sealed.as_mut().ok_or(Refusal::NotReleasable)?;
+        if sequence > sealed.sequence {
+            return Err(Refusal::NotReleasable);
+        }
+        let guard = self.guards[slot]
+            .iter()
+            .flatten()
+            .find(|guard| guard.marks.chain == message.chain)
+            .ok_or(Refusal::NotReleasable)?;
+        let kind = message.kind.index();
+        let at_watermark = guard.marks.of(message.kind).is_some_and(|mark| {
+            mark.position() == message.position() && mark.digest == message.digest
+        });
+        if !at_watermark || guard.sealed_in[kind] > sequence {
+            return Err(Refusal::NotReleasable);
+        }
+        sealed.durable = sealed.durable.max(sequence);
+        match self.sign_consensus_bytes(slot, message)? {
+            ConsensusStep::Signed(r, s) => Ok((r, s)),
+            ConsensusStep::Persist(_) => Err(Refusal::NotReleasable),
+        }
+    }
+
+    fn sign_consensus_bytes(
+        &self,
+        slot: usize,
+        message: &ConsensusMessage,
+    ) -> Result<ConsensusStep, Refusal> {
+        let record = self.records.as_slice()[slot]
+            .as_ref()
+            .ok_or(Refusal::UnknownKey)?;
+        let (r, s) = Ed25519Signer::of(record)?.sign(&message.signing_bytes());
+        Ok(ConsensusStep::Signed(r, s))
+    }
+
+    /// A consensus key's watermarks on every chain it keeps them for.
+    pub(crate) fn watermarks(
+        &self,
+        key: &WireKeyId,
+    ) -> Result<[Option<ChainWatermarks>; MAX_CHAINS_PER_KEY], Refusal> {
+        let slot = self.consensus_key(key)?;
+        Ok(self.guards[slot].map(|guard| guard.map(|guard| guard.marks)))
+    }
+
+    /// Raises a consensus key's watermarks on one chain to at least `marks` (an import): each
+    /// kind's watermark becomes the higher of the two; never lower. For a sealed store, the
+    /// change to write if anything rose.
+    pub(crate) fn raise_watermarks(
+        &mut self,
+        key: &WireKeyId,
+        marks: &ChainWatermarks,
+    ) -> Result<Option<StoreChange>, Refusal> {
+        let slot = self.consensus_key(key)?;
+        let guards = &mut self.guards[slot];
+        let index = match guards
+            .iter()
+            .position(|guard| guard.is_some_and(|guard| guard.marks.chain == marks.chain))
+        {
+            Some(index) => index,
+            None => guards
+                .iter()
+                .position(Option::is_none)
+                .ok_or(Refusal::ChainLimit {
+                    cap: MAX_CHAINS_PER_KEY as u32,
+                })?,
+        };
+        let mut guard = guards[index].unwrap_or(ChainGuard {
+            marks: ChainWatermarks::empty(marks.chain),
+            sealed_in: [0; 3],
+        });
+        let next = self.sealed.as_ref().map_or(0, |sealed| sealed.sequence + 1);
+        let mut raised = false;
+        for kind in crate::wire::consensus::ConsensusKind::ALL {
+            let held = guard.marks.of(kind);
+            let offered = marks.of(kind);
+            let higher = match (held, offered) {
+                (None, Some(offered)) => Some(offered),
+                (Some(held), Some(offered)) if offered.position() > held.position() => Some(offered),
+                _ => None,
+            };
+            if let Some(higher) = higher {
+                guard.marks.set(kind, Some(higher));
+                guard.sealed_in[kind.index()] = next;
+                raised = true;
+            }
+        }
+        if !raised {
+            return Ok(None);
+        }
+        self.guards[slot][index] = Some(guard);
+        let record = WatermarkRecord {
+            slot: u16::try_from(slot).unwrap_or(u16::MAX),
+            marks: guard.marks,
+        };
+        Ok(self.seal_change(None, None, Some(record)))
     }
 
     /// A key's algorithm, purpose and public key.
@@ -460,17 +739,17 @@ impl KeyStore {
         id: &WireKeyId,
         message: &[u8],
     ) -> Result<([u8; 32], [u8; 32]), Refusal> {
-        let record = self.find(id)?;
+        let signer = self.blind_signer(id)?;
         if message.len() > MESSAGE_CAP as usize {
             return Err(Refusal::MessageTooLong { cap: MESSAGE_CAP });
         }
-        Ok(Ed25519Signer::of(record)?.sign(message))
+        Ok(signer.sign(message))
     }
 
     /// The Ed25519 key `id`, to sign several messages with while the store stays borrowed (and
     /// its lock held): a batch is signed by one key, looked up once.
     pub(crate) fn ed25519_signer(&self, id: &WireKeyId) -> Result<Ed25519Signer<'_>, Refusal> {
-        Ed25519Signer::of(self.find(id)?)
+        self.blind_signer(id)
     }
 
     /// X25519 with a handshake key; refuses a peer point that gives an all-zero secret.
@@ -507,19 +786,12 @@ impl KeyStore {
     /// Erases a key: its record is dropped in place (the dalek types wipe themselves) and the
     /// slot is free again. For a sealed store, returns the sealed change the host must write.
     pub(crate) fn drop_key(&mut self, key: &WireKeyId) -> Result<Option<StoreChange>, Refusal> {
-        if key.store != self.id {
-            return Err(Refusal::UnknownKey);
-        }
-        let id = &key.local;
-        let index = self
-            .records
-            .as_slice()
-            .iter()
-            .position(|slot| slot.as_ref().is_some_and(|record| &record.id == id))
-            .ok_or(Refusal::UnknownKey)?;
+        let index = self.slot_of(key)?;
         self.records.as_mut_slice()[index] = None;
+        // A dropped key signs nothing more: its watermarks go with it.
+        self.guards[index] = [None; MAX_CHAINS_PER_KEY];
         let slot = u16::try_from(index).unwrap_or(u16::MAX);
-        Ok(self.seal_change(None, Some(slot)))
+        Ok(self.seal_change(None, Some(slot), None))
     }
 }
 
@@ -623,7 +895,8 @@ fn read_state_file(path: &[u8]) -> Result<Vec<u8>, StoreProblem> {
     let unreadable = |error: io::Error| StoreProblem::StateUnreadable {
         errno: error.raw_os_error().unwrap_or(0),
     };
-    let cap = HEADER_LEN + BODY_LEN + RECORD_LEN * crate::wire::MAX_KEY_LIMIT as usize + 1;
+    let keys = crate::wire::MAX_KEY_LIMIT as usize;
+    let cap = HEADER_LEN + BODY_LEN + (RECORD_LEN + MAX_CHAINS_PER_KEY * WATERMARK_LEN) * keys + 1;
     let mut bytes = Vec::new();
     std::fs::File::open(path_of(path))
         .and_then(|file| file.take(cap as u64).read_to_end(&mut bytes))

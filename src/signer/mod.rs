@@ -11,6 +11,7 @@ pub(crate) mod descriptors;
 pub(crate) mod dispatch;
 pub(crate) mod entry;
 pub(crate) mod hardening;
+pub(crate) mod guard;
 pub(crate) mod key_store;
 pub(crate) mod sealing;
 pub(crate) mod serve;

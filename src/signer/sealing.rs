@@ -250,6 +250,7 @@ mod tests {
         let manifest = ManifestFields {
             sequence: 5,
             record_count: 1,
+            watermark_count: 0,
             records_digest: [7; 32],
         };
         let seal = sealer.seal_manifest(&[8; 32], &manifest, [1; 24]);

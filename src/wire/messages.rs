@@ -16,7 +16,10 @@ use serde::ser::SerializeSeq;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::wire::key_types::{Algorithm, KeySpec, Purpose, WireKeyId};
-use crate::wire::store_format::{ManifestFields, Seal, SealedRecord};
+use crate::wire::consensus::{ChainWatermarks, ConsensusMessage, GuardRule, Watermark};
+use crate::wire::store_format::{
+    MAX_CHAINS_PER_KEY, ManifestFields, Seal, SealedRecord, WatermarkRecord,
+};
 use crate::wire::{MAX_BATCH, MAX_FRAME_LEN, MAX_KEY_LIMIT, MAX_MESSAGE_LEN};
 
 /// A request from the host to the signer. One variant per operation; the signer handles them in
@@ -61,6 +64,29 @@ pub(crate) enum Request<'a> {
         #[cfg_attr(feature = "test-support", arbitrary(with = arbitrary_digests))]
         digests: &'a [[u8; 32]],
     },
+    /// Sign a typed consensus message with a consensus key, if the double-sign guard allows it.
+    /// Answered with `Signature` when no write is needed (a repeat of a durable watermark, or a
+    /// memory-only signer), else with `ConsensusSealed`: the advanced watermark, sealed, for the
+    /// host to write before it asks for the signature with `ReleaseConsensus`.
+    SignConsensus {
+        key: WireKeyId,
+        message: ConsensusMessage,
+    },
+    /// The host has durably written every sealed change up to `sequence`: sign `message`, which
+    /// must be the key's watermark, sealed at or before `sequence`. Answered with `Signature`.
+    ReleaseConsensus {
+        key: WireKeyId,
+        message: ConsensusMessage,
+        sequence: u64,
+    },
+    /// A consensus key's watermarks, per chain; answered with `Watermarks`.
+    Watermarks { key: WireKeyId },
+    /// Raise a consensus key's watermarks on one chain to at least `marks` (an import: never
+    /// lowers one); answered with `WatermarksRaised`.
+    RaiseWatermarks {
+        key: WireKeyId,
+        marks: ChainWatermarks,
+    },
 }
 
 /// The most bytes of an answer frame to any request but a listing or a batch: every fixed-size
@@ -69,7 +95,10 @@ pub(crate) const SMALL_ANSWER_FRAME: usize = 128;
 
 /// The most bytes of an answer frame that carries a sealed store change (a record, a manifest
 /// and their seals, about 330 bytes at most).
-pub(crate) const SEALED_ANSWER_FRAME: usize = 512;
+pub(crate) const SEALED_ANSWER_FRAME: usize = 768;
+
+/// The most bytes of a `Watermarks` answer: a key's watermarks on its most chains.
+pub(crate) const WATERMARKS_ANSWER_FRAME: usize = 1024;
 
 impl Request<'_> {
     /// The most bytes the frame answering this request can take. The signer answers a burst of
@@ -82,7 +111,12 @@ impl Request<'_> {
             Request::SignMany { digests, .. } => {
                 SMALL_ANSWER_FRAME + SIGNATURE_LEN * digests.len().min(MAX_BATCH)
             }
-            Request::GenerateKey { .. } | Request::DropKey { .. } => SEALED_ANSWER_FRAME,
+            Request::GenerateKey { .. }
+            | Request::DropKey { .. }
+            | Request::SignConsensus { .. }
+            | Request::RaiseWatermarks { .. } => SEALED_ANSWER_FRAME,
+            Request::Watermarks { .. } => WATERMARKS_ANSWER_FRAME,
+            Request::ReleaseConsensus { .. } => SMALL_ANSWER_FRAME,
             Request::PublicKey { .. }
             | Request::SignDigest { .. }
             | Request::SignMessage { .. }
@@ -239,6 +273,12 @@ pub(crate) enum Answer<L = Vec<KeyListing>, S = WireSecret, B = Vec<WireSignatur
     KeyDroppedSealed {
         change: StoreChange,
     },
+    /// A consensus message's advanced watermark, sealed: write it, then `ReleaseConsensus`.
+    ConsensusSealed { change: StoreChange },
+    /// A consensus key's watermarks, one entry per chain it has signed on.
+    Watermarks([Option<ChainWatermarks>; MAX_CHAINS_PER_KEY]),
+    /// Watermarks raised; the sealed change to write, if anything was raised in a sealed store.
+    WatermarksRaised { change: Option<StoreChange> },
 }
 
 /// One write of the sealed store, as the signer hands it to the host: at most one record added
@@ -247,7 +287,10 @@ pub(crate) enum Answer<L = Vec<KeyListing>, S = WireSecret, B = Vec<WireSignatur
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct StoreChange {
     pub(crate) added: Option<SealedRecord>,
+    /// A key removed, with its watermark records.
     pub(crate) removed_slot: Option<u16>,
+    /// A watermark record added or replaced (by slot and chain).
+    pub(crate) watermark: Option<WatermarkRecord>,
     pub(crate) manifest: ManifestFields,
     pub(crate) manifest_seal: Seal,
 }
@@ -341,6 +384,20 @@ pub(crate) enum Refusal {
     BatchSize {
         cap: u32,
     },
+    /// The double-sign guard refused the message, by `rule`; `watermark` is its kind's.
+    WouldDoubleSign {
+        rule: GuardRule,
+        watermark: Option<Watermark>,
+    },
+    /// A typed consensus request for a key of another purpose.
+    NotAConsensusKey { purpose: Purpose },
+    /// Blind signing (a digest or an arbitrary message) with a key whose purpose forbids it.
+    BlindSigningRefused { purpose: Purpose },
+    /// The key already keeps watermarks for its most chains.
+    ChainLimit { cap: u32 },
+    /// A release of a message that is not the key's watermark, or not sealed by the sequence
+    /// number given, or of a sequence number never sealed.
+    NotReleasable,
 }
 
 /// Serializes a key listing from anything that can iterate it twice (once to count: postcard
@@ -761,12 +818,27 @@ mod tests {
                 tag: [0xff; 16],
             },
         };
+        let mark = Watermark {
+            epoch: u64::MAX,
+            round: u64::MAX,
+            digest: [0xff; 32],
+        };
         let change = StoreChange {
             added: Some(record),
             removed_slot: Some(u16::MAX),
+            watermark: Some(WatermarkRecord {
+                slot: u16::MAX,
+                marks: ChainWatermarks {
+                    chain: crate::wire::consensus::ChainId([0xff; 32]),
+                    proposal: Some(mark),
+                    vote: Some(mark),
+                    timeout: Some(mark),
+                },
+            }),
             manifest: ManifestFields {
                 sequence: u64::MAX,
                 record_count: u32::MAX,
+                watermark_count: u32::MAX,
                 records_digest: [0xff; 32],
             },
             manifest_seal: Seal {

@@ -3,6 +3,7 @@
 //! holds no secret and makes no decision about one.
 
 pub(crate) mod framing;
+pub(crate) mod consensus;
 pub(crate) mod key_types;
 pub(crate) mod messages;
 pub(crate) mod startup;

@@ -45,6 +45,8 @@ pub(crate) struct SignerSettings {
     pub(crate) signer_spin_micros: u32,
     pub(crate) parent_pid: i32,
     pub(crate) sandboxed: bool,
+    /// Whether consensus keys may sign blind digests and arbitrary messages (unsafe).
+    pub(crate) allow_blind_consensus: bool,
     /// The sealed store to open or create; `None` keeps keys in memory only.
     pub(crate) store: Option<SignerStoreSettings>,
 }
@@ -157,6 +159,11 @@ pub enum TamperedPart {
     },
     /// Two records name the same key.
     DuplicateKey,
+    /// A watermark record for a slot that holds no consensus key, or one too many for its key.
+    Watermark {
+        /// The record's slot.
+        slot: u16,
+    },
 }
 
 impl std::fmt::Display for TamperedPart {
@@ -171,6 +178,10 @@ impl std::fmt::Display for TamperedPart {
                 "the public key of the record in slot {slot} does not belong to its secret"
             ),
             TamperedPart::DuplicateKey => f.write_str("two records name the same key"),
+            TamperedPart::Watermark { slot } => write!(
+                f,
+                "a watermark record for slot {slot} names no consensus key, or one chain too many"
+            ),
         }
     }
 }

@@ -6,13 +6,15 @@
 //! `docs/store-format.md` describes the same layout for a second implementation; the tests at
 //! the end check its worked example.
 //!
-//! The file is a fixed header, a body (the sequence number, the record count and the manifest
-//! seal) and the records, each of fixed length, in increasing slot order. All integers are
-//! little-endian.
+//! The file is a fixed header, a body (the sequence number, the record counts and the manifest
+//! seal), the key records in increasing slot order, then the watermark records (a consensus
+//! key's double-sign guard on one chain) in increasing (slot, chain) order; every record is of
+//! fixed length. All integers are little-endian.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::wire::consensus::{ChainId, ChainWatermarks, ConsensusKind, Watermark};
 use crate::wire::key_types::{Algorithm, LocalKeyId, Purpose, StoreId};
 
 /// The first eight bytes of every store file.
@@ -27,12 +29,20 @@ const VERIFIED_LEN: usize = 47;
 const CHECKED_LEN: usize = 87;
 /// The header: magic, version, store id, KDF, salt, verifier, checksum.
 pub(crate) const HEADER_LEN: usize = CHECKED_LEN + 32;
-/// The body before the records: sequence number, record count, manifest nonce and tag.
-pub(crate) const BODY_LEN: usize = 8 + 4 + 24 + 16;
+/// The body before the records: sequence number, key and watermark record counts, manifest
+/// nonce and tag.
+pub(crate) const BODY_LEN: usize = 8 + 4 + 4 + 24 + 16;
 /// One record: slot, id, purpose, algorithm, creation time, public key, nonce, sealed secret, tag.
 pub(crate) const RECORD_LEN: usize = 2 + 16 + 1 + 1 + 8 + 32 + 24 + 32 + 16;
 /// The part of a record in the clear, bound into its seal as associated data.
 const RECORD_CLEAR_LEN: usize = 2 + 16 + 1 + 1 + 8 + 32;
+/// One watermark of a watermark record: signed (1) or not (0), epoch, round, digest.
+const MARK_LEN: usize = 1 + 8 + 8 + 32;
+/// One watermark record: the key's slot, the chain, a watermark per kind (proposal, vote,
+/// timeout). In the clear: the manifest's digest covers it.
+pub(crate) const WATERMARK_LEN: usize = 2 + 32 + 3 * MARK_LEN;
+/// The most chains one consensus key keeps watermarks for.
+pub(crate) const MAX_CHAINS_PER_KEY: usize = 4;
 
 /// Domain labels of the three seals; each seal's associated data starts with its own.
 pub(crate) const VERIFIER_LABEL: &[u8] = b"keyward-store/v1 verifier";
@@ -209,6 +219,63 @@ impl SealedRecord {
     }
 }
 
+/// A consensus key's watermarks on one chain, as the store file holds them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct WatermarkRecord {
+    /// The slot of the key (a consensus key the store holds).
+    pub(crate) slot: u16,
+    pub(crate) marks: ChainWatermarks,
+}
+
+impl WatermarkRecord {
+    /// The record's bytes in the file.
+    pub(crate) fn to_bytes(self) -> [u8; WATERMARK_LEN] {
+        let mut bytes = [0u8; WATERMARK_LEN];
+        bytes[0..2].copy_from_slice(&self.slot.to_le_bytes());
+        bytes[2..34].copy_from_slice(&self.marks.chain.0);
+        for (kind, mark) in ConsensusKind::ALL
+            .into_iter()
+            .zip(bytes[34..].chunks_exact_mut(MARK_LEN))
+        {
+            if let Some(watermark) = self.marks.of(kind) {
+                mark[0] = 1;
+                mark[1..9].copy_from_slice(&watermark.epoch.to_le_bytes());
+                mark[9..17].copy_from_slice(&watermark.round.to_le_bytes());
+                mark[17..49].copy_from_slice(&watermark.digest);
+            }
+        }
+        bytes
+    }
+
+    fn from_bytes(bytes: &[u8; WATERMARK_LEN]) -> Result<Self, FormatError> {
+        let mut marks = ChainWatermarks::empty(ChainId(array(&bytes[2..34])));
+        for (kind, mark) in ConsensusKind::ALL
+            .into_iter()
+            .zip(bytes[34..].chunks_exact(MARK_LEN))
+        {
+            let watermark = match mark[0] {
+                0 if mark[1..].iter().all(|&byte| byte == 0) => None,
+                1 => Some(Watermark {
+                    epoch: u64::from_le_bytes(array(&mark[1..9])),
+                    round: u64::from_le_bytes(array(&mark[9..17])),
+                    digest: array(&mark[17..49]),
+                }),
+                _ => return Err(FormatError::Corrupt(CorruptField::Watermark)),
+            };
+            marks.set(kind, watermark);
+        }
+        Ok(Self {
+            slot: u16::from_le_bytes([bytes[0], bytes[1]]),
+            marks,
+        })
+    }
+
+    /// The order of watermark records in the file.
+    pub(crate) fn order(&self) -> (u16, ChainId) {
+        (self.slot, self.marks.chain)
+    }
+}
+
 /// What the manifest seal binds besides the header: which write this is and which records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ManifestFields {
@@ -216,7 +283,8 @@ pub(crate) struct ManifestFields {
     /// not write is skipped).
     pub(crate) sequence: u64,
     pub(crate) record_count: u32,
-    /// SHA-256 over the records' bytes, in file order.
+    pub(crate) watermark_count: u32,
+    /// SHA-256 over the key records' bytes, then the watermark records' bytes, in file order.
     pub(crate) records_digest: [u8; 32],
 }
 
@@ -225,35 +293,51 @@ impl ManifestFields {
     pub(crate) fn associated_data(
         &self,
         header_checksum: &[u8; 32],
-    ) -> [u8; MANIFEST_LABEL.len() + 32 + 8 + 4 + 32] {
-        let mut data = [0u8; MANIFEST_LABEL.len() + 32 + 8 + 4 + 32];
+    ) -> [u8; MANIFEST_LABEL.len() + 32 + 8 + 4 + 4 + 32] {
+        let mut data = [0u8; MANIFEST_LABEL.len() + 32 + 8 + 4 + 4 + 32];
         let (label, rest) = data.split_at_mut(MANIFEST_LABEL.len());
         label.copy_from_slice(MANIFEST_LABEL);
         rest[0..32].copy_from_slice(header_checksum);
         rest[32..40].copy_from_slice(&self.sequence.to_le_bytes());
         rest[40..44].copy_from_slice(&self.record_count.to_le_bytes());
-        rest[44..76].copy_from_slice(&self.records_digest);
+        rest[44..48].copy_from_slice(&self.watermark_count.to_le_bytes());
+        rest[48..80].copy_from_slice(&self.records_digest);
         data
+    }
+
+    /// The summary of the records this manifest binds.
+    pub(crate) fn summary(&self) -> RecordsSummary {
+        (self.record_count, self.watermark_count, self.records_digest)
     }
 }
 
-/// Hashes records, in order, as the manifest binds them.
+/// Hashes records, in file order (every key record before every watermark record), as the
+/// manifest binds them.
 #[derive(Clone, Default)]
 pub(crate) struct RecordsDigest {
     hasher: Sha256,
-    count: u32,
+    keys: u32,
+    watermarks: u32,
 }
+
+/// The counts and the digest the manifest binds.
+pub(crate) type RecordsSummary = (u32, u32, [u8; 32]);
 
 impl RecordsDigest {
     pub(crate) fn add(&mut self, record: &SealedRecord) {
         self.hasher.update(record.to_bytes());
-        self.count = self.count.saturating_add(1);
+        self.keys = self.keys.saturating_add(1);
     }
 
-    pub(crate) fn finish(self) -> (u32, [u8; 32]) {
+    pub(crate) fn add_watermark(&mut self, record: &WatermarkRecord) {
+        self.hasher.update(record.to_bytes());
+        self.watermarks = self.watermarks.saturating_add(1);
+    }
+
+    pub(crate) fn finish(self) -> RecordsSummary {
         let mut digest = [0u8; 32];
         digest.copy_from_slice(&self.hasher.finalize());
-        (self.count, digest)
+        (self.keys, self.watermarks, digest)
     }
 }
 
@@ -265,6 +349,7 @@ pub(crate) struct StoreFile {
     pub(crate) manifest: ManifestFields,
     pub(crate) manifest_seal: Seal,
     pub(crate) records: Vec<SealedRecord>,
+    pub(crate) watermarks: Vec<WatermarkRecord>,
 }
 
 /// Why bytes are not a store file this build can read.
@@ -333,6 +418,10 @@ pub enum CorruptField {
     RecordPurpose,
     /// A record names no known algorithm.
     RecordAlgorithm,
+    /// A watermark record's flag is neither 0 nor 1, or an unset watermark is not all zeros.
+    Watermark,
+    /// The watermark records are not in strictly increasing (slot, chain) order.
+    WatermarkOrder,
 }
 
 impl std::fmt::Display for CorruptField {
@@ -345,6 +434,8 @@ impl std::fmt::Display for CorruptField {
             CorruptField::RecordOrder => "the order of the records",
             CorruptField::RecordPurpose => "a record's purpose",
             CorruptField::RecordAlgorithm => "a record's algorithm",
+            CorruptField::Watermark => "a watermark record",
+            CorruptField::WatermarkOrder => "the order of the watermark records",
         })
     }
 }
@@ -413,13 +504,21 @@ impl StoreFile {
         })?;
         let sequence = u64::from_le_bytes(array(&body[0..8]));
         let record_count = u32::from_le_bytes(array(&body[8..12]));
+        let watermark_count = u32::from_le_bytes(array(&body[12..16]));
         let manifest_seal = Seal {
-            nonce: array(&body[12..36]),
-            tag: array(&body[36..52]),
+            nonce: array(&body[16..40]),
+            tag: array(&body[40..56]),
         };
-        let expected = usize::try_from(record_count)
+        let records_len = usize::try_from(record_count)
             .ok()
             .and_then(|count| count.checked_mul(RECORD_LEN))
+            .ok_or(FormatError::Corrupt(CorruptField::RecordCount))?;
+        let watermarks_len = usize::try_from(watermark_count)
+            .ok()
+            .and_then(|count| count.checked_mul(WATERMARK_LEN))
+            .ok_or(FormatError::Corrupt(CorruptField::RecordCount))?;
+        let expected = records_len
+            .checked_add(watermarks_len)
             .and_then(|records| records.checked_add(HEADER_LEN + BODY_LEN))
             .ok_or(FormatError::Corrupt(CorruptField::RecordCount))?;
         if bytes.len() < expected {
@@ -434,7 +533,9 @@ impl StoreFile {
                 expected,
             });
         }
-        let (chunks, _) = bytes[HEADER_LEN + BODY_LEN..].as_chunks::<RECORD_LEN>();
+        let records_start = HEADER_LEN + BODY_LEN;
+        let watermarks_start = records_start + records_len;
+        let (chunks, _) = bytes[records_start..watermarks_start].as_chunks::<RECORD_LEN>();
         let mut records = Vec::with_capacity(chunks.len());
         let mut digest = RecordsDigest::default();
         for chunk in chunks {
@@ -448,38 +549,66 @@ impl StoreFile {
             digest.add(&record);
             records.push(record);
         }
-        let (_, records_digest) = digest.finish();
+        let (chunks, _) = bytes[watermarks_start..].as_chunks::<WATERMARK_LEN>();
+        let mut watermarks = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            let record = WatermarkRecord::from_bytes(chunk)?;
+            if watermarks
+                .last()
+                .is_some_and(|last: &WatermarkRecord| last.order() >= record.order())
+            {
+                return Err(FormatError::Corrupt(CorruptField::WatermarkOrder));
+            }
+            digest.add_watermark(&record);
+            watermarks.push(record);
+        }
+        let (_, _, records_digest) = digest.finish();
         Ok(Self {
             header,
             manifest: ManifestFields {
                 sequence,
                 record_count,
+                watermark_count,
                 records_digest,
             },
             manifest_seal,
             records,
+            watermarks,
         })
     }
 
     /// The file's bytes.
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(HEADER_LEN + BODY_LEN + self.records.len() * RECORD_LEN);
+        let mut bytes = Vec::with_capacity(
+            HEADER_LEN
+                + BODY_LEN
+                + self.records.len() * RECORD_LEN
+                + self.watermarks.len() * WATERMARK_LEN,
+        );
         bytes.extend_from_slice(&self.header.to_bytes());
         bytes.extend_from_slice(&self.manifest.sequence.to_le_bytes());
         bytes.extend_from_slice(&self.manifest.record_count.to_le_bytes());
+        bytes.extend_from_slice(&self.manifest.watermark_count.to_le_bytes());
         bytes.extend_from_slice(&self.manifest_seal.nonce);
         bytes.extend_from_slice(&self.manifest_seal.tag);
         for record in &self.records {
             bytes.extend_from_slice(&record.to_bytes());
         }
+        for record in &self.watermarks {
+            bytes.extend_from_slice(&record.to_bytes());
+        }
         bytes
     }
 
-    /// The digest of this file's records as they are now (after the host changed them).
-    pub(crate) fn records_digest(&self) -> (u32, [u8; 32]) {
+    /// The counts and digest of this file's records as they are now (after the host changed
+    /// them).
+    pub(crate) fn records_digest(&self) -> RecordsSummary {
         let mut digest = RecordsDigest::default();
         for record in &self.records {
             digest.add(record);
+        }
+        for record in &self.watermarks {
+            digest.add_watermark(record);
         }
         digest.finish()
     }
@@ -572,6 +701,7 @@ mod tests {
             manifest: ManifestFields {
                 sequence: 7,
                 record_count: 2,
+                watermark_count: 1,
                 records_digest: [0; 32],
             },
             manifest_seal: Seal {
@@ -579,8 +709,21 @@ mod tests {
                 tag: [2; 16],
             },
             records,
+            watermarks: vec![WatermarkRecord {
+                slot: 0,
+                marks: ChainWatermarks {
+                    chain: ChainId([0x12; 32]),
+                    proposal: None,
+                    vote: Some(Watermark {
+                        epoch: 3,
+                        round: 9,
+                        digest: [0x34; 32],
+                    }),
+                    timeout: None,
+                },
+            }],
         };
-        file.manifest.records_digest = file.records_digest().1;
+        file.manifest.records_digest = file.records_digest().2;
         file
     }
 
@@ -588,7 +731,7 @@ mod tests {
     fn a_file_parses_back_to_itself_and_has_the_documented_length() {
         let file = sample();
         let bytes = file.to_bytes();
-        assert_eq!(bytes.len(), 119 + 52 + 2 * 132);
+        assert_eq!(bytes.len(), 119 + 56 + 2 * 132 + 181);
         assert_eq!(StoreFile::parse(&bytes), Ok(file));
     }
 

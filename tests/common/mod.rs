@@ -107,11 +107,11 @@ pub(crate) fn numbered_digests(count: usize, salt: u8) -> Vec<[u8; 32]> {
         .collect()
 }
 
-/// A consensus key of `service`, checked to sign a digest that verifies under its public key:
+/// An account key of `service`, checked to sign a digest that verifies under its public key:
 /// the signer is known to be serving, and to be a real one.
 pub(crate) fn serving_key(service: &dyn keyward::KeyService) -> keyward::KeyId {
     let key = service
-        .generate_key(keyward::KeySpec::new(keyward::Purpose::Consensus))
+        .generate_key(keyward::KeySpec::new(keyward::Purpose::Account))
         .unwrap();
     assert_signs(service, key, &[3; 32]);
     key

@@ -42,7 +42,7 @@ impl Service {
     fn spawn(config: Config) -> Result<Self> {
         let workers = config.workers();
         let service = SecretService::spawn(config).context("spawning a signer")?;
-        let ed25519 = service.generate_key(KeySpec::new(Purpose::Consensus))?;
+        let ed25519 = service.generate_key(KeySpec::new(Purpose::Account))?;
         let x25519 = service.generate_key(KeySpec::new(Purpose::NetworkHandshake))?;
         // What is timed must be real work: check one signature.
         let digest = [1u8; 32];

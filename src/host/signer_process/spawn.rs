@@ -105,6 +105,7 @@ impl SignerProcess {
                 .unwrap_or(u32::MAX),
             parent_pid: nix::unistd::getpid().as_raw(),
             sandboxed: config.sandbox == Sandbox::Enforced,
+            allow_blind_consensus: config.blind_consensus_signing,
             store: store_settings,
         };
         // The program as the kernel will show it: what the signer's filter is compared with.

@@ -268,13 +268,9 @@ impl HostStore {
                     manifest: summary.manifest,
                     manifest_seal: created.manifest_seal,
                     records: Vec::new(),
+                    watermarks: Vec::new(),
                 };
-                if file.records_digest()
-                    != (
-                        summary.manifest.record_count,
-                        summary.manifest.records_digest,
-                    )
-                {
+                if file.records_digest() != summary.manifest.summary() {
                     return Err(AdoptError::Signer("a new store that is not empty"));
                 }
                 let id = format!("{}\n", hex(&file.header.store));
@@ -309,12 +305,21 @@ impl HostStore {
             return Err("a sealed change that does not advance the sequence number");
         }
         let mut records = file.records.clone();
+        let mut watermarks = file.watermarks.clone();
         if let Some(slot) = change.removed_slot {
             let index = records
                 .iter()
                 .position(|record| record.slot == slot)
                 .ok_or("a sealed change that removes a record the store does not hold")?;
             records.remove(index);
+            watermarks.retain(|record| record.slot != slot);
+        }
+        if let Some(watermark) = change.watermark {
+            let index = watermarks.partition_point(|record| record.order() < watermark.order());
+            match watermarks.get_mut(index) {
+                Some(held) if held.order() == watermark.order() => *held = watermark,
+                _ => watermarks.insert(index, watermark),
+            }
         }
         if let Some(added) = change.added {
             let index = records.partition_point(|record| record.slot < added.slot);
@@ -331,10 +336,9 @@ impl HostStore {
             manifest: change.manifest,
             manifest_seal: change.manifest_seal,
             records,
+            watermarks,
         };
-        if changed.records_digest()
-            != (change.manifest.record_count, change.manifest.records_digest)
-        {
+        if changed.records_digest() != change.manifest.summary() {
             return Err("a sealed change whose manifest does not match the records");
         }
         *file = changed;
