@@ -62,13 +62,13 @@ pub use host::service::SecretService;
 pub use host::status::{FilterCheck, KeyMapping, SignerStatus};
 pub use host::store::{StoreConfig, StoreCreation, StoreError, UnlockSecret, WriteStep};
 pub use signer::entry::{SIGNER_ARGUMENT, run_signer_if_requested};
-pub use wire::key_types::{Algorithm, KeyMemory, KeySpec, Purpose, SecretMemory};
-#[cfg(feature = "test-support")]
-pub use wire::messages::ForbiddenSyscall;
 pub use wire::consensus::{
     CONSENSUS_DOMAIN, CONSENSUS_SIGNING_LEN, ChainId, ChainWatermarks, ConsensusKind,
     ConsensusMessage, GuardRule, Watermark,
 };
+pub use wire::key_types::{Algorithm, KeyMemory, KeySpec, Purpose, SecretMemory};
+#[cfg(feature = "test-support")]
+pub use wire::messages::ForbiddenSyscall;
 pub use wire::startup::{HardeningStep, TamperedPart};
 pub use wire::store_format::{CorruptField, FormatError, KdfParameters};
 pub use wire::{

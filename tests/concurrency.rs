@@ -271,11 +271,11 @@ fn two_services_in_one_process_are_independent() {
                 .into_iter()
                 .map(|purpose| service.generate_key(KeySpec::new(purpose)).unwrap())
                 .collect();
-            let consensus = keys[1];
-            let public = *service.public_key(consensus).unwrap().as_ed25519().unwrap();
+            let account = keys[0];
+            let public = *service.public_key(account).unwrap().as_ed25519().unwrap();
             for iteration in 0..300 {
                 let digest = digest(thread, iteration, &salt);
-                let signature = service.sign(consensus, &digest).unwrap();
+                let signature = service.sign(account, &digest).unwrap();
                 public.verify_strict(&digest, &signature).unwrap();
             }
             keys

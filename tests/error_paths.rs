@@ -101,6 +101,21 @@ fn assert_keys_work(mode: &str, service: &SecretService, keys: &[(Purpose, KeyId
         let info = service.key_info(key).unwrap();
         assert_eq!(info.purpose, purpose, "{mode}");
         match info.public_key {
+            // A consensus key signs typed messages only; each check signs a later round.
+            PublicKey::Ed25519(public) if purpose == Purpose::Consensus => {
+                static ROUND: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+                let round = ROUND.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let vote = keyward::ConsensusMessage::vote(
+                    keyward::ChainId([1; 32]),
+                    1,
+                    round,
+                    random_bytes(),
+                );
+                let signature = service.sign_consensus(key, &vote).unwrap();
+                public
+                    .verify_strict(&vote.signing_bytes(), &signature)
+                    .unwrap();
+            }
             PublicKey::Ed25519(public) => {
                 let digest = random_bytes();
                 let signature = service.sign(key, &digest).unwrap();
@@ -446,7 +461,7 @@ fn the_configuration_bounds_themselves_are_accepted() {
             let key = service
                 .generate_key(KeySpec::new(Purpose::Account))
                 .unwrap();
-            assert_keys_work(mode, &service, &[(Purpose::NetworkDiscovery, key)]);
+            assert_keys_work(mode, &service, &[(Purpose::Account, key)]);
         }
         // A limit of one means one.
         let service = SecretService::spawn(base.clone().with_key_limit(1)).unwrap();

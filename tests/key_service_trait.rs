@@ -28,24 +28,43 @@ fn validator_setup(service: &dyn KeyService) {
         assert!(listed.contains(&info));
         assert_eq!(service.public_key(key).unwrap(), info.public_key);
     }
-    let consensus = keys[1].1;
-    let verifying = *service.public_key(consensus).unwrap().as_ed25519().unwrap();
+    let account = keys[0].1;
+    let verifying = *service.public_key(account).unwrap().as_ed25519().unwrap();
     let digest = [0x42; 32];
-    let signature = service.sign(consensus, &digest).unwrap();
+    let signature = service.sign(account, &digest).unwrap();
     verifying.verify_strict(&digest, &signature).unwrap();
     let message = b"a handshake transcript of some length that is not 32 bytes";
-    let signature = service.sign_message(consensus, message).unwrap();
+    let signature = service.sign_message(account, message).unwrap();
     verifying.verify_strict(message, &signature).unwrap();
     let votes: Vec<[u8; 32]> = (0..16u8).map(|vote| [vote; 32]).collect();
-    let signatures = service.sign_many(consensus, &votes).unwrap();
+    let signatures = service.sign_many(account, &votes).unwrap();
     assert_eq!(signatures.len(), votes.len());
     for (vote, signature) in votes.iter().zip(&signatures) {
         verifying.verify_strict(vote, signature).unwrap();
     }
-    assert_eq!(signatures[0], service.sign(consensus, &votes[0]).unwrap());
+    assert_eq!(signatures[0], service.sign(account, &votes[0]).unwrap());
     assert!(matches!(
-        service.sign_many(consensus, &vec![[0; 32]; keyward::MAX_BATCH + 1]),
+        service.sign_many(account, &vec![[0; 32]; keyward::MAX_BATCH + 1]),
         Err(Error::BatchSize { .. })
+    ));
+
+    // The consensus key signs typed messages through the trait, guarded.
+    let consensus = keys[1].1;
+    let vote = keyward::ConsensusMessage::vote(keyward::ChainId([2; 32]), 1, 1, [3; 32]);
+    let signature = service.sign_consensus(consensus, &vote).unwrap();
+    service
+        .public_key(consensus)
+        .unwrap()
+        .as_ed25519()
+        .unwrap()
+        .verify_strict(&vote.signing_bytes(), &signature)
+        .unwrap();
+    assert!(matches!(
+        service.sign_consensus(
+            consensus,
+            &keyward::ConsensusMessage::vote(keyward::ChainId([2; 32]), 1, 1, [4; 32])
+        ),
+        Err(Error::WouldDoubleSign { .. })
     ));
 
     let handshake = keys[3].1;
@@ -59,10 +78,10 @@ fn validator_setup(service: &dyn KeyService) {
         peer.diffie_hellman(ours.as_x25519().unwrap()).as_bytes()
     );
 
-    service.drop_key(consensus).unwrap();
+    service.drop_key(account).unwrap();
     assert!(matches!(
-        service.sign(consensus, &digest),
-        Err(Error::UnknownKey(key)) if key == consensus
+        service.sign(account, &digest),
+        Err(Error::UnknownKey(key)) if key == account
     ));
     assert_eq!(service.list_keys().unwrap().len(), 3);
 }

@@ -254,6 +254,14 @@ fn play_keyholder() {
         let key = service.generate_key(KeySpec::new(purpose)).unwrap();
         let public = service.public_key(key).unwrap();
         match public {
+            keyward::PublicKey::Ed25519(verifying) if purpose == Purpose::Consensus => {
+                let vote =
+                    keyward::ConsensusMessage::vote(keyward::ChainId([1; 32]), 1, 1, [0x5a; 32]);
+                let signature = service.sign_consensus(key, &vote).unwrap();
+                verifying
+                    .verify_strict(&vote.signing_bytes(), &signature)
+                    .unwrap();
+            }
             keyward::PublicKey::Ed25519(verifying) => {
                 let signature = service.sign(key, &[0x5a; 32]).unwrap();
                 verifying.verify_strict(&[0x5a; 32], &signature).unwrap();

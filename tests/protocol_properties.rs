@@ -7,8 +7,9 @@ use keyward::testing::{
     DispatchResult, Dispatcher, FRAME_CAP, arbitrary_request_frame, diffie_hellman_frame,
     drop_key_frame, generate_key_frame, generated_key_from_summary, is_test_hook_request,
     is_valid_request, key_id_bytes, key_id_from_bytes, list_keys_frame, public_key_frame,
-    sign_frame, sign_many_frame, sign_message_frame, signatures_from_summary, split_frames,
-    test_hook_frame,
+    raise_watermarks_frame, release_consensus_frame, sign_consensus_frame, sign_frame,
+    sign_many_frame, sign_message_frame, signatures_from_summary, split_frames, test_hook_frame,
+    watermarks_frame,
 };
 use keyward::{Algorithm, ForbiddenSyscall, KeyId, KeySpec, MAX_BATCH, MAX_MESSAGE_LEN, Purpose};
 use proptest::collection::vec;
@@ -19,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// How many kinds of request the protocol has (variant indexes `0..REQUEST_KINDS`). A new kind
 /// fails `every_arbitrary_request_decodes_and_is_answered_with_its_id` until it is counted here
 /// and checked for its meaning in `every_request_kind_is_served_correctly_in_process`.
-const REQUEST_KINDS: usize = 9;
+const REQUEST_KINDS: usize = 13;
 
 /// A signer with live test hooks makes a forbidden system call (fork, execve, ptrace ...) for a
 /// test-hook request. The in-process dispatcher refuses it, as
@@ -820,6 +821,59 @@ fn every_request_kind_is_served_correctly_in_process() {
         "a dropped key is listed: {summary}"
     );
     // AttemptForbiddenSyscall: in the_in_process_dispatcher_never_makes_a_test_hook_system_call.
+
+    // The consensus requests, on a memory-only store (nothing to write: signed at once).
+    let mut dispatcher = Dispatcher::new(2).unwrap();
+    let d = &mut dispatcher;
+    let consensus = generate(d, 1, Purpose::Consensus);
+    let account = generate(d, 2, Purpose::Account);
+    let chain = keyward::ChainId([5; 32]);
+    let vote = keyward::ConsensusMessage::vote(chain, 1, 2, [3; 32]);
+    // SignConsensus: over the typed bytes; a repeat is the same signature; a conflict refused.
+    let summary = ask(d, sign_consensus_frame(3, consensus.key, vote));
+    let signature = signature_in(&summary);
+    ed25519_dalek::VerifyingKey::from_bytes(&consensus.public)
+        .unwrap()
+        .verify_strict(&vote.signing_bytes(), &signature)
+        .unwrap();
+    assert_eq!(
+        ask(d, sign_consensus_frame(4, consensus.key, vote)),
+        summary
+    );
+    let conflicting = keyward::ConsensusMessage::vote(chain, 1, 2, [4; 32]);
+    let summary = ask(d, sign_consensus_frame(5, consensus.key, conflicting));
+    assert!(
+        summary.starts_with("Refused(WouldDoubleSign { rule: ConflictingDigest"),
+        "{summary}"
+    );
+    let summary = ask(d, sign_consensus_frame(6, account.key, vote));
+    assert!(summary.contains("NotAConsensusKey"), "{summary}");
+    // Blind signing with the consensus key is refused.
+    let summary = ask(d, sign_frame(7, consensus.key, [0; 32]));
+    assert!(summary.contains("BlindSigningRefused"), "{summary}");
+    // ReleaseConsensus: a memory-only store has nothing to release.
+    let summary = ask(d, release_consensus_frame(8, consensus.key, vote, 1));
+    assert_eq!(summary, "Refused(NotReleasable)");
+    // Watermarks: the vote's, on its chain.
+    let summary = ask(d, watermarks_frame(9, consensus.key));
+    assert!(summary.starts_with("Watermarks([Some("), "{summary}");
+    assert!(
+        summary.contains("vote: Some(Watermark { epoch: 1, round: 2"),
+        "{summary}"
+    );
+    // RaiseWatermarks: a higher vote raises it (nothing to write in memory); then round 3 is
+    // below it.
+    let mut marks = keyward::ChainWatermarks::empty(chain);
+    marks.vote = Some(keyward::Watermark {
+        epoch: 1,
+        round: 9,
+        digest: [0; 32],
+    });
+    let summary = ask(d, raise_watermarks_frame(10, consensus.key, marks));
+    assert_eq!(summary, "WatermarksRaised { change: None }");
+    let later = keyward::ConsensusMessage::vote(chain, 1, 3, [3; 32]);
+    let summary = ask(d, sign_consensus_frame(11, consensus.key, later));
+    assert!(summary.contains("BelowWatermark"), "{summary}");
 }
 
 /// The file descriptors of this process that point at `path`.

@@ -36,12 +36,12 @@ fn services() -> Vec<(&'static str, SecretService)> {
         .collect()
 }
 
-/// The purposes whose keys use `algorithm`, checked to be non-empty so no loop over them is
-/// vacuous.
+/// The purposes whose keys use `algorithm` and sign blind (consensus keys sign typed messages
+/// only: tests/consensus_guard.rs), checked to be non-empty so no loop over them is vacuous.
 fn purposes_using(algorithm: Algorithm) -> Vec<Purpose> {
     let purposes: Vec<Purpose> = Purpose::ALL
         .into_iter()
-        .filter(|purpose| purpose.algorithm() == algorithm)
+        .filter(|purpose| purpose.algorithm() == algorithm && *purpose != Purpose::Consensus)
         .collect();
     assert!(!purposes.is_empty(), "no purpose uses {algorithm}");
     purposes

@@ -52,7 +52,8 @@ fn exercise_whole_api(what: &str, config: Config, workers: usize) {
     let &(_, consensus, consensus_public) = &by_purpose[1];
     let chain = keyward::ChainId([7; 32]);
     for round in 1..4 {
-        let vote = keyward::ConsensusMessage::vote(chain, 1, round, [round as u8; 32]);
+        let vote =
+            keyward::ConsensusMessage::vote(chain, 1, round, [u8::try_from(round).unwrap(); 32]);
         let signature = service.sign_consensus(consensus, &vote).unwrap();
         consensus_public
             .as_ed25519()
@@ -62,7 +63,10 @@ fn exercise_whole_api(what: &str, config: Config, workers: usize) {
         assert_eq!(service.sign_consensus(consensus, &vote).unwrap(), signature);
     }
     assert!(matches!(
-        service.sign_consensus(consensus, &keyward::ConsensusMessage::vote(chain, 1, 3, [0; 32])),
+        service.sign_consensus(
+            consensus,
+            &keyward::ConsensusMessage::vote(chain, 1, 3, [0; 32])
+        ),
         Err(Error::WouldDoubleSign { .. })
     ));
     assert!(matches!(

@@ -110,15 +110,18 @@ pub enum Error {
     /// The double-sign guard in the signer refused a consensus message: signing it could make
     /// the validator sign two conflicting messages. Nothing was signed.
     #[error(
-        "key {key} will not sign this {} at epoch {}, round {}: {rule} (its {} watermark: {})",
-        message.kind, message.epoch, message.round, message.kind,
+        "key {key} will not sign this {kind} at epoch {epoch}, round {round}: {rule} (its {kind} watermark: {})",
         watermark.map_or_else(|| "none".to_owned(), |w| format!("epoch {}, round {}", w.epoch, w.round))
     )]
     WouldDoubleSign {
         /// The consensus key.
         key: KeyId,
-        /// The refused message.
-        message: crate::wire::consensus::ConsensusMessage,
+        /// The refused message's kind.
+        kind: crate::wire::consensus::ConsensusKind,
+        /// Its epoch.
+        epoch: u64,
+        /// Its round.
+        round: u64,
         /// The rule that refused it.
         rule: crate::wire::consensus::GuardRule,
         /// The key's watermark of the message's kind on its chain.
@@ -149,7 +152,9 @@ pub enum Error {
     },
 
     /// The consensus key keeps watermarks for as many chains as it can.
-    #[error("key {key} already keeps watermarks for {cap} chains; use another key for another chain")]
+    #[error(
+        "key {key} already keeps watermarks for {cap} chains; use another key for another chain"
+    )]
     ChainLimit {
         /// The key.
         key: KeyId,

@@ -239,7 +239,7 @@ pub(crate) enum ConsensusOutcome {
     /// Signed at once: a repeat of a durable watermark, or a memory-only signer.
     Signed(ed25519_dalek::Signature),
     /// The advanced watermark, sealed: write it, then release the signature.
-    Persist(StoreChange),
+    Persist(Box<StoreChange>),
 }
 
 /// Sign a typed consensus message, if the guard allows it.
@@ -261,7 +261,7 @@ impl Operation for SignConsensus {
     fn output(&self, answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
         match answer {
             Answer::Signature { r, s } => Ok(ConsensusOutcome::Signed(signature(r, s))),
-            Answer::ConsensusSealed { change } => Ok(ConsensusOutcome::Persist(change)),
+            Answer::ConsensusSealed { change } => Ok(ConsensusOutcome::Persist(Box::new(change))),
             _ => Err(WRONG_KIND),
         }
     }

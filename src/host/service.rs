@@ -20,9 +20,9 @@ use crate::host::signer_process::{CallFailure, SignerProcess};
 use crate::host::signer_program::SignerProgram;
 use crate::host::status::SignerStatus;
 use crate::host::store::{AdoptError, HostStore, SignerLaunch};
+use crate::wire::consensus::{ChainWatermarks, ConsensusMessage};
 use crate::wire::key_types::{KeySpec, StoreId};
 use crate::wire::messages::Refusal;
-use crate::wire::consensus::{ChainWatermarks, ConsensusMessage};
 use crate::wire::messages::StoreChange;
 use crate::wire::store_format::StoreFile;
 use crate::wire::{MAX_BATCH, MAX_MESSAGE_LEN};
@@ -475,8 +475,12 @@ impl KeyService for ServiceCore {
         // Checked against the current signer; the change itself goes to the signer current when
         // the store's copy is locked (the same one, unless a respawn came between).
         self.signer_for(key)?;
-        let (signer, dropped) =
-            self.change_durably(&operations::DropKey(key.wire()), true, |change| *change, |_| None)?;
+        let (signer, dropped) = self.change_durably(
+            &operations::DropKey(key.wire()),
+            true,
+            |change| *change,
+            |_| None,
+        )?;
         dropped
             .map(|_| ())
             .map_err(|refusal| refusal_error(&signer, refusal, Some(key), "drop_key"))
@@ -537,7 +541,9 @@ impl KeyService for ServiceCore {
         let refused = |signer: &SignerProcess, refusal| match refusal {
             Refusal::WouldDoubleSign { rule, watermark } => Error::WouldDoubleSign {
                 key,
-                message: *message,
+                kind: message.kind,
+                epoch: message.epoch,
+                round: message.round,
                 rule,
                 watermark,
             },

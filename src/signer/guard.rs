@@ -85,7 +85,11 @@ mod tests {
             |epoch, round, digest| ConsensusMessage::timeout(CHAIN, epoch, round, [digest; 32]);
         let at = marks(Some((2, 5, 7)), None);
         assert_eq!(judge(&at, &vote(2, 6, 1)), Verdict::Advance, "above");
-        assert_eq!(judge(&at, &vote(3, 0, 1)), Verdict::Advance, "a later epoch");
+        assert_eq!(
+            judge(&at, &vote(3, 0, 1)),
+            Verdict::Advance,
+            "a later epoch"
+        );
         assert_eq!(judge(&at, &vote(2, 5, 7)), Verdict::Repeat, "the same");
         assert_eq!(
             judge(&at, &vote(2, 5, 8)),
@@ -100,7 +104,11 @@ mod tests {
             Verdict::Refuse(GuardRule::BelowWatermark),
             "an earlier epoch"
         );
-        assert_eq!(judge(&at, &timeout(2, 5, 1)), Verdict::Advance, "time out a voted round");
+        assert_eq!(
+            judge(&at, &timeout(2, 5, 1)),
+            Verdict::Advance,
+            "time out a voted round"
+        );
         assert_eq!(
             judge(&at, &timeout(2, 4, 1)),
             Verdict::Refuse(GuardRule::TimeoutBelowVote)
@@ -112,6 +120,10 @@ mod tests {
         );
         assert_eq!(judge(&timed_out, &vote(2, 7, 3)), Verdict::Advance);
         let proposal = ConsensusMessage::proposal(CHAIN, 2, 1, [9; 32]);
-        assert_eq!(judge(&timed_out, &proposal), Verdict::Advance, "proposals are apart");
+        assert_eq!(
+            judge(&timed_out, &proposal),
+            Verdict::Advance,
+            "proposals are apart"
+        );
     }
 }

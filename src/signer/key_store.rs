@@ -19,8 +19,8 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::signer::guard::{self, Verdict};
 use crate::signer::sealing::{MAX_UNLOCK_SECRET_LEN, Sealer};
-use crate::wire::consensus::{ChainWatermarks, ConsensusMessage, Watermark};
 use crate::sys::{SecretCells, SecretMemoryBacking};
+use crate::wire::consensus::{ChainWatermarks, ConsensusMessage, Watermark};
 use crate::wire::key_types::{
     Algorithm, KeySpec, LocalKeyId, Purpose, SecretMemory, StoreId, WireKeyId,
 };
@@ -165,6 +165,10 @@ struct SealedState {
 }
 
 /// What a consensus request comes to.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "the signer cannot allocate once sandboxed: no Box"
+)]
 pub(crate) enum ConsensusStep {
     /// Signed: nothing needed writing.
     Signed([u8; 32], [u8; 32]),
@@ -571,7 +575,7 @@ impl KeyStore {
                 .iter()
                 .position(Option::is_none)
                 .ok_or(Refusal::ChainLimit {
-                    cap: MAX_CHAINS_PER_KEY as u32,
+                    cap: u32::try_from(MAX_CHAINS_PER_KEY).unwrap_or(u32::MAX),
                 })?,
         };
         let mut guard = guards[index].unwrap_or(ChainGuard {
@@ -689,7 +693,7 @@ impl KeyStore {
                 .iter()
                 .position(Option::is_none)
                 .ok_or(Refusal::ChainLimit {
-                    cap: MAX_CHAINS_PER_KEY as u32,
+                    cap: u32::try_from(MAX_CHAINS_PER_KEY).unwrap_or(u32::MAX),
                 })?,
         };
         let mut guard = guards[index].unwrap_or(ChainGuard {
@@ -703,7 +707,9 @@ impl KeyStore {
             let offered = marks.of(kind);
             let higher = match (held, offered) {
                 (None, Some(offered)) => Some(offered),
-                (Some(held), Some(offered)) if offered.position() > held.position() => Some(offered),
+                (Some(held), Some(offered)) if offered.position() > held.position() => {
+                    Some(offered)
+                }
                 _ => None,
             };
             if let Some(higher) = higher {

@@ -10,8 +10,8 @@
 pub(crate) mod descriptors;
 pub(crate) mod dispatch;
 pub(crate) mod entry;
-pub(crate) mod hardening;
 pub(crate) mod guard;
+pub(crate) mod hardening;
 pub(crate) mod key_store;
 pub(crate) mod sealing;
 pub(crate) mod serve;

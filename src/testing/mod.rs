@@ -117,6 +117,9 @@ pub struct RawSigner {
     response: OwnedFd,
     frames: FrameReader,
     process: SignerProcess,
+    /// With a sealed store: the store, locked; the caller plays the host and decides what is
+    /// written (nothing is, unless it calls `write_store_change`).
+    _store: Option<crate::host::store::HostStore>,
 }
 
 impl RawSigner {
@@ -128,7 +131,26 @@ impl RawSigner {
             SpawnMode::Fork => None,
             SpawnMode::ForkExec { program } => Some(SignerProgram::open(program)?),
         };
-        let mut process = SignerProcess::spawn(&config, program.as_ref(), 1, None)?;
+        let (mut process, store) = match &config.store {
+            None => (
+                SignerProcess::spawn(&config, program.as_ref(), 1, None)?,
+                None,
+            ),
+            Some(store_config) => {
+                let (store, launch) = crate::host::store::HostStore::open(store_config)?;
+                let (settings, expected) = launch.into_parts();
+                let process =
+                    SignerProcess::spawn(&config, program.as_ref(), 1, Some((&store, settings)))
+                        .map_err(|error| match error {
+                            crate::host::error::SpawnError::Store(error) => Error::Store(error),
+                            error => Error::Spawn(error),
+                        })?;
+                store
+                    .adopt(expected, process.sealed_summary())
+                    .map_err(|_| Error::Internal("the raw signer's store was not adopted"))?;
+                (process, Some(store))
+            }
+        };
         let (request, response) = process
             .take_raw_lane()
             .ok_or(Error::Internal("the signer has no lane"))?;
@@ -137,6 +159,7 @@ impl RawSigner {
             response,
             frames: FrameReader::new(),
             process,
+            _store: store,
         })
     }
 
@@ -191,6 +214,61 @@ impl RawSigner {
     pub fn wait_end(&self) -> SignerEnd {
         self.process.end_after_close()
     }
+}
+
+/// A frame asking to sign a typed consensus message with `key`.
+pub fn sign_consensus_frame(id: u64, key: KeyId, message: crate::ConsensusMessage) -> Vec<u8> {
+    request_frame(
+        id,
+        &Request::SignConsensus {
+            key: key.wire(),
+            message,
+        },
+    )
+}
+
+/// A frame telling the signer every sealed change up to `sequence` is durable, asking for the
+/// signature of `message` (whether or not anything was written: a test plays a lying host).
+pub fn release_consensus_frame(
+    id: u64,
+    key: KeyId,
+    message: crate::ConsensusMessage,
+    sequence: u64,
+) -> Vec<u8> {
+    request_frame(
+        id,
+        &Request::ReleaseConsensus {
+            key: key.wire(),
+            message,
+            sequence,
+        },
+    )
+}
+
+/// A frame asking for a consensus key's watermarks.
+pub fn watermarks_frame(id: u64, key: KeyId) -> Vec<u8> {
+    request_frame(id, &Request::Watermarks { key: key.wire() })
+}
+
+/// A frame asking to raise a consensus key's watermarks on one chain.
+pub fn raise_watermarks_frame(id: u64, key: KeyId, marks: crate::ChainWatermarks) -> Vec<u8> {
+    request_frame(
+        id,
+        &Request::RaiseWatermarks {
+            key: key.wire(),
+            marks,
+        },
+    )
+}
+
+/// The sequence number of the sealed change in an answer's `Debug` form, if it carries one.
+pub fn sealed_sequence(summary: &str) -> Option<u64> {
+    let after = summary.split("sequence: ").nth(1)?;
+    after
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// A valid frame asking to generate a key for `spec`.

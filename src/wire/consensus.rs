@@ -247,17 +247,32 @@ mod tests {
     fn signing_bytes_differ_in_every_field_and_are_fixed_width() {
         let base = ConsensusMessage::vote(ChainId([1; 32]), 2, 3, [4; 32]);
         let variants = [
-            ConsensusMessage { chain: ChainId([9; 32]), ..base },
+            ConsensusMessage {
+                chain: ChainId([9; 32]),
+                ..base
+            },
             ConsensusMessage { epoch: 5, ..base },
             ConsensusMessage { round: 5, ..base },
-            ConsensusMessage { kind: ConsensusKind::Proposal, ..base },
-            ConsensusMessage { kind: ConsensusKind::Timeout, ..base },
-            ConsensusMessage { digest: [5; 32], ..base },
+            ConsensusMessage {
+                kind: ConsensusKind::Proposal,
+                ..base
+            },
+            ConsensusMessage {
+                kind: ConsensusKind::Timeout,
+                ..base
+            },
+            ConsensusMessage {
+                digest: [5; 32],
+                ..base
+            },
         ];
         for variant in variants {
             assert_ne!(variant.signing_bytes(), base.signing_bytes(), "{variant:?}");
         }
         assert_eq!(base.signing_bytes().len(), 101);
-        assert!(base.signing_bytes().starts_with(b"keyward-consensus/v1\x02"));
+        assert!(
+            base.signing_bytes()
+                .starts_with(b"keyward-consensus/v1\x02")
+        );
     }
 }

@@ -15,8 +15,8 @@
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::wire::key_types::{Algorithm, KeySpec, Purpose, WireKeyId};
 use crate::wire::consensus::{ChainWatermarks, ConsensusMessage, GuardRule, Watermark};
+use crate::wire::key_types::{Algorithm, KeySpec, Purpose, WireKeyId};
 use crate::wire::store_format::{
     MAX_CHAINS_PER_KEY, ManifestFields, Seal, SealedRecord, WatermarkRecord,
 };
@@ -235,6 +235,10 @@ pub(crate) struct WireSignature {
 /// the key store, a borrowed `&[u8; 32]` and a [`SignaturesView`] that signs as it is encoded
 /// when encoded by the signer (which allocates nothing once sandboxed). Both encode the same.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "the signer encodes answers without allocating: no Box; the host decodes one at a time"
+)]
 pub(crate) enum Answer<L = Vec<KeyListing>, S = WireSecret, B = Vec<WireSignature>> {
     KeyGenerated {
         key: WireKeyId,
@@ -274,11 +278,15 @@ pub(crate) enum Answer<L = Vec<KeyListing>, S = WireSecret, B = Vec<WireSignatur
         change: StoreChange,
     },
     /// A consensus message's advanced watermark, sealed: write it, then `ReleaseConsensus`.
-    ConsensusSealed { change: StoreChange },
+    ConsensusSealed {
+        change: StoreChange,
+    },
     /// A consensus key's watermarks, one entry per chain it has signed on.
     Watermarks([Option<ChainWatermarks>; MAX_CHAINS_PER_KEY]),
     /// Watermarks raised; the sealed change to write, if anything was raised in a sealed store.
-    WatermarksRaised { change: Option<StoreChange> },
+    WatermarksRaised {
+        change: Option<StoreChange>,
+    },
 }
 
 /// One write of the sealed store, as the signer hands it to the host: at most one record added
@@ -390,11 +398,17 @@ pub(crate) enum Refusal {
         watermark: Option<Watermark>,
     },
     /// A typed consensus request for a key of another purpose.
-    NotAConsensusKey { purpose: Purpose },
+    NotAConsensusKey {
+        purpose: Purpose,
+    },
     /// Blind signing (a digest or an arbitrary message) with a key whose purpose forbids it.
-    BlindSigningRefused { purpose: Purpose },
+    BlindSigningRefused {
+        purpose: Purpose,
+    },
     /// The key already keeps watermarks for its most chains.
-    ChainLimit { cap: u32 },
+    ChainLimit {
+        cap: u32,
+    },
     /// A release of a message that is not the key's watermark, or not sealed by the sequence
     /// number given, or of a sequence number never sealed.
     NotReleasable,

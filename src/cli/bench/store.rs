@@ -18,7 +18,7 @@ use keyward::{
 /// A store-backed service and the directory it lives in.
 pub(super) struct StoreBench {
     service: SecretService,
-    consensus: KeyId,
+    signing: KeyId,
     /// The key of the last generate, dropped by the next write.
     pending: std::sync::Mutex<Option<KeyId>>,
     bare_file: PathBuf,
@@ -51,7 +51,7 @@ impl StoreBench {
                 .with_store(store),
         )
         .context("spawning a signer on a sealed store")?;
-        let consensus = service.generate_key(KeySpec::new(Purpose::Consensus))?;
+        let signing = service.generate_key(KeySpec::new(Purpose::NetworkDiscovery))?;
         // The bare write writes as many bytes as the store's state file holds at its largest in
         // this scenario (one key more than now).
         let state = std::fs::metadata(directory.path.join("store").join("keyward-store"))
@@ -59,7 +59,7 @@ impl StoreBench {
         let state_len = usize::try_from(state.len()).unwrap_or(usize::MAX) + 132;
         Ok(Self {
             service,
-            consensus,
+            signing,
             pending: std::sync::Mutex::new(None),
             bare_file: directory.path.join("store").join("bare-fsync"),
             bare_bytes: vec![0x5a; state_len],
@@ -95,7 +95,7 @@ impl StoreBench {
 
     /// A signature by the store-backed service.
     pub(super) fn sign(&self, digest: &[u8; 32]) -> Result<()> {
-        std::hint::black_box(self.service.sign(self.consensus, digest)?);
+        std::hint::black_box(self.service.sign(self.signing, digest)?);
         Ok(())
     }
 

@@ -65,6 +65,21 @@ pub enum StoreError {
         previous: PathBuf,
     },
 
+    /// The state file is older than its previous copy: it was replaced by an older state (a
+    /// restored backup, a copy put back). Opening it would roll keys and watermarks back.
+    #[error(
+        "{} is at write {sequence} but its previous copy is at write {previous}: the state was rolled back to an older copy; refusing to open it (restore the newest state)",
+        path.display()
+    )]
+    RolledBack {
+        /// The state file.
+        path: PathBuf,
+        /// Its sequence number.
+        sequence: u64,
+        /// The previous copy's sequence number.
+        previous: u64,
+    },
+
     /// The directory or a store file is open to group or others.
     #[error(
         "{} has mode {mode:04o}, readable or writable by group or others; keyward expects {expected} (chmod {expected} {})",

@@ -16,7 +16,9 @@ use crate::wire::messages::StoreChange;
 use crate::wire::startup::{
     PassphraseBytes, SealedSummary, SignerStoreSettings, StoreProblem, UnlockSource,
 };
-use crate::wire::store_format::{BODY_LEN, HEADER_LEN, KdfParameters, RECORD_LEN, StoreFile};
+use crate::wire::store_format::{
+    BODY_LEN, HEADER_LEN, KdfParameters, MAX_CHAINS_PER_KEY, RECORD_LEN, StoreFile, WATERMARK_LEN,
+};
 use directory::{PREVIOUS_FILE, STATE_FILE, STORE_ID_FILE, StoreDirectory};
 pub use error::{StoreError, WriteStep};
 
@@ -142,8 +144,9 @@ impl StoreConfig {
 }
 
 /// The largest state file keyward writes.
-const MAX_STATE_LEN: usize =
-    HEADER_LEN + BODY_LEN + RECORD_LEN * crate::wire::MAX_KEY_LIMIT as usize;
+const MAX_STATE_LEN: usize = HEADER_LEN
+    + BODY_LEN
+    + (RECORD_LEN + MAX_CHAINS_PER_KEY * WATERMARK_LEN) * crate::wire::MAX_KEY_LIMIT as usize;
 
 /// An open store: its locked directory and the host's copy of its file.
 #[derive(Debug)]
@@ -241,6 +244,24 @@ impl HostStore {
                 expected,
                 found,
             });
+        }
+        // Every write keeps the state before it as the previous copy, so the previous copy is
+        // never newer than the current state. If it is, the current state was replaced by an
+        // older one (a restored backup, a copy put back): refused, since opening it would roll
+        // back keys and watermarks. (A whole directory put back is not detected: see
+        // SECURITY.md.)
+        if self.directory.has(PREVIOUS_FILE)? {
+            let previous = self.directory.read(PREVIOUS_FILE, MAX_STATE_LEN + 1)?;
+            if let Ok(previous) = StoreFile::parse(&previous)
+                && previous.header.store == file.header.store
+                && previous.manifest.sequence > file.manifest.sequence
+            {
+                return Err(StoreError::RolledBack {
+                    path,
+                    sequence: file.manifest.sequence,
+                    previous: previous.manifest.sequence,
+                });
+            }
         }
         Ok(file)
     }
