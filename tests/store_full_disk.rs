@@ -227,6 +227,58 @@ fn a_full_disk_fails_generate_with_enospc_and_loses_no_key() {
     assert_generate_works_and_lasts(&base, &disk, &keys, "a full disk freed");
 }
 
+/// A drop whose write fails is reported failed ("the operation was not done"): the key must
+/// then still be there, usable by the running service, and still stored after the service's
+/// next write succeeds and after a reopen. (A drop the caller was told failed must not take
+/// effect later, silently, with an unrelated write.)
+#[test]
+fn a_drop_that_fails_on_a_full_disk_is_not_done() {
+    let base = StoreBase::new("full-disk-drop");
+    let Some(disk) = Tmpfs::mount(&base, "64k") else {
+        return;
+    };
+    let (service, keys) = store_with_keys(&base, &disk);
+    let (victim, (_, public)) = keys
+        .iter()
+        .find(|(_, (purpose, _))| *purpose == Purpose::Consensus)
+        .map(|(id, held)| (id.clone(), held.clone()))
+        .unwrap();
+    let filler = fill(&disk.path);
+    assert_write_failed(
+        service.drop_key(victim.parse().unwrap()),
+        &disk,
+        libc::ENOSPC,
+        "drop on a full disk",
+    );
+    let listed_after_failure = key_set(&service).contains_key(&victim);
+    let signs_after_failure = service.sign(victim.parse().unwrap(), &[0x31; 32]).is_ok();
+    // Room again: the same service's next write succeeds.
+    std::fs::remove_file(filler).unwrap();
+    let fresh = service
+        .generate_key(KeySpec::new(Purpose::Account))
+        .unwrap_or_else(|error| panic!("generate with room again: {error}"));
+    let fresh_public = service.public_key(fresh).unwrap().to_string();
+    drop(service);
+    let service = spawn(&base, &disk, StoreCreation::OpenExisting);
+    let found = key_set(&service);
+    let stored_after_next_write = found.contains_key(&victim);
+    assert!(
+        listed_after_failure && signs_after_failure && stored_after_next_write,
+        "a drop reported failed (ENOSPC) was done anyway: after the failure the running \
+         service lists the key: {listed_after_failure}, signs with it: {signs_after_failure}; \
+         after its next successful write and a reopen the store holds it: \
+         {stored_after_next_write}\nstore after reopening:\n  {}",
+        describe(&found)
+    );
+    let mut expected = keys.clone();
+    expected.insert(format!("{fresh:#}"), (Purpose::Account, fresh_public));
+    assert_eq!(
+        found, expected,
+        "after the failed drop, a generate and a reopen"
+    );
+    assert_signs_as(&service, &victim, &public, 0x32);
+}
+
 /// The store's file system turns read-only under a running service (as ext4 does on an I/O
 /// error with errors=remount-ro): generate fails with EROFS naming the file, and every earlier
 /// key still signs; once writable again, the store reopens with exactly those keys and takes a
@@ -257,4 +309,30 @@ fn a_read_only_disk_fails_generate_with_erofs_and_loses_no_key() {
         "after EROFS, writable again",
     );
     assert_generate_works_and_lasts(&base, &disk, &keys, "after EROFS, writable again");
+}
+
+/// A validator restarting on a file system that went read-only: the store cannot take a new key,
+/// but it opens, and its keys sign (the disk holds them; only writing is impossible).
+#[test]
+fn a_store_on_a_read_only_disk_reopens_with_its_keys() {
+    let base = StoreBase::new("ro-reopen");
+    let Some(disk) = Tmpfs::mount(&base, "1m") else {
+        return;
+    };
+    let (service, keys) = store_with_keys(&base, &disk);
+    drop(service);
+    disk.make_read_only();
+    let service = SecretService::spawn(base.config_at(&disk.path, StoreCreation::OpenExisting))
+        .unwrap_or_else(|error| {
+            panic!("a store on a read-only file system does not reopen: {error:?}")
+        });
+    assert_eq!(key_set(&service), keys, "the store reopened read-only");
+    assert_all_sign(&service, &keys, 0x51);
+    assert_write_failed(
+        service.generate_key(KeySpec::new(Purpose::Consensus)),
+        &disk,
+        libc::EROFS,
+        "generate on a store reopened read-only",
+    );
+    assert_keys_kept(&base, &disk, service, &keys, "read-only reopen");
 }
