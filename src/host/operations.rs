@@ -339,6 +339,30 @@ fn signature(r: [u8; 32], s: [u8; 32]) -> ed25519_dalek::Signature {
     ed25519_dalek::Signature::from_components(r, s)
 }
 
+/// End a drop from a sealed store: erase the key, or put it back.
+pub(crate) struct FinishDrop {
+    pub(crate) key: WireKeyId,
+    pub(crate) erase: bool,
+}
+
+impl Operation for FinishDrop {
+    type Output = ();
+
+    fn request(&self) -> Request<'_> {
+        Request::FinishDrop {
+            key: self.key,
+            erase: self.erase,
+        }
+    }
+
+    fn output(&self, answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
+        match answer {
+            Answer::KeyDropped => Ok(()),
+            _ => Err(WRONG_KIND),
+        }
+    }
+}
+
 /// The sandbox tests' hook: attempt a forbidden system call.
 #[cfg(feature = "test-support")]
 pub(crate) struct AttemptForbiddenSyscall(pub(crate) ForbiddenSyscall);

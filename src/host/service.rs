@@ -255,14 +255,17 @@ impl ServiceCore {
     /// Performs a change (a generate, a drop, a raise of watermarks) and, with a sealed store,
     /// writes the sealed change durably before returning: the caller hears of a new key only
     /// once it is on disk. `change_of` picks the sealed change out of the output (`required`:
-    /// a signer with a store must send one); `undo` is asked of the signer when the write fails
-    /// (a new key is forgotten).
+    /// a signer with a store must send one). `settle` then tells the signer whether the change
+    /// was written (a drop erases the key only once it is; a generate whose write failed is
+    /// forgotten). With `revert`, a failed write puts the store's copy back as it was, which
+    /// `settle` puts the signer back to as well.
     fn change_durably<O: Operation>(
         &self,
         operation: &O,
         required: bool,
         change_of: impl Fn(&O::Output) -> Option<StoreChange>,
-        undo: impl Fn(&O::Output) -> Option<operations::DropKey>,
+        settle: impl Fn(&SignerProcess, &O::Output, bool),
+        revert: bool,
     ) -> Result<Changed<O::Output>> {
         let Some(store) = &self.store else {
             let signer = self.signer();
@@ -289,18 +292,21 @@ impl ServiceCore {
                 }
                 return Ok(Ok(output));
             };
-            if let Err(error) = write_change(store, file, signer, &change) {
-                // The signer still holds what it made: it forgets it, and the copy follows
-                // (unwritten: the disk keeps the state before the change).
-                if let Error::Store(_) = error
-                    && let Some(undo) = undo(&output)
-                    && let Ok(Ok(Some(change))) = signer.perform(&undo)
-                {
-                    let _ = HostStore::apply(file, &change);
+            let before = revert.then(|| file.clone());
+            match write_change(store, file, signer, &change) {
+                Ok(()) => {
+                    settle(signer, &output, true);
+                    Ok(Ok(output))
                 }
-                return Err(error);
+                Err(Error::Store(error)) => {
+                    if let Some(before) = before {
+                        *file = before;
+                    }
+                    settle(signer, &output, false);
+                    Err(Error::Store(error))
+                }
+                Err(error) => Err(error),
             }
-            Ok(Ok(output))
         })
     }
 
@@ -348,8 +354,10 @@ impl ServiceCore {
             key: key.wire(),
             marks: *marks,
         };
+        // A raised watermark stays raised in the signer even if its write fails (the safe side),
+        // so the copy keeps the change too.
         let (signer, raised) =
-            self.change_durably(&operation, false, |change| *change, |_| None)?;
+            self.change_durably(&operation, false, |change| *change, |_, _, _| {}, false)?;
         raised
             .map(|_| ())
             .map_err(|refusal| refusal_error(&signer, refusal, Some(key), "raise_watermarks"))
@@ -428,7 +436,18 @@ impl KeyService for ServiceCore {
             &operations::GenerateKey(spec),
             true,
             |(_, _, change)| *change,
-            |(key, _, _)| Some(operations::DropKey(*key)),
+            |signer, (key, _, _), written| {
+                if !written {
+                    // Not on disk: the signer forgets the key (its drop's change is not
+                    // written either: the copy went back to the state before the generate).
+                    let _ = signer.perform(&operations::DropKey(*key));
+                    let _ = signer.perform(&operations::FinishDrop {
+                        key: *key,
+                        erase: true,
+                    });
+                }
+            },
+            true,
         )?;
         match generated {
             Ok((key, _public_key, _change)) => Ok(KeyId(key)),
@@ -479,7 +498,15 @@ impl KeyService for ServiceCore {
             &operations::DropKey(key.wire()),
             true,
             |change| *change,
-            |_| None,
+            |signer, _, written| {
+                // Erased once the state without it is on disk; put back if it could not be
+                // written (the copy went back to the state that holds it).
+                let _ = signer.perform(&operations::FinishDrop {
+                    key: key.wire(),
+                    erase: written,
+                });
+            },
+            true,
         )?;
         dropped
             .map(|_| ())

@@ -160,6 +160,11 @@ pub(crate) fn handle_frame(
             scrub_stack();
             signed.map(|(r, s)| Answer::Signature { r, s })
         }
+        Request::FinishDrop { key, erase } => {
+            let finished = write_store(store).finish_drop(&key, erase);
+            scrub_stack();
+            finished.map(|()| Answer::KeyDropped)
+        }
         Request::Watermarks { key } => read_store(store).watermarks(&key).map(Answer::Watermarks),
         Request::RaiseWatermarks { key, marks } => write_store(store)
             .raise_watermarks(&key, &marks)

@@ -70,6 +70,9 @@ struct KeyRecord {
     /// Its sealed secret and seal, as handed to the host (a sealed store only): the manifest
     /// binds every record's bytes, so they are kept to hash.
     sealed: Option<([u8; 32], Seal)>,
+    /// Being dropped from a sealed store: out of the sealed state and unusable, but erased only
+    /// once the host has written the state without it (or put back if it could not).
+    dropping: bool,
 }
 
 impl KeyRecord {
@@ -82,6 +85,9 @@ impl KeyRecord {
 
     /// The record as the store file holds it, if it was sealed.
     fn sealed_record(&self, slot: u16) -> Option<SealedRecord> {
+        if self.dropping {
+            return None;
+        }
         let (sealed_secret, seal) = self.sealed?;
         Some(SealedRecord {
             slot,
@@ -338,6 +344,7 @@ impl KeyStore {
                 public_key,
                 created: record.created,
                 sealed: Some((record.sealed_secret, record.seal)),
+                dropping: false,
             });
         }
         for record in &file.watermarks {
@@ -399,8 +406,14 @@ impl KeyStore {
                 digest.add(&sealed);
             }
         }
-        for (slot, guards) in self.guards.iter().enumerate() {
-            let slot = u16::try_from(slot).unwrap_or(u16::MAX);
+        for (index, guards) in self.guards.iter().enumerate() {
+            let slot = u16::try_from(index).unwrap_or(u16::MAX);
+            let dropping = self.records.as_slice()[index]
+                .as_ref()
+                .is_some_and(|record| record.dropping);
+            if dropping {
+                continue;
+            }
             // In chain order, as the file holds them; a fixed array, sorted in place.
             let mut chains = *guards;
             chains.sort_unstable_by_key(|guard| guard.map(|guard| guard.marks.chain));
@@ -504,6 +517,7 @@ impl KeyStore {
             public_key,
             created,
             sealed: sealed_record.map(|record| (record.sealed_secret, record.seal)),
+            dropping: false,
         });
         let change = self.seal_change(sealed_record, None, None);
         Ok((id, public_key, change))
@@ -524,7 +538,10 @@ impl KeyStore {
         self.records
             .as_slice()
             .iter()
-            .position(|slot| slot.as_ref().is_some_and(|record| record.id == key.local))
+            .position(|slot| {
+                slot.as_ref()
+                    .is_some_and(|record| record.id == key.local && !record.dropping)
+            })
             .ok_or(Refusal::UnknownKey)
     }
 
@@ -786,6 +803,7 @@ impl KeyStore {
             .as_slice()
             .iter()
             .flatten()
+            .filter(|record| !record.dropping)
             .map(|record| record.listing(self.id))
     }
 
@@ -793,11 +811,47 @@ impl KeyStore {
     /// slot is free again. For a sealed store, returns the sealed change the host must write.
     pub(crate) fn drop_key(&mut self, key: &WireKeyId) -> Result<Option<StoreChange>, Refusal> {
         let index = self.slot_of(key)?;
-        self.records.as_mut_slice()[index] = None;
-        // A dropped key signs nothing more: its watermarks go with it.
-        self.guards[index] = [None; MAX_CHAINS_PER_KEY];
         let slot = u16::try_from(index).unwrap_or(u16::MAX);
+        if self.sealed.is_none() {
+            self.erase(index);
+            return Ok(None);
+        }
+        // Sealed: out of the state now, erased once the host has written the state without it.
+        if let Some(record) = self.records.as_mut_slice()[index].as_mut() {
+            record.dropping = true;
+        }
         Ok(self.seal_change(None, Some(slot), None))
+    }
+
+    /// Ends a drop from a sealed store: `erase` once the host has written the state without
+    /// the key; otherwise (the write failed) the key is back, as it was, in the state the host
+    /// still holds.
+    pub(crate) fn finish_drop(&mut self, key: &WireKeyId, erase: bool) -> Result<(), Refusal> {
+        if key.store != self.id {
+            return Err(Refusal::UnknownKey);
+        }
+        let index = self
+            .records
+            .as_slice()
+            .iter()
+            .position(|slot| {
+                slot.as_ref()
+                    .is_some_and(|record| record.id == key.local && record.dropping)
+            })
+            .ok_or(Refusal::UnknownKey)?;
+        if erase {
+            self.erase(index);
+        } else if let Some(record) = self.records.as_mut_slice()[index].as_mut() {
+            record.dropping = false;
+        }
+        Ok(())
+    }
+
+    /// Erases the key in `index`: its record is dropped in place (the dalek types wipe
+    /// themselves), its watermarks go with it, and the slot is free again.
+    fn erase(&mut self, index: usize) {
+        self.records.as_mut_slice()[index] = None;
+        self.guards[index] = [None; MAX_CHAINS_PER_KEY];
     }
 }
 

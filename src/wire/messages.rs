@@ -87,6 +87,9 @@ pub(crate) enum Request<'a> {
         key: WireKeyId,
         marks: ChainWatermarks,
     },
+    /// End a drop from a sealed store: `erase` the key once the state without it is durable,
+    /// or put it back when the write failed. Answered with `KeyDropped`.
+    FinishDrop { key: WireKeyId, erase: bool },
 }
 
 /// The most bytes of an answer frame to any request but a listing or a batch: every fixed-size
@@ -121,7 +124,8 @@ impl Request<'_> {
             | Request::SignDigest { .. }
             | Request::SignMessage { .. }
             | Request::DiffieHellman { .. }
-            | Request::AttemptForbiddenSyscall { .. } => SMALL_ANSWER_FRAME,
+            | Request::AttemptForbiddenSyscall { .. }
+            | Request::FinishDrop { .. } => SMALL_ANSWER_FRAME,
         }
     }
 }
