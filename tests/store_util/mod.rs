@@ -1,22 +1,374 @@
-//! Helpers shared by the sealed-store tests: a store directory with its unlock file, the config
-//! that opens it, and the key set a service holds, in a form a test can compare and print.
+//! Helpers for the sealed-store tests: scratch stores, snapshots of a store directory, the file's
+//! layout, and a second, independent reader and sealer of the format (Argon2id and
+//! XChaCha20-Poly1305 straight from the RustCrypto crates, written from docs/store-format.md and
+//! the design brief, not from keyward's own code), so a test can unseal a file to find its
+//! secrets, or re-seal a manifest the way only a holder of the unlock secret could.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 
+use chacha20poly1305::aead::inout::InOutBuf;
+use chacha20poly1305::{AeadInOut, KeyInit, XChaCha20Poly1305};
 use keyward::{
     Config, KdfParameters, KeyId, KeyService, Purpose, SpawnMode, StoreConfig, StoreCreation,
-    UnlockSecret,
+    StoreError, UnlockSecret,
 };
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
-/// Argon2id at its smallest: the tests exercise the store, not the cost of unlocking it.
+/// Argon2id at its smallest: the tests exercise the format, not the cost.
 pub(crate) const TEST_KDF: KdfParameters = KdfParameters {
     memory_kib: 64,
     passes: 1,
     lanes: 1,
 };
+
+// The layout (all integers little-endian).
+pub(crate) const HEADER_LEN: usize = 119;
+pub(crate) const BODY_LEN: usize = 56;
+pub(crate) const RECORD_LEN: usize = 132;
+/// Where the records start.
+pub(crate) const RECORDS_AT: usize = HEADER_LEN + BODY_LEN;
+
+/// The header's fields: name and byte range.
+pub(crate) const HEADER_FIELDS: [(&str, std::ops::Range<usize>); 11] = [
+    ("magic", 0..8),
+    ("format version", 8..10),
+    ("store id", 10..18),
+    ("kdf algorithm", 18..19),
+    ("kdf memory KiB", 19..23),
+    ("kdf passes", 23..27),
+    ("kdf lanes", 27..31),
+    ("salt", 31..47),
+    ("verifier nonce", 47..71),
+    ("verifier tag", 71..87),
+    ("header checksum", 87..119),
+];
+
+/// The body's fields, as offsets in the file.
+pub(crate) const BODY_FIELDS: [(&str, std::ops::Range<usize>); 5] = [
+    ("sequence", 119..127),
+    ("record count", 127..131),
+    ("watermark count", 131..135),
+    ("manifest nonce", 135..159),
+    ("manifest tag", 159..175),
+];
+
+/// A record's fields, as offsets in the record.
+pub(crate) const RECORD_FIELDS: [(&str, std::ops::Range<usize>); 9] = [
+    ("slot", 0..2),
+    ("key id", 2..18),
+    ("purpose", 18..19),
+    ("algorithm", 19..20),
+    ("created", 20..28),
+    ("public key", 28..60),
+    ("nonce", 60..84),
+    ("sealed secret", 84..116),
+    ("tag", 116..132),
+];
+
+/// The state file's name in a store directory.
+pub(crate) const STATE: &str = "keyward-store";
+pub(crate) const PREVIOUS: &str = "keyward-store.previous";
+pub(crate) const ID: &str = "keyward-store.id";
+pub(crate) const LOCK: &str = "keyward.lock";
+
+/// A scratch directory for one test (mode 0700), removed with its contents on drop. It holds
+/// the unlock files and, in `store/`, the store directory (which keyward creates).
+pub(crate) struct Scratch {
+    pub(crate) base: PathBuf,
+}
+
+impl Scratch {
+    pub(crate) fn new(name: &str) -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let base = std::env::temp_dir().join(format!(
+            "keyward-store-test-{}-{}-{name}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700)).unwrap();
+        Scratch { base }
+    }
+
+    /// The store directory (not created here).
+    pub(crate) fn store(&self) -> PathBuf {
+        self.base.join("store")
+    }
+
+    /// A file of the store directory.
+    pub(crate) fn file(&self, name: &str) -> PathBuf {
+        self.store().join(name)
+    }
+
+    /// An unlock file named `name` holding exactly `content`, for `UnlockSecret::file`.
+    pub(crate) fn unlock_file(&self, name: &str, content: &[u8]) -> PathBuf {
+        let path = self.base.join(name);
+        std::fs::write(&path, content).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    }
+
+    /// The state file's bytes.
+    pub(crate) fn state(&self) -> Vec<u8> {
+        std::fs::read(self.file(STATE)).unwrap()
+    }
+
+    /// Replaces the state file's bytes (keeping its inode and mode).
+    pub(crate) fn set_state(&self, bytes: &[u8]) {
+        std::fs::write(self.file(STATE), bytes).unwrap();
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+/// A config for the store in `directory` unlocked by the file at `unlock`, which opens an
+/// existing store only.
+pub(crate) fn open_config(directory: &Path, unlock: &Path) -> Config {
+    Config::default()
+        .with_store(StoreConfig::new(directory, UnlockSecret::file(unlock)).with_kdf(TEST_KDF))
+}
+
+/// A config that creates the store if it is missing.
+pub(crate) fn create_config(directory: &Path, unlock: &Path) -> Config {
+    Config::default().with_store(
+        StoreConfig::new(directory, UnlockSecret::file(unlock))
+            .create_if_missing()
+            .with_kdf(TEST_KDF),
+    )
+}
+
+/// Every entry of a directory: name → (mode, bytes) for a file, (mode, "<dir>") otherwise.
+pub(crate) type Snapshot = BTreeMap<String, (u32, Vec<u8>)>;
+
+pub(crate) fn snapshot(directory: &Path) -> Snapshot {
+    let mut files = Snapshot::new();
+    let Ok(entries) = std::fs::read_dir(directory) else {
+        return files;
+    };
+    for entry in entries {
+        let entry = entry.unwrap();
+        let metadata = std::fs::symlink_metadata(entry.path()).unwrap();
+        let content = if metadata.is_file() {
+            std::fs::read(entry.path()).unwrap()
+        } else if metadata.is_symlink() {
+            format!("<symlink {:?}>", std::fs::read_link(entry.path()).unwrap()).into_bytes()
+        } else {
+            b"<not a file>".to_vec()
+        };
+        files.insert(
+            entry.file_name().to_string_lossy().into_owned(),
+            (metadata.mode(), content),
+        );
+    }
+    files
+}
+
+/// The store error of a spawn that must fail; panics (naming `what`) on success or another
+/// error.
+pub(crate) fn store_error(
+    result: keyward::Result<keyward::SecretService>,
+    what: &str,
+) -> StoreError {
+    match result {
+        Err(keyward::Error::Store(error)) => error,
+        Err(other) => panic!("{what}: not a store error: {other:?} ({other})"),
+        Ok(service) => panic!("{what}: the store opened: {service:?}"),
+    }
+}
+
+/// A short name for an error's kind, for tables: the variant, with a format error's or a
+/// tampered part's variant, without paths or numbers.
+pub(crate) fn kind(error: &StoreError) -> String {
+    use keyward::{FormatError, TamperedPart};
+    match error {
+        StoreError::Format { error, .. } => match error {
+            FormatError::NotAStore => "Format(NotAStore)".into(),
+            FormatError::UnsupportedVersion(_) => "Format(UnsupportedVersion)".into(),
+            FormatError::Truncated { .. } => "Format(Truncated)".into(),
+            FormatError::TrailingBytes { .. } => "Format(TrailingBytes)".into(),
+            FormatError::Corrupt(field) => format!("Format(Corrupt({field:?}))"),
+        },
+        StoreError::Tampered { part, .. } => match part {
+            TamperedPart::Manifest => "Tampered(Manifest)".into(),
+            TamperedPart::Record { .. } => "Tampered(Record)".into(),
+            TamperedPart::PublicKey { .. } => "Tampered(PublicKey)".into(),
+            TamperedPart::DuplicateKey => "Tampered(DuplicateKey)".into(),
+            other => format!("Tampered({other:?})"),
+        },
+        StoreError::WrongUnlockSecret { .. } => "WrongUnlockSecret".into(),
+        StoreError::ForeignStore { .. } => "ForeignStore".into(),
+        StoreError::KeyLimitTooSmall { .. } => "KeyLimitTooSmall".into(),
+        other => {
+            let debug = format!("{other:?}");
+            debug
+                .split([' ', '{', '('])
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        }
+    }
+}
+
+/// Recomputes the header checksum (bytes 87..119: SHA-256 of bytes 0..87).
+pub(crate) fn fix_checksum(file: &mut [u8]) {
+    let checksum = Sha256::digest(&file[..87]);
+    file[87..119].copy_from_slice(&checksum);
+}
+
+/// The number of key records a well-formed file without watermark records holds (these tests
+/// sign no consensus message, so their stores have none).
+pub(crate) fn record_count(file: &[u8]) -> usize {
+    (file.len() - RECORDS_AT) / RECORD_LEN
+}
+
+/// Record `index`'s byte range in the file.
+pub(crate) fn record_range(index: usize) -> std::ops::Range<usize> {
+    RECORDS_AT + index * RECORD_LEN..RECORDS_AT + (index + 1) * RECORD_LEN
+}
+
+fn u32_at(file: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(file[at..at + 4].try_into().unwrap())
+}
+
+/// The header's store id, in hex as the id file holds it.
+pub(crate) fn store_id_hex(file: &[u8]) -> String {
+    file[10..18].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The key-encryption key: Argon2id (v0x13) of the unlock secret with the header's salt and
+/// costs, 32 bytes.
+pub(crate) fn derive_kek(unlock: &[u8], file: &[u8]) -> Zeroizing<[u8; 32]> {
+    let params = argon2::Params::new(
+        u32_at(file, 19),
+        u32_at(file, 23),
+        u32_at(file, 27),
+        Some(32),
+    )
+    .unwrap();
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let mut kek = Zeroizing::new([0u8; 32]);
+    argon
+        .hash_password_into(unlock, &file[31..47], kek.as_mut_slice())
+        .unwrap();
+    kek
+}
+
+fn cipher(kek: &[u8; 32]) -> XChaCha20Poly1305 {
+    XChaCha20Poly1305::new(kek.into())
+}
+
+fn open(kek: &[u8; 32], nonce: &[u8], associated: &[u8], data: &mut [u8], tag: &[u8]) -> bool {
+    let nonce: &[u8; 24] = nonce.try_into().unwrap();
+    let tag: &[u8; 16] = tag.try_into().unwrap();
+    cipher(kek)
+        .decrypt_inout_detached(nonce.into(), associated, InOutBuf::from(data), tag.into())
+        .is_ok()
+}
+
+fn seal(kek: &[u8; 32], nonce: &[u8], associated: &[u8], data: &mut [u8]) -> [u8; 16] {
+    let nonce: &[u8; 24] = nonce.try_into().unwrap();
+    cipher(kek)
+        .encrypt_inout_detached(nonce.into(), associated, InOutBuf::from(data))
+        .unwrap()
+        .into()
+}
+
+/// Whether the header's verifier opens under `kek` (the seal of nothing, associated data
+/// "keyward-store/v1 verifier" || header bytes 0..47).
+pub(crate) fn verifier_opens(kek: &[u8; 32], file: &[u8]) -> bool {
+    let mut associated = b"keyward-store/v1 verifier".to_vec();
+    associated.extend_from_slice(&file[..47]);
+    open(kek, &file[47..71], &associated, &mut [], &file[71..87])
+}
+
+fn record_associated_data(store_id: &[u8], record: &[u8]) -> Vec<u8> {
+    let mut associated = b"keyward-store/v1 record".to_vec();
+    associated.extend_from_slice(store_id);
+    associated.extend_from_slice(&1u16.to_le_bytes());
+    associated.extend_from_slice(&record[..60]);
+    associated
+}
+
+/// Record `index`'s secret (an Ed25519 seed or an X25519 scalar), if its seal opens under
+/// `kek` in the store the file's header names.
+pub(crate) fn record_secret(
+    kek: &[u8; 32],
+    file: &[u8],
+    index: usize,
+) -> Option<Zeroizing<[u8; 32]>> {
+    let record = &file[record_range(index)];
+    let associated = record_associated_data(&file[10..18], record);
+    let mut secret = Zeroizing::new([0u8; 32]);
+    secret.copy_from_slice(&record[84..116]);
+    open(
+        kek,
+        &record[60..84],
+        &associated,
+        secret.as_mut_slice(),
+        &record[116..132],
+    )
+    .then_some(secret)
+}
+
+/// Seals `secret` into record `index` under its clear part and nonce as they are now.
+pub(crate) fn reseal_record(kek: &[u8; 32], file: &mut [u8], index: usize, secret: &[u8; 32]) {
+    let range = record_range(index);
+    let associated = record_associated_data(&file[10..18], &file[range.clone()]);
+    let mut sealed = *secret;
+    let tag = seal(
+        kek,
+        &file[range.start + 60..range.start + 84],
+        &associated,
+        &mut sealed,
+    );
+    file[range.start + 84..range.start + 116].copy_from_slice(&sealed);
+    file[range.start + 116..range.end].copy_from_slice(&tag);
+}
+
+/// Sets the record count from the file's length and re-seals the manifest over the header
+/// checksum, sequence, count and records as they are now (same nonce): what only a holder of
+/// the key-encryption key can do.
+pub(crate) fn reseal_manifest(kek: &[u8; 32], file: &mut [u8]) {
+    let count = u32::try_from(record_count(file)).unwrap();
+    file[127..131].copy_from_slice(&count.to_le_bytes());
+    let mut associated = b"keyward-store/v1 manifest".to_vec();
+    associated.extend_from_slice(&file[87..119]);
+    associated.extend_from_slice(&file[119..135]);
+    associated.extend_from_slice(&Sha256::digest(&file[RECORDS_AT..]));
+    let tag = seal(kek, &file[135..159], &associated, &mut []);
+    file[159..175].copy_from_slice(&tag);
+}
+
+/// Whether the manifest seal opens under `kek`.
+pub(crate) fn manifest_opens(kek: &[u8; 32], file: &[u8]) -> bool {
+    let mut associated = b"keyward-store/v1 manifest".to_vec();
+    associated.extend_from_slice(&file[87..119]);
+    associated.extend_from_slice(&file[119..135]);
+    associated.extend_from_slice(&Sha256::digest(&file[RECORDS_AT..]));
+    open(kek, &file[135..159], &associated, &mut [], &file[159..175])
+}
+
+/// The public key a record's secret gives, by the record's algorithm byte (0 Ed25519,
+/// 1 X25519).
+pub(crate) fn public_of(algorithm: u8, secret: &[u8; 32]) -> [u8; 32] {
+    match algorithm {
+        0 => ed25519_dalek::SigningKey::from_bytes(secret)
+            .verifying_key()
+            .to_bytes(),
+        1 => x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(*secret)).to_bytes(),
+        other => panic!("algorithm byte {other}"),
+    }
+}
 
 /// A fresh directory (mode 0700, as the store requires of its own directory and expects of its
 /// parent's neighbourhood) holding an unlock file; the store lives in its `store` subdirectory
