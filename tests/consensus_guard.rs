@@ -33,6 +33,8 @@ impl StoreDir {
         std::fs::create_dir_all(&base).unwrap();
         std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700)).unwrap();
         std::fs::write(base.join("unlock"), b"consensus tests\n").unwrap();
+        std::fs::set_permissions(base.join("unlock"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
         Self { base }
     }
 

@@ -28,6 +28,8 @@ fn store_dir(name: &str) -> std::path::PathBuf {
 fn unlock_file(dir: &std::path::Path) -> UnlockSecret {
     let path = dir.join("unlock");
     std::fs::write(&path, b"correct horse battery staple\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     UnlockSecret::file(path)
 }
 

@@ -15,7 +15,10 @@ use std::process::Command;
 use keyward::{
     Error, KeyService, KeySpec, Purpose, SecretService, StoreCreation, StoreError, WriteStep,
 };
-use store_util::{KeySet, StoreBase, assert_all_sign, assert_signs_as, describe, key_set};
+use store_util::{
+    KeySet, StoreBase, assert_all_sign, assert_all_sign_unwritable, assert_signs_as, describe,
+    key_set,
+};
 
 /// A tmpfs mounted on a directory of the test's base, the store directory itself; unmounted
 /// (every mount stacked on it) when dropped, also when the test fails.
@@ -165,6 +168,7 @@ fn assert_keys_kept(
     service: SecretService,
     keys: &KeySet,
     what: &str,
+    unwritable: Option<i32>,
 ) {
     assert_eq!(
         key_set(&service),
@@ -172,7 +176,11 @@ fn assert_keys_kept(
         "{what}: the running service after the failed write\nexpected:\n  {}",
         describe(keys)
     );
-    assert_all_sign(&service, keys, 0x21);
+    let signs = |service: &SecretService, digest| match unwritable {
+        Some(errno) => assert_all_sign_unwritable(service, keys, digest, errno),
+        None => assert_all_sign(service, keys, digest),
+    };
+    signs(&service, 0x21);
     drop(service);
     let service = spawn(base, disk, StoreCreation::OpenExisting);
     assert_eq!(
@@ -181,7 +189,7 @@ fn assert_keys_kept(
         "{what}: the reopened store\nexpected:\n  {}",
         describe(keys)
     );
-    assert_all_sign(&service, keys, 0x22);
+    signs(&service, 0x22);
 }
 
 /// A new key on a store that has room again, and it survives a reopen with the others.
@@ -222,7 +230,14 @@ fn a_full_disk_fails_generate_with_enospc_and_loses_no_key() {
         "a second generate on a full disk",
     );
     // The disk is still full: reopening needs to read, not write.
-    assert_keys_kept(&base, &disk, service, &keys, "a full disk");
+    assert_keys_kept(
+        &base,
+        &disk,
+        service,
+        &keys,
+        "a full disk",
+        Some(libc::ENOSPC),
+    );
     std::fs::remove_file(filler).unwrap();
     assert_generate_works_and_lasts(&base, &disk, &keys, "a full disk freed");
 }
@@ -240,7 +255,7 @@ fn a_drop_that_fails_on_a_full_disk_is_not_done() {
     let (service, keys) = store_with_keys(&base, &disk);
     let (victim, (_, public)) = keys
         .iter()
-        .find(|(_, (purpose, _))| *purpose == Purpose::Consensus)
+        .find(|(_, (purpose, _))| *purpose == Purpose::Account)
         .map(|(id, held)| (id.clone(), held.clone()))
         .unwrap();
     let filler = fill(&disk.path);
@@ -298,7 +313,7 @@ fn a_read_only_disk_fails_generate_with_erofs_and_loses_no_key() {
         "generate on a read-only disk",
     );
     assert_eq!(key_set(&service), keys, "the running service after EROFS");
-    assert_all_sign(&service, &keys, 0x41);
+    assert_all_sign_unwritable(&service, &keys, 0x41, libc::EROFS);
     drop(service);
     disk.make_writable();
     assert_keys_kept(
@@ -307,6 +322,7 @@ fn a_read_only_disk_fails_generate_with_erofs_and_loses_no_key() {
         spawn(&base, &disk, StoreCreation::OpenExisting),
         &keys,
         "after EROFS, writable again",
+        None,
     );
     assert_generate_works_and_lasts(&base, &disk, &keys, "after EROFS, writable again");
 }
@@ -327,12 +343,19 @@ fn a_store_on_a_read_only_disk_reopens_with_its_keys() {
             panic!("a store on a read-only file system does not reopen: {error:?}")
         });
     assert_eq!(key_set(&service), keys, "the store reopened read-only");
-    assert_all_sign(&service, &keys, 0x51);
+    assert_all_sign_unwritable(&service, &keys, 0x51, libc::EROFS);
     assert_write_failed(
         service.generate_key(KeySpec::new(Purpose::Consensus)),
         &disk,
         libc::EROFS,
         "generate on a store reopened read-only",
     );
-    assert_keys_kept(&base, &disk, service, &keys, "read-only reopen");
+    assert_keys_kept(
+        &base,
+        &disk,
+        service,
+        &keys,
+        "read-only reopen",
+        Some(libc::EROFS),
+    );
 }

@@ -13,7 +13,7 @@ use crate::signer::key_store::{KeyStore, StoreSetupError};
 use crate::signer::serve::{LaneBuffers, serve_lane};
 use crate::sys;
 use crate::wire::framing::{encode_frame, write_all};
-use crate::wire::startup::{Greeting, HardeningStep, SignerSettings, exit_code};
+use crate::wire::startup::{Greeting, HardeningStep, SignerSettings, UnlockSource, exit_code};
 
 /// The stack each signer worker thread gets; fixed, so spawning reads no environment.
 const WORKER_STACK_BYTES: usize = 256 * 1024;
@@ -74,6 +74,13 @@ pub(crate) fn harden_and_serve(
                 .map(|(store, summary)| (store, Some(summary)))
         }
     };
+    // The unlock secret has done its work: a passphrase handed over in memory is wiped now
+    // (the key-encryption key derived from it lives in locked memory).
+    if let Some(store_settings) = &settings.store
+        && let UnlockSource::Passphrase(passphrase) = &store_settings.unlock
+    {
+        passphrase.wipe();
+    }
     let (mut store, sealed) = match opened {
         Ok(opened) => opened,
         Err(StoreSetupError::Memory(error)) => {

@@ -11,6 +11,7 @@
 //! sealed, and the change handed to the host together with the answer.
 
 use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
 
 use ed25519_dalek::Signer as _;
 use rand_chacha::ChaCha20Rng;
@@ -308,15 +309,17 @@ impl KeyStore {
         if !sealer.manifest_opens(&header_checksum, &file.manifest, &file.manifest_seal) {
             return Err(StoreProblem::Tampered(TamperedPart::Manifest));
         }
-        let limit = self.limit;
+        // Records are in increasing slot order: the last one says what limit holds them all.
+        if let Some(last) = file.records.last()
+            && usize::from(last.slot) >= self.records.as_slice().len()
+        {
+            return Err(StoreProblem::KeyLimitTooSmall {
+                needed: u32::from(last.slot) + 1,
+                limit: self.limit,
+            });
+        }
         for record in &file.records {
             let slot = usize::from(record.slot);
-            if slot >= self.records.as_slice().len() {
-                return Err(StoreProblem::KeyLimitTooSmall {
-                    needed: u32::from(record.slot) + 1,
-                    limit,
-                });
-            }
             if self
                 .records
                 .as_slice()
@@ -901,18 +904,24 @@ pub(crate) enum StoreSetupError {
 /// buffer leaves a copy behind), without one trailing newline (`\n` or `\r\n`): a passphrase
 /// file written by an editor or `echo` ends with one.
 fn read_unlock_secret(source: &UnlockSource) -> Result<Zeroizing<Vec<u8>>, StoreProblem> {
-    let mut secret = Zeroizing::new(vec![0u8; MAX_UNLOCK_SECRET_LEN + 1]);
+    // Room for the longest secret, its line ending, and one byte more to see it is too long.
+    let mut secret = Zeroizing::new(vec![0u8; MAX_UNLOCK_SECRET_LEN + 3]);
     let length = match source {
-        UnlockSource::Passphrase(passphrase) => {
-            let length = passphrase.0.len().min(secret.len());
-            secret[..length].copy_from_slice(&passphrase.0[..length]);
-            passphrase.0.len()
-        }
+        UnlockSource::Passphrase(passphrase) => passphrase.with(|passphrase| {
+            let length = passphrase.len().min(secret.len());
+            secret[..length].copy_from_slice(&passphrase[..length]);
+            passphrase.len()
+        }),
         UnlockSource::File(path) => {
             let unreadable = |error: io::Error| StoreProblem::UnlockSecretUnreadable {
                 errno: error.raw_os_error().unwrap_or(0),
             };
             let mut file = std::fs::File::open(path_of(path)).map_err(unreadable)?;
+            // A secret others may read is no secret: refused, as the store's own files are.
+            let mode = file.metadata().map_err(unreadable)?.permissions().mode() & 0o7777;
+            if mode & 0o077 != 0 {
+                return Err(StoreProblem::UnlockSecretPermissions { mode });
+            }
             let mut length = 0;
             loop {
                 match file.read(&mut secret[length..]) {
@@ -930,17 +939,17 @@ fn read_unlock_secret(source: &UnlockSource) -> Result<Zeroizing<Vec<u8>>, Store
             length
         }
     };
-    if length > MAX_UNLOCK_SECRET_LEN {
-        return Err(StoreProblem::UnlockSecretTooLong {
-            cap: u32::try_from(MAX_UNLOCK_SECRET_LEN).unwrap_or(u32::MAX),
-        });
-    }
-    let mut length = length;
+    let mut length = length.min(secret.len());
     if secret[..length].ends_with(b"\n") {
         length -= 1;
         if secret[..length].ends_with(b"\r") {
             length -= 1;
         }
+    }
+    if length > MAX_UNLOCK_SECRET_LEN {
+        return Err(StoreProblem::UnlockSecretTooLong {
+            cap: u32::try_from(MAX_UNLOCK_SECRET_LEN).unwrap_or(u32::MAX),
+        });
     }
     if length == 0 {
         return Err(StoreProblem::UnlockSecretEmpty);

@@ -71,11 +71,55 @@ pub(crate) enum UnlockSource {
     Passphrase(PassphraseBytes),
 }
 
-/// A passphrase in transit to the signer: wiped when dropped, redacted when printed.
-#[derive(
-    Clone, PartialEq, Eq, Serialize, Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop,
-)]
-pub(crate) struct PassphraseBytes(#[serde(with = "serde_bytes_vec")] pub(crate) Vec<u8>);
+/// A passphrase in transit to the signer: wiped when dropped, and wiped in place by the signer
+/// as soon as it has derived the store's key (through a shared reference: a forked signer reads
+/// its settings where the fork left them). Redacted when printed. On the wire: postcard bytes.
+pub(crate) struct PassphraseBytes(std::sync::Mutex<Vec<u8>>);
+
+impl PassphraseBytes {
+    pub(crate) fn new(bytes: Vec<u8>) -> Self {
+        Self(std::sync::Mutex::new(bytes))
+    }
+
+    /// Runs `read` on the passphrase's bytes (empty once wiped).
+    pub(crate) fn with<R>(&self, read: impl FnOnce(&[u8]) -> R) -> R {
+        read(
+            &self
+                .0
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    /// Overwrites the passphrase and empties it.
+    pub(crate) fn wipe(&self) {
+        let mut bytes = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        zeroize::Zeroize::zeroize(&mut *bytes);
+    }
+}
+
+impl Drop for PassphraseBytes {
+    fn drop(&mut self) {
+        self.wipe();
+    }
+}
+
+impl Clone for PassphraseBytes {
+    fn clone(&self) -> Self {
+        Self::new(self.with(<[u8]>::to_vec))
+    }
+}
+
+impl PartialEq for PassphraseBytes {
+    fn eq(&self, other: &Self) -> bool {
+        self.with(|mine| other.with(|theirs| mine == theirs))
+    }
+}
+
+impl Eq for PassphraseBytes {}
 
 impl std::fmt::Debug for PassphraseBytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -83,18 +127,15 @@ impl std::fmt::Debug for PassphraseBytes {
     }
 }
 
-/// A byte vector as postcard bytes (one length, then the bytes).
-mod serde_bytes_vec {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(bytes)
+impl Serialize for PassphraseBytes {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.with(|bytes| serializer.serialize_bytes(bytes))
     }
+}
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Vec<u8>, D::Error> {
-        <&'de [u8]>::deserialize(deserializer).map(<[u8]>::to_vec)
+impl<'de> Deserialize<'de> for PassphraseBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        <&'de [u8]>::deserialize(deserializer).map(|bytes| Self::new(bytes.to_vec()))
     }
 }
 
@@ -122,6 +163,8 @@ pub(crate) enum StoreProblem {
     UnlockSecretUnreadable { errno: i32 },
     /// The unlock secret is empty.
     UnlockSecretEmpty,
+    /// The unlock secret's file is open to group or others (its mode).
+    UnlockSecretPermissions { mode: u32 },
     /// The unlock secret is longer than the signer reads.
     UnlockSecretTooLong { cap: u32 },
     /// The state file could not be opened or read (the errno).

@@ -118,14 +118,30 @@ pub(crate) fn serving_key(service: &dyn keyward::KeyService) -> keyward::KeyId {
 }
 
 /// `service` signs `digest` with `key`, and the signature verifies under the key's public key.
+/// A consensus key (which signs typed messages only) signs a vote for `digest`, each call a
+/// later round, unless the service lets it sign blind.
 pub(crate) fn assert_signs(
     service: &dyn keyward::KeyService,
     key: keyward::KeyId,
     digest: &[u8; 32],
 ) {
-    let public = *service.public_key(key).unwrap().as_ed25519().unwrap();
-    let signature = service.sign(key, digest).unwrap();
-    public.verify_strict(digest, &signature).unwrap();
+    static ROUND: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let info = service.key_info(key).unwrap();
+    let public = *info.public_key.as_ed25519().unwrap();
+    match service.sign(key, digest) {
+        Err(keyward::Error::BlindSigningRefused { .. })
+            if info.purpose == keyward::Purpose::Consensus =>
+        {
+            let round = ROUND.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let vote =
+                keyward::ConsensusMessage::vote(keyward::ChainId([3; 32]), 1, round, *digest);
+            let signature = service.sign_consensus(key, &vote).unwrap();
+            public
+                .verify_strict(&vote.signing_bytes(), &signature)
+                .unwrap();
+        }
+        signature => public.verify_strict(digest, &signature.unwrap()).unwrap(),
+    }
 }
 
 /// Bytes as lower-case hex, for a subprocess to tell the test what it holds (never a secret).

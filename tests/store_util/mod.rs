@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use chacha20poly1305::aead::inout::InOutBuf;
 use chacha20poly1305::{AeadInOut, KeyInit, XChaCha20Poly1305};
@@ -30,6 +30,7 @@ pub(crate) const TEST_KDF: KdfParameters = KdfParameters {
 pub(crate) const HEADER_LEN: usize = 119;
 pub(crate) const BODY_LEN: usize = 56;
 pub(crate) const RECORD_LEN: usize = 132;
+pub(crate) const WATERMARK_LEN: usize = 181;
 /// Where the records start.
 pub(crate) const RECORDS_AT: usize = HEADER_LEN + BODY_LEN;
 
@@ -225,10 +226,11 @@ pub(crate) fn fix_checksum(file: &mut [u8]) {
     file[87..119].copy_from_slice(&checksum);
 }
 
-/// The number of key records a well-formed file without watermark records holds (these tests
-/// sign no consensus message, so their stores have none).
+/// The number of key records a file's length leaves room for, after its watermark records (its
+/// watermark count, 181 bytes each, at the end).
 pub(crate) fn record_count(file: &[u8]) -> usize {
-    (file.len() - RECORDS_AT) / RECORD_LEN
+    let watermarks = u32_at(file, 131) as usize * WATERMARK_LEN;
+    (file.len() - RECORDS_AT - watermarks) / RECORD_LEN
 }
 
 /// Record `index`'s byte range in the file.
@@ -471,6 +473,13 @@ pub(crate) fn purpose_named(name: &str) -> Purpose {
 /// the test recorded when the key was made (not what the service says now).
 pub(crate) fn assert_signs_as(service: &dyn KeyService, id: &str, public_hex: &str, digest: u8) {
     let key: KeyId = id.parse().unwrap();
+    // A consensus key signs typed messages only.
+    if service
+        .key_info(key)
+        .is_ok_and(|info| info.purpose == Purpose::Consensus)
+    {
+        return assert_votes_as(service, id, public_hex, digest);
+    }
     let public: [u8; 32] = crate::common::unhex(public_hex).try_into().unwrap();
     let verifying = ed25519_dalek::VerifyingKey::from_bytes(&public).unwrap();
     let message = [digest; 32];
@@ -482,10 +491,65 @@ pub(crate) fn assert_signs_as(service: &dyn KeyService, id: &str, public_hex: &s
         .unwrap_or_else(|error| panic!("{id}'s signature does not verify: {error}"));
 }
 
-/// Signs with every Ed25519 key of `keys`, each verified under its recorded public key.
+/// Signs a consensus vote (each call a later round) with the consensus key `id` and verifies
+/// it under `public_hex`.
+pub(crate) fn assert_votes_as(service: &dyn KeyService, id: &str, public_hex: &str, digest: u8) {
+    static ROUND: AtomicU64 = AtomicU64::new(1);
+    let key: KeyId = id.parse().unwrap();
+    let public: [u8; 32] = crate::common::unhex(public_hex).try_into().unwrap();
+    let verifying = ed25519_dalek::VerifyingKey::from_bytes(&public).unwrap();
+    let round = ROUND.fetch_add(1, Ordering::Relaxed);
+    let vote = keyward::ConsensusMessage::vote(keyward::ChainId([7; 32]), 1, round, [digest; 32]);
+    let signature = service
+        .sign_consensus(key, &vote)
+        .unwrap_or_else(|error| panic!("{id} no longer signs: {error}"));
+    verifying
+        .verify_strict(&vote.signing_bytes(), &signature)
+        .unwrap_or_else(|error| panic!("{id}'s signature does not verify: {error}"));
+}
+
+/// Signs with every Ed25519 key of `keys` (a consensus key signs a vote), each verified under
+/// its recorded public key.
 pub(crate) fn assert_all_sign(service: &dyn KeyService, keys: &KeySet, digest: u8) {
     for (id, (purpose, public)) in keys {
-        if purpose.algorithm() == keyward::Algorithm::Ed25519 {
+        if *purpose == Purpose::Consensus {
+            assert_votes_as(service, id, public, digest);
+        } else if purpose.algorithm() == keyward::Algorithm::Ed25519 {
+            assert_signs_as(service, id, public, digest);
+        }
+    }
+}
+
+/// On a disk that cannot be written: every key but a consensus key signs; a consensus key is
+/// refused a new round, since its watermark must be durable before it signs (the write fails,
+/// typed, naming the errno `errno`).
+pub(crate) fn assert_all_sign_unwritable(
+    service: &dyn KeyService,
+    keys: &KeySet,
+    digest: u8,
+    errno: i32,
+) {
+    for (id, (purpose, public)) in keys {
+        if *purpose == Purpose::Consensus {
+            let key: KeyId = id.parse().unwrap();
+            // Each attempt a later round: a refused write leaves the watermark advanced in the
+            // signer (the safe side), so a lower round would be refused by the guard instead.
+            static ATTEMPT: AtomicU64 = AtomicU64::new(1);
+            let vote = keyward::ConsensusMessage::vote(
+                keyward::ChainId([7; 32]),
+                u64::MAX,
+                ATTEMPT.fetch_add(1, Ordering::Relaxed),
+                [digest; 32],
+            );
+            let refused = service.sign_consensus(key, &vote);
+            assert!(
+                matches!(
+                    &refused,
+                    Err(keyward::Error::Store(StoreError::WriteFailed { errno: e, .. })) if *e == errno
+                ),
+                "{id}: a new round on an unwritable disk: {refused:?}"
+            );
+        } else if purpose.algorithm() == keyward::Algorithm::Ed25519 {
             assert_signs_as(service, id, public, digest);
         }
     }

@@ -87,15 +87,23 @@ impl StoreDirectory {
         }
         check_mode(&path, "0700")?;
         let lock_path = path.join(LOCK_FILE);
-        let lock_file = OpenOptions::new()
+        // Read-only: a lock needs no write access, and a store on a file system that went
+        // read-only must still open (its writes fail, typed). Created only when missing.
+        let lock_file = match OpenOptions::new()
             .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&lock_path)
-            .map_err(|error| io_error(&lock_path, "opening the lock file", &error))?;
+        {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&lock_path),
+            opened => opened,
+        }
+        .map_err(|error| io_error(&lock_path, "opening the lock file", &error))?;
         let lock =
             Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
                 match errno {

@@ -47,7 +47,7 @@ impl UnlockSecret {
     /// started with it and wiped from the host right after the fork; a later signer (a respawn)
     /// cannot use it ([`StoreError::UnlockSecretSpent`]).
     pub fn passphrase(passphrase: Zeroizing<Vec<u8>>) -> Self {
-        let bytes = PassphraseBytes(passphrase.to_vec());
+        let bytes = PassphraseBytes::new(passphrase.to_vec());
         Self(UnlockKind::Passphrase(Arc::new(Mutex::new(Some(bytes)))))
     }
 
@@ -188,9 +188,14 @@ impl HostStore {
         };
         let create = match (config.creation, exists) {
             (StoreCreation::CreateNew, true) => {
+                let found = if store.directory.has(STATE_FILE)? {
+                    STATE_FILE
+                } else {
+                    PREVIOUS_FILE
+                };
                 return Err(StoreError::AlreadyInitialised {
                     directory: store.directory.path().to_path_buf(),
-                    found: store.directory.file(STATE_FILE),
+                    found: store.directory.file(found),
                 });
             }
             (StoreCreation::CreateNew | StoreCreation::CreateIfMissing, false) => Some(config.kdf),
@@ -385,6 +390,15 @@ impl HostStore {
                 errno,
             },
             StoreProblem::UnlockSecretEmpty => StoreError::UnlockSecretEmpty,
+            StoreProblem::UnlockSecretPermissions { mode } => StoreError::Permissions {
+                path: self
+                    .unlock
+                    .file_path()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default(),
+                mode,
+                expected: "0600",
+            },
             StoreProblem::UnlockSecretTooLong { cap } => StoreError::UnlockSecretTooLong { cap },
             StoreProblem::StateUnreadable { errno } => StoreError::Io {
                 path,
