@@ -5,11 +5,11 @@
 use ed25519_dalek::{Signature, VerifyingKey};
 use keyward::testing::{
     DispatchResult, Dispatcher, FRAME_CAP, arbitrary_request_frame, diffie_hellman_frame,
-    drop_key_frame, generate_key_frame, generated_key_from_summary, is_test_hook_request,
-    is_valid_request, key_id_bytes, key_id_from_bytes, list_keys_frame, public_key_frame,
-    raise_watermarks_frame, release_consensus_frame, sign_consensus_frame, sign_frame,
-    sign_many_frame, sign_message_frame, signatures_from_summary, split_frames, test_hook_frame,
-    watermarks_frame,
+    drop_key_frame, finish_drop_frame, generate_key_frame, generated_key_from_summary,
+    is_test_hook_request, is_valid_request, key_id_bytes, key_id_from_bytes, list_keys_frame,
+    public_key_frame, raise_watermarks_frame, release_consensus_frame, sign_consensus_frame,
+    sign_frame, sign_many_frame, sign_message_frame, signatures_from_summary, split_frames,
+    test_hook_frame, watermarks_frame,
 };
 use keyward::{Algorithm, ForbiddenSyscall, KeyId, KeySpec, MAX_BATCH, MAX_MESSAGE_LEN, Purpose};
 use proptest::collection::vec;
@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// How many kinds of request the protocol has (variant indexes `0..REQUEST_KINDS`). A new kind
 /// fails `every_arbitrary_request_decodes_and_is_answered_with_its_id` until it is counted here
 /// and checked for its meaning in `every_request_kind_is_served_correctly_in_process`.
-const REQUEST_KINDS: usize = 13;
+const REQUEST_KINDS: usize = 14;
 
 /// A signer with live test hooks makes a forbidden system call (fork, execve, ptrace ...) for a
 /// test-hook request. The in-process dispatcher refuses it, as
@@ -874,6 +874,10 @@ fn every_request_kind_is_served_correctly_in_process() {
     let later = keyward::ConsensusMessage::vote(chain, 1, 3, [3; 32]);
     let summary = ask(d, sign_consensus_frame(11, consensus.key, later));
     assert!(summary.contains("BelowWatermark"), "{summary}");
+    // FinishDrop: a memory-only store erases at once, so there is no drop to finish.
+    let summary = ask(d, finish_drop_frame(12, consensus.key, true));
+    assert_eq!(summary, "Refused(UnknownKey)");
+    assert!(ask(d, watermarks_frame(13, consensus.key)).starts_with("Watermarks"));
 }
 
 /// The file descriptors of this process that point at `path`.

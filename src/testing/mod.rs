@@ -245,6 +245,17 @@ pub fn release_consensus_frame(
     )
 }
 
+/// A frame ending a drop from a sealed store (`erase`, or put the key back).
+pub fn finish_drop_frame(id: u64, key: KeyId, erase: bool) -> Vec<u8> {
+    request_frame(
+        id,
+        &Request::FinishDrop {
+            key: key.wire(),
+            erase,
+        },
+    )
+}
+
 /// A frame asking for a consensus key's watermarks.
 pub fn watermarks_frame(id: u64, key: KeyId) -> Vec<u8> {
     request_frame(id, &Request::Watermarks { key: key.wire() })

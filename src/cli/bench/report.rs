@@ -20,6 +20,10 @@ pub(super) struct RowIndex {
     pub(super) store_write: usize,
     /// Signing by a service on a sealed store.
     pub(super) store_sign: usize,
+    /// A consensus vote for a new round (its baseline is a bare fsync).
+    pub(super) consensus_new_round: usize,
+    /// A repeated consensus vote (its baseline is in-process signing).
+    pub(super) consensus_repeat: usize,
 }
 
 /// Everything measured, ready to print.
@@ -256,6 +260,25 @@ impl Report<'_> {
         target(
             with_store <= 1.05,
             format!("sign with a sealed store, median: {with_store:.2}x without (<= 1.05x)"),
+        );
+        // The consensus guard's bar: a new round (one persisted write) within 1.2x a bare fsync;
+        // a repeat writes nothing, so it costs what a blind signature costs.
+        let new_round = self.latency_ratio(self.rows.consensus_new_round, false);
+        target(
+            new_round <= 1.2,
+            format!(
+                "consensus sign, new round, median: {new_round:.2}x a bare write + fsync (<= 1.20x)"
+            ),
+        );
+        let repeat = per_round_ratio(
+            &self.latency[self.rows.consensus_repeat].medians,
+            &self.latency[self.rows.sign].medians,
+        );
+        target(
+            repeat <= 1.2,
+            format!(
+                "consensus sign, repeat, median: {repeat:.2}x a blind keyward sign (<= 1.20x, no write)"
+            ),
         );
         let idle_share = 100.0 * self.idle.share_of_core();
         target(

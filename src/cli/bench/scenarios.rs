@@ -270,6 +270,20 @@ pub(super) fn latency_scenarios<'a>(
         store_per_turn,
         Box::new(move || store.write()),
     )?);
+    let consensus_new_round = rows.len();
+    rows.push(LatencyRow::new(
+        "keyward consensus sign, new round (1 write)",
+        Some(store_baseline),
+        store_per_turn,
+        Box::new(move || store.sign_new_round()),
+    )?);
+    let consensus_repeat = rows.len();
+    rows.push(LatencyRow::new(
+        "keyward consensus sign, repeat (no write)",
+        Some(0),
+        back_to_back_per_turn,
+        Box::new(move || store.sign_repeat()),
+    )?);
     let store_sign = rows.len();
     rows.push(LatencyRow::new(
         "keyward sign, back to back, sealed store",
@@ -302,6 +316,8 @@ pub(super) fn latency_scenarios<'a>(
         agent: agent_row,
         store_write,
         store_sign,
+        consensus_new_round,
+        consensus_repeat,
     };
     Ok((rows, index))
 }

@@ -11,14 +11,17 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use keyward::{
-    Config, KeyId, KeyService, KeySpec, Latency, Purpose, SecretService, StoreConfig,
-    StoreCreation, UnlockSecret,
+    ChainId, Config, ConsensusMessage, KeyId, KeyService, KeySpec, Latency, Purpose, SecretService,
+    StoreConfig, StoreCreation, UnlockSecret,
 };
 
 /// A store-backed service and the directory it lives in.
 pub(super) struct StoreBench {
     service: SecretService,
     signing: KeyId,
+    consensus: KeyId,
+    /// The next round the consensus scenario signs.
+    round: std::sync::atomic::AtomicU64,
     /// The key of the last generate, dropped by the next write.
     pending: std::sync::Mutex<Option<KeyId>>,
     bare_file: PathBuf,
@@ -52,6 +55,10 @@ impl StoreBench {
         )
         .context("spawning a signer on a sealed store")?;
         let signing = service.generate_key(KeySpec::new(Purpose::NetworkDiscovery))?;
+        let consensus = service.generate_key(KeySpec::new(Purpose::Consensus))?;
+        // The repeat scenario signs round 0's vote again and again; the new-round one starts
+        // above it.
+        service.sign_consensus(consensus, &repeated_vote())?;
         // The bare write writes as many bytes as the store's state file holds at its largest in
         // this scenario (one key more than now).
         let state = std::fs::metadata(directory.path.join("store").join("keyward-store"))
@@ -60,6 +67,8 @@ impl StoreBench {
         Ok(Self {
             service,
             signing,
+            consensus,
+            round: std::sync::atomic::AtomicU64::new(1),
             pending: std::sync::Mutex::new(None),
             bare_file: directory.path.join("store").join("bare-fsync"),
             bare_bytes: vec![0x5a; state_len],
@@ -93,6 +102,26 @@ impl StoreBench {
         Ok(())
     }
 
+    /// A consensus vote for the next round: the guard advances and the watermark is written
+    /// durably before the signature is released.
+    pub(super) fn sign_new_round(&self) -> Result<()> {
+        let round = self
+            .round
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let vote = ConsensusMessage::vote(CHAIN, 1, round, [0x5a; 32]);
+        std::hint::black_box(self.service.sign_consensus(self.consensus, &vote)?);
+        Ok(())
+    }
+
+    /// The same vote again: the guard answers with the same signature and writes nothing.
+    pub(super) fn sign_repeat(&self) -> Result<()> {
+        std::hint::black_box(
+            self.service
+                .sign_consensus(self.consensus, &repeated_vote())?,
+        );
+        Ok(())
+    }
+
     /// A signature by the store-backed service.
     pub(super) fn sign(&self, digest: &[u8; 32]) -> Result<()> {
         std::hint::black_box(self.service.sign(self.signing, digest)?);
@@ -108,6 +137,14 @@ impl StoreBench {
     pub(super) fn pid(&self) -> i32 {
         self.service.pid()
     }
+}
+
+/// The chain the consensus scenarios sign for.
+const CHAIN: ChainId = ChainId([0xbe; 32]);
+
+/// The vote the repeat scenario signs: round 0, below every new round.
+fn repeated_vote() -> ConsensusMessage {
+    ConsensusMessage::vote(CHAIN, 0, 0, [0x5a; 32])
 }
 
 /// A 0700 directory under the system's temporary directory, removed on drop.
