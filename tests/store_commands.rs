@@ -2,6 +2,7 @@
 //! a store and says where its unlock secret is read from; `status` lists the keys the store's
 //! file holds, with the public keys the library reports; each failure is a clear message and a
 //! nonzero exit code, and leaves the store as it was.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
