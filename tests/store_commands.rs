@@ -254,6 +254,21 @@ fn init_without_an_unlock_file_says_where_it_must_live_and_creates_nothing() {
 }
 
 #[test]
+fn init_warns_of_an_unlock_file_that_group_or_others_may_read() {
+    let scratch = Scratch::new("open-unlock");
+    std::fs::set_permissions(scratch.unlock(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let created = init(&scratch);
+    assert!(created.status.success(), "{}", stderr(&created));
+    let warning = stderr(&created);
+    assert!(
+        warning.contains("warning")
+            && warning.contains("mode 0644")
+            && warning.contains("chmod 0600"),
+        "{warning}"
+    );
+}
+
+#[test]
 fn init_with_an_unreadable_unlock_file_fails_clearly() {
     let scratch = Scratch::new("unreadable");
     let missing = scratch.0.join("no-such-secret");

@@ -193,6 +193,10 @@ fn read_as_documented(file: &[u8], unlock_secret: &[u8]) -> (u64, Vec<Found>) {
             other => panic!("algorithm {other}"),
         };
         assert_eq!(public_key[..], record[28..60], "public key of slot {slot}");
+        assert!(
+            !file.windows(32).any(|window| window == secret),
+            "the secret of slot {slot} is in the file in the clear"
+        );
         assert_eq!(
             algorithm,
             u8::from(purpose == 3),
@@ -246,6 +250,10 @@ fn a_store_keyward_wrote_opens_by_the_documented_layout_alone() {
 
     let state = std::fs::read(scratch.store().join("keyward-store")).unwrap();
     let (sequence, found) = read_as_documented(&state, secret);
+    assert!(
+        !state.windows(secret.len()).any(|window| window == secret),
+        "the unlock secret is in the file"
+    );
     // Created at 0, then one sealed change for each of five generates and one drop.
     assert_eq!(sequence, 6);
     let now = started + 60;
