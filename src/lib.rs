@@ -60,7 +60,9 @@ pub use host::sandbox_policy::{
 };
 pub use host::service::SecretService;
 pub use host::status::{FilterCheck, KeyMapping, SignerStatus};
-pub use host::store::{StoreConfig, StoreCreation, StoreError, UnlockSecret, WriteStep};
+pub use host::store::{
+    ListedKey, StoreConfig, StoreCreation, StoreError, StoreListing, UnlockSecret, WriteStep,
+};
 pub use signer::entry::{SIGNER_ARGUMENT, run_signer_if_requested};
 pub use wire::consensus::{
     CONSENSUS_DOMAIN, CONSENSUS_SIGNING_LEN, ChainId, ChainWatermarks, ConsensusKind,

@@ -1,5 +1,7 @@
 //! Runs in the host: the `keyward` command, a thin face over the library.
 
+use std::process::ExitCode;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
@@ -16,8 +18,14 @@ struct Arguments {
 #[derive(Subcommand)]
 enum Command {
     /// Spawn the signer, generate the validator's four keys, sign, verify, agree on a secret,
-    /// and show what the kernel says about the sandbox.
+    /// show what the kernel says about the sandbox, then show keys surviving a restart in a
+    /// sealed store made for the demo (and removed after).
     Demo,
+    /// Create a sealed key store in DIR, unlocked by the secret in --unlock-file (required).
+    Init(cli::store::InitArgs),
+    /// List the keys of the sealed store in DIR as its file shows them (without unlocking it:
+    /// not authenticated; no secret is shown).
+    Status(cli::store::StatusArgs),
     /// Print the signer's seccomp allowlist with the reason for each rule.
     Policy,
     /// Tell whether this machine can run the sandbox, and what to change if not.
@@ -27,13 +35,15 @@ enum Command {
     Bench(cli::bench::BenchArgs),
 }
 
-fn main() -> Result<()> {
+fn main() -> Result<ExitCode> {
     // First: if this process was exec'd as a signer, become one (never returns).
     keyward::run_signer_if_requested();
     match Arguments::parse().command {
-        Command::Demo => cli::demo::run(),
-        Command::Policy => cli::policy::run(),
-        Command::Check => cli::check::run(),
-        Command::Bench(arguments) => cli::bench::run(&arguments),
+        Command::Demo => cli::demo::run().map(|()| ExitCode::SUCCESS),
+        Command::Init(arguments) => Ok(cli::store::init(&arguments)),
+        Command::Status(arguments) => Ok(cli::store::status(&arguments)),
+        Command::Policy => cli::policy::run().map(|()| ExitCode::SUCCESS),
+        Command::Check => cli::check::run().map(|()| ExitCode::SUCCESS),
+        Command::Bench(arguments) => cli::bench::run(&arguments).map(|()| ExitCode::SUCCESS),
     }
 }

@@ -581,10 +581,21 @@ mod tests {
     #[test]
     fn the_worked_examples_in_the_protocol_document_are_exact() {
         use crate::wire::key_types::KeyMemory;
-        use crate::wire::startup::{Greeting, HardeningStep};
+        use crate::wire::startup::{
+            Greeting, HardeningStep, SealedSummary, StoreProblem, TamperedPart,
+        };
         let key = WireKeyId {
             store: [1; 8],
             local: [2; 16],
+        };
+        let manifest = ManifestFields {
+            sequence: 9,
+            record_count: 1,
+            records_digest: [0x77; 32],
+        };
+        let manifest_seal = Seal {
+            nonce: [0x88; 24],
+            tag: [0x99; 16],
         };
         let examples: Vec<(&str, Vec<u8>)> = vec![
             (
@@ -627,6 +638,24 @@ mod tests {
                 }),
             ),
             (
+                "greeting: `Ready` with a sealed store",
+                framed(&Greeting::Ready {
+                    protocol_version: 4,
+                    key_memory: KeyMemory::MemfdSecret,
+                    store: [0xaa; 8],
+                    sealed: Some(SealedSummary {
+                        manifest,
+                        created: None,
+                    }),
+                }),
+            ),
+            (
+                "greeting: `StoreRefused`",
+                framed(&Greeting::StoreRefused {
+                    problem: StoreProblem::Tampered(TamperedPart::Record { slot: 2 }),
+                }),
+            ),
+            (
                 "greeting: `HardeningFailed`",
                 framed(&Greeting::HardeningFailed {
                     step: HardeningStep::SeccompFilter,
@@ -666,6 +695,48 @@ mod tests {
                     ]),
                 }),
             ),
+            (
+                "answer 4: `KeyGeneratedSealed`",
+                framed(&AnswerFrame::<(), &[u8; 32]> {
+                    id: 4,
+                    answer: Answer::KeyGeneratedSealed {
+                        key,
+                        public_key: [0x33; 32],
+                        change: StoreChange {
+                            added: Some(SealedRecord {
+                                slot: 3,
+                                local: [2; 16],
+                                purpose: Purpose::Consensus,
+                                algorithm: Algorithm::Ed25519,
+                                created: 1_700_000_000,
+                                public_key: [0x33; 32],
+                                sealed_secret: [0x44; 32],
+                                seal: Seal {
+                                    nonce: [0x55; 24],
+                                    tag: [0x66; 16],
+                                },
+                            }),
+                            removed_slot: None,
+                            manifest,
+                            manifest_seal,
+                        },
+                    },
+                }),
+            ),
+            (
+                "answer 5: `KeyDroppedSealed`",
+                framed(&AnswerFrame::<(), &[u8; 32]> {
+                    id: 5,
+                    answer: Answer::KeyDroppedSealed {
+                        change: StoreChange {
+                            added: None,
+                            removed_slot: Some(3),
+                            manifest,
+                            manifest_seal,
+                        },
+                    },
+                }),
+            ),
         ];
         for (name, encoded) in examples {
             assert_eq!(
@@ -680,8 +751,8 @@ mod tests {
         }
         assert_eq!(
             crate::wire::PROTOCOL_VERSION,
-            3,
-            "the document describes version 3"
+            4,
+            "the document describes version 4"
         );
     }
 

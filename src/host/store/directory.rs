@@ -133,28 +133,7 @@ impl StoreDirectory {
 
     /// Whether a file of the store exists.
     pub(crate) fn has(&self, name: &str) -> Result<bool, StoreError> {
-        let path = self.file(name);
-        match std::fs::symlink_metadata(&path) {
-            Ok(_) => Ok(true),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(error) => Err(io_error(&path, "reading", &error)),
-        }
-    }
-
-    /// A file's bytes, after checking its mode; `cap` bounds what is read.
-    pub(crate) fn read(&self, name: &str, cap: usize) -> Result<Vec<u8>, StoreError> {
-        let path = self.file(name);
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(|error| io_error(&path, "opening", &error))?;
-        check_mode(&path, "0600")?;
-        let mut bytes = Vec::new();
-        file.take(cap as u64)
-            .read_to_end(&mut bytes)
-            .map_err(|error| io_error(&path, "reading", &error))?;
-        Ok(bytes)
+        has_in(&self.path, name)
     }
 
     /// Writes `bytes` as the new content of `name`, durably; with `keep_previous`, the current
@@ -216,6 +195,50 @@ impl StoreDirectory {
         test_point(WritePoint::AfterDirectorySync);
         Ok(())
     }
+}
+
+/// Checks a store directory as opening it does (it exists, is a directory, and is closed to
+/// group and others) without taking its lock: for reading its state while a service may hold it.
+pub(crate) fn check_unlocked(path: &Path) -> Result<(), StoreError> {
+    match std::fs::metadata(path) {
+        Ok(metadata) if !metadata.is_dir() => Err(StoreError::NotADirectory {
+            path: path.to_path_buf(),
+        }),
+        Ok(_) => check_mode(path, "0700"),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            Err(StoreError::DirectoryMissing {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(error) => Err(io_error(path, "reading", &error)),
+    }
+}
+
+/// Whether a file of the store in `directory` exists.
+pub(crate) fn has_in(directory: &Path, name: &str) -> Result<bool, StoreError> {
+    let path = directory.join(name);
+    match std::fs::symlink_metadata(&path) {
+        Ok(_) => Ok(true),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(error) => Err(io_error(&path, "reading", &error)),
+    }
+}
+
+/// The bytes of a file of the store in `directory`, after checking its mode; `cap` bounds what
+/// is read. Needs no lock: the store's files are only ever replaced whole, by rename.
+pub(crate) fn read_in(directory: &Path, name: &str, cap: usize) -> Result<Vec<u8>, StoreError> {
+    let path = directory.join(name);
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|error| io_error(&path, "opening", &error))?;
+    check_mode(&path, "0600")?;
+    let mut bytes = Vec::new();
+    file.take(cap as u64)
+        .read_to_end(&mut bytes)
+        .map_err(|error| io_error(&path, "reading", &error))?;
+    Ok(bytes)
 }
 
 /// Refuses a path open to group or others.

@@ -6,6 +6,7 @@
 
 pub(crate) mod directory;
 pub(crate) mod error;
+pub(crate) mod listing;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,6 +22,7 @@ use crate::wire::store_format::{
 };
 use directory::{PREVIOUS_FILE, STATE_FILE, STORE_ID_FILE, StoreDirectory};
 pub use error::{StoreError, WriteStep};
+pub use listing::{ListedKey, StoreListing};
 
 /// Where the unlock secret, from which the signer derives the store's key-encryption key, comes
 /// from. The host never reads a file-based secret; an in-memory passphrase is wiped from the
@@ -228,47 +230,7 @@ impl HostStore {
 
     /// The state file, parsed, and checked against the store id the directory was made for.
     fn read_state(&self) -> Result<StoreFile, StoreError> {
-        let path = self.directory.file(STATE_FILE);
-        if !self.directory.has(STATE_FILE)? {
-            return Err(StoreError::StateMissing {
-                path,
-                previous: self.directory.file(PREVIOUS_FILE),
-            });
-        }
-        let bytes = self.directory.read(STATE_FILE, MAX_STATE_LEN + 1)?;
-        let file = StoreFile::parse(&bytes).map_err(|error| StoreError::Format {
-            path: path.clone(),
-            error,
-        })?;
-        let expected = self.directory.read(STORE_ID_FILE, 64)?;
-        let expected = String::from_utf8_lossy(&expected).trim().to_owned();
-        let found = hex(&file.header.store);
-        if expected != found {
-            return Err(StoreError::ForeignStore {
-                path,
-                expected,
-                found,
-            });
-        }
-        // Every write keeps the state before it as the previous copy, so the previous copy is
-        // never newer than the current state. If it is, the current state was replaced by an
-        // older one (a restored backup, a copy put back): refused, since opening it would roll
-        // back keys and watermarks. (A whole directory put back is not detected: see
-        // SECURITY.md.)
-        if self.directory.has(PREVIOUS_FILE)? {
-            let previous = self.directory.read(PREVIOUS_FILE, MAX_STATE_LEN + 1)?;
-            if let Ok(previous) = StoreFile::parse(&previous)
-                && previous.header.store == file.header.store
-                && previous.manifest.sequence > file.manifest.sequence
-            {
-                return Err(StoreError::RolledBack {
-                    path,
-                    sequence: file.manifest.sequence,
-                    previous: previous.manifest.sequence,
-                });
-            }
-        }
-        Ok(file)
+        read_state_in(self.directory.path())
     }
 
     /// Takes in a signer that has just become ready: checks it opened the file the host read,
@@ -421,6 +383,52 @@ impl HostStore {
             },
         }
     }
+}
+
+/// The state file of the store in `directory`, parsed, and checked against the store id the
+/// directory was made for. Takes no lock (a reader sees one whole state: the file is only ever
+/// replaced by rename) and opens no seal: well-formed, not authentic.
+pub(crate) fn read_state_in(directory: &Path) -> Result<StoreFile, StoreError> {
+    let path = directory.join(STATE_FILE);
+    if !directory::has_in(directory, STATE_FILE)? {
+        return Err(StoreError::StateMissing {
+            path,
+            previous: directory.join(PREVIOUS_FILE),
+        });
+    }
+    let bytes = directory::read_in(directory, STATE_FILE, MAX_STATE_LEN + 1)?;
+    let file = StoreFile::parse(&bytes).map_err(|error| StoreError::Format {
+        path: path.clone(),
+        error,
+    })?;
+    let expected = directory::read_in(directory, STORE_ID_FILE, 64)?;
+    let expected = String::from_utf8_lossy(&expected).trim().to_owned();
+    let found = hex(&file.header.store);
+    if expected != found {
+        return Err(StoreError::ForeignStore {
+            path,
+            expected,
+            found,
+        });
+    }
+    // Every write keeps the state before it as the previous copy, so the previous copy is never
+    // newer than the current state. If it is, the current state was replaced by an older one (a
+    // restored backup, a copy put back): refused, since opening it would roll back keys and
+    // watermarks. (A whole directory put back is not detected: see SECURITY.md.)
+    if directory::has_in(directory, PREVIOUS_FILE)? {
+        let previous = directory::read_in(directory, PREVIOUS_FILE, MAX_STATE_LEN + 1)?;
+        if let Ok(previous) = StoreFile::parse(&previous)
+            && previous.header.store == file.header.store
+            && previous.manifest.sequence > file.manifest.sequence
+        {
+            return Err(StoreError::RolledBack {
+                path,
+                sequence: file.manifest.sequence,
+                previous: previous.manifest.sequence,
+            });
+        }
+    }
+    Ok(file)
 }
 
 /// Why a signer could not be adopted.
