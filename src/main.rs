@@ -25,6 +25,9 @@ enum Command {
     /// Measure what the process boundary costs: keyward against in-process signing and
     /// ssh-agent, side by side (latency, throughput, idle CPU, memory), against the targets.
     Bench(cli::bench::BenchArgs),
+    /// Export or import a store's consensus watermarks (double-sign protection) as a JSON
+    /// interchange document, while no validator uses the store.
+    Watermark(cli::watermark::WatermarkArgs),
 }
 
 fn main() -> Result<()> {
@@ -35,5 +38,6 @@ fn main() -> Result<()> {
         Command::Policy => cli::policy::run(),
         Command::Check => cli::check::run(),
         Command::Bench(arguments) => cli::bench::run(&arguments),
+        Command::Watermark(arguments) => cli::watermark::run(&arguments),
     }
 }

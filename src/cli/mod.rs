@@ -4,3 +4,4 @@ pub(crate) mod bench;
 pub(crate) mod check;
 pub(crate) mod demo;
 pub(crate) mod policy;
+pub(crate) mod watermark;
