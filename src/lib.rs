@@ -51,6 +51,10 @@ pub mod testing;
 
 pub use host::config::{Config, Latency, RestartPolicy, SpawnMode};
 pub use host::error::{Error, Result, SignerEnd, SpawnError};
+pub use host::interchange::{
+    INTERCHANGE_FORMAT, INTERCHANGE_FORMAT_VERSION, ImportReport, InterchangeError, KeyImport,
+    KeyWatermarks, MarkImport, WatermarkInterchange,
+};
 pub use host::key_handle::KeySigner;
 pub use host::key_service::KeyService;
 pub use host::keys::{KeyId, KeyInfo, ParseKeyIdError, PublicKey, SharedSecret};

@@ -33,6 +33,9 @@ enum Command {
     /// Measure what the process boundary costs: keyward against in-process signing and
     /// ssh-agent, side by side (latency, throughput, idle CPU, memory), against the targets.
     Bench(cli::bench::BenchArgs),
+    /// Export or import a store's consensus watermarks (double-sign protection) as a JSON
+    /// interchange document, while no validator uses the store.
+    Watermark(cli::watermark::WatermarkArgs),
 }
 
 fn main() -> Result<ExitCode> {
@@ -45,5 +48,8 @@ fn main() -> Result<ExitCode> {
         Command::Policy => cli::policy::run().map(|()| ExitCode::SUCCESS),
         Command::Check => cli::check::run().map(|()| ExitCode::SUCCESS),
         Command::Bench(arguments) => cli::bench::run(&arguments).map(|()| ExitCode::SUCCESS),
+        Command::Watermark(arguments) => {
+            cli::watermark::run(&arguments).map(|()| ExitCode::SUCCESS)
+        }
     }
 }

@@ -5,3 +5,4 @@ pub(crate) mod check;
 pub(crate) mod demo;
 pub(crate) mod policy;
 pub(crate) mod store;
+pub(crate) mod watermark;

@@ -23,6 +23,10 @@ pub enum Error {
     #[error("sealed key store: {0}")]
     Store(#[from] crate::host::store::StoreError),
 
+    /// A watermark interchange document was refused; nothing was imported.
+    #[error("watermark interchange: {0}")]
+    Interchange(#[from] crate::host::interchange::InterchangeError),
+
     /// The configuration was refused before anything was started.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),

@@ -9,6 +9,7 @@
 
 pub(crate) mod config;
 pub(crate) mod error;
+pub(crate) mod interchange;
 pub(crate) mod key_handle;
 pub(crate) mod key_service;
 pub(crate) mod keys;
