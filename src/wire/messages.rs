@@ -591,6 +591,7 @@ mod tests {
         let manifest = ManifestFields {
             sequence: 9,
             record_count: 1,
+            watermark_count: 0,
             records_digest: [0x77; 32],
         };
         let manifest_seal = Seal {
@@ -717,6 +718,7 @@ mod tests {
                                 },
                             }),
                             removed_slot: None,
+                            watermark: None,
                             manifest,
                             manifest_seal,
                         },
@@ -731,6 +733,7 @@ mod tests {
                         change: StoreChange {
                             added: None,
                             removed_slot: Some(3),
+                            watermark: None,
                             manifest,
                             manifest_seal,
                         },
