@@ -17,7 +17,7 @@ fn os(errno: &i32) -> std::io::Error {
 pub enum StoreError {
     /// The store directory does not exist. Only an explicit creation makes a store.
     #[error(
-        "the store directory {} does not exist: create the store with `keyward init --store {}` (or StoreConfig::create_if_missing)",
+        "the store directory {} does not exist: create the store with `keyward init --store {} --unlock-file FILE` (or StoreConfig::create_if_missing)",
         path.display(), path.display()
     )]
     DirectoryMissing {
@@ -35,7 +35,7 @@ pub enum StoreError {
     /// The directory holds no store (no state file and no previous copy). Only an explicit
     /// creation makes one: a missing store is never silently replaced by an empty one.
     #[error(
-        "{} holds no keyward store (no state file): create one with `keyward init --store {}` (or StoreConfig::create_if_missing)",
+        "{} holds no keyward store (no state file): create one with `keyward init --store {} --unlock-file FILE` (or StoreConfig::create_if_missing)",
         path.display(), path.display()
     )]
     NotInitialised {
