@@ -22,10 +22,10 @@
 //!
 //! # fn main() -> Result<(), keyward::Error> {
 //! let service = SecretService::spawn(Config::default())?;
-//! let consensus = service.generate_key(KeySpec::new(Purpose::Account))?;
-//! let public = service.public_key(consensus)?;
+//! let account = service.generate_key(KeySpec::new(Purpose::Account))?;
+//! let public = service.public_key(account)?;
 //! let digest = [7u8; 32]; // prehashed by the caller
-//! let signature = service.sign(consensus, &digest)?;
+//! let signature = service.sign(account, &digest)?;
 //! assert!(public.as_ed25519().unwrap().verify_strict(&digest, &signature).is_ok());
 //!
 //! let handshake = service.generate_key(KeySpec::new(Purpose::NetworkHandshake))?;
