@@ -137,16 +137,19 @@ fn each_rule_of_the_guard_in_every_configuration() {
         // Across kinds: a timeout of a round voted in is allowed; a vote in a round timed out is
         // not; a timeout below the last vote is not; proposals are apart.
         let timeout = |round| ConsensusMessage::timeout(CHAIN, 2, round, [0xe; 32]);
-        let (rule, _) = refused_by(
+        let (rule, met) = refused_by(
             service.sign_consensus(key, &ConsensusMessage::timeout(CHAIN, 1, 9, [0xe; 32])),
         );
         assert_eq!(rule, GuardRule::TimeoutBelowVote, "{what}");
+        // The refusal names the watermark it met: the vote's.
+        assert_eq!(met.map(|w| (w.epoch, w.round)), Some((2, 0)), "{what}");
         service.sign_consensus(key, &timeout(0)).unwrap();
         service.sign_consensus(key, &timeout(3)).unwrap();
-        let (rule, _) = refused_by(
+        let (rule, met) = refused_by(
             service.sign_consensus(key, &ConsensusMessage::vote(CHAIN, 2, 3, [0xf; 32])),
         );
         assert_eq!(rule, GuardRule::VoteAfterTimeout, "{what}");
+        assert_eq!(met.map(|w| (w.epoch, w.round)), Some((2, 3)), "{what}: the timeout's");
         service
             .sign_consensus(key, &ConsensusMessage::vote(CHAIN, 2, 4, [0xf; 32]))
             .unwrap();

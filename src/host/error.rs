@@ -114,7 +114,7 @@ pub enum Error {
     /// The double-sign guard in the signer refused a consensus message: signing it could make
     /// the validator sign two conflicting messages. Nothing was signed.
     #[error(
-        "key {key} will not sign this {kind} at epoch {epoch}, round {round}: {rule} (its {kind} watermark: {})",
+        "key {key} will not sign this {kind} at epoch {epoch}, round {round}: {rule} (the watermark it meets: {})",
         watermark.map_or_else(|| "none".to_owned(), |w| format!("epoch {}, round {}", w.epoch, w.round))
     )]
     WouldDoubleSign {
@@ -128,7 +128,8 @@ pub enum Error {
         round: u64,
         /// The rule that refused it.
         rule: crate::wire::consensus::GuardRule,
-        /// The key's watermark of the message's kind on its chain.
+        /// The watermark the message met on its chain: its own kind's, or for a rule between
+        /// kinds (a vote after a timeout, a timeout below a vote) the other kind's.
         watermark: Option<crate::wire::consensus::Watermark>,
     },
 

@@ -56,7 +56,17 @@ impl Operation for GenerateKey {
                 key,
                 public_key,
                 change,
-            } => Ok((key, public_key, Some(change))),
+            } => match change.added {
+                Some(added)
+                    if added.local == key.local
+                        && added.public_key == public_key
+                        && change.removed_slot.is_none()
+                        && change.watermark.is_none() =>
+                {
+                    Ok((key, public_key, Some(change)))
+                }
+                _ => Err("a sealed change that does not add the new key"),
+            },
             _ => Err(WRONG_KIND),
         }
     }
@@ -228,7 +238,14 @@ impl Operation for DropKey {
     fn output(&self, answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
         match answer {
             Answer::KeyDropped => Ok(None),
-            Answer::KeyDroppedSealed { change } => Ok(Some(change)),
+            Answer::KeyDroppedSealed { change }
+                if change.added.is_none()
+                    && change.removed_slot.is_some()
+                    && change.watermark.is_none() =>
+            {
+                Ok(Some(change))
+            }
+            Answer::KeyDroppedSealed { .. } => Err("a sealed change that does not drop a key"),
             _ => Err(WRONG_KIND),
         }
     }
@@ -261,7 +278,18 @@ impl Operation for SignConsensus {
     fn output(&self, answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
         match answer {
             Answer::Signature { r, s } => Ok(ConsensusOutcome::Signed(signature(r, s))),
-            Answer::ConsensusSealed { change } => Ok(ConsensusOutcome::Persist(Box::new(change))),
+            Answer::ConsensusSealed { change }
+                if change.added.is_none()
+                    && change.removed_slot.is_none()
+                    && change
+                        .watermark
+                        .is_some_and(|record| record.marks.chain == self.message.chain) =>
+            {
+                Ok(ConsensusOutcome::Persist(Box::new(change)))
+            }
+            Answer::ConsensusSealed { .. } => {
+                Err("a sealed change that is not the message's watermark")
+            }
             _ => Err(WRONG_KIND),
         }
     }

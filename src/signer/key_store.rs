@@ -21,7 +21,9 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 use crate::signer::guard::{self, Verdict};
 use crate::signer::sealing::{MAX_UNLOCK_SECRET_LEN, Sealer};
 use crate::sys::{SecretCells, SecretMemoryBacking};
-use crate::wire::consensus::{ChainWatermarks, ConsensusMessage, Watermark};
+use crate::wire::consensus::{
+    ChainWatermarks, ConsensusKind, ConsensusMessage, GuardRule, Watermark,
+};
 use crate::wire::key_types::{
     Algorithm, KeySpec, LocalKeyId, Purpose, SecretMemory, StoreId, WireKeyId,
 };
@@ -605,9 +607,16 @@ impl KeyStore {
         let kind = message.kind.index();
         match guard::judge(&guard.marks, message) {
             Verdict::Refuse(rule) => {
+                // The watermark the message ran into: its own kind's, or for a rule between
+                // kinds, the other kind's.
+                let met = match rule {
+                    GuardRule::VoteAfterTimeout => ConsensusKind::Timeout,
+                    GuardRule::TimeoutBelowVote => ConsensusKind::Vote,
+                    _ => message.kind,
+                };
                 return Err(Refusal::WouldDoubleSign {
                     rule,
-                    watermark: guard.marks.of(message.kind),
+                    watermark: guard.marks.of(met),
                 });
             }
             // Durable already (or nothing is ever written): the same signature again.
@@ -722,7 +731,7 @@ impl KeyStore {
         });
         let next = self.sealed.as_ref().map_or(0, |sealed| sealed.sequence + 1);
         let mut raised = false;
-        for kind in crate::wire::consensus::ConsensusKind::ALL {
+        for kind in ConsensusKind::ALL {
             let held = guard.marks.of(kind);
             let offered = marks.of(kind);
             let higher = match (held, offered) {
