@@ -149,7 +149,11 @@ fn each_rule_of_the_guard_in_every_configuration() {
             service.sign_consensus(key, &ConsensusMessage::vote(CHAIN, 2, 3, [0xf; 32])),
         );
         assert_eq!(rule, GuardRule::VoteAfterTimeout, "{what}");
-        assert_eq!(met.map(|w| (w.epoch, w.round)), Some((2, 3)), "{what}: the timeout's");
+        assert_eq!(
+            met.map(|w| (w.epoch, w.round)),
+            Some((2, 3)),
+            "{what}: the timeout's"
+        );
         service
             .sign_consensus(key, &ConsensusMessage::vote(CHAIN, 2, 4, [0xf; 32]))
             .unwrap();

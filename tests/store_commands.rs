@@ -254,18 +254,17 @@ fn init_without_an_unlock_file_says_where_it_must_live_and_creates_nothing() {
 }
 
 #[test]
-fn init_warns_of_an_unlock_file_that_group_or_others_may_read() {
+fn init_refuses_an_unlock_file_that_group_or_others_may_read() {
     let scratch = Scratch::new("open-unlock");
     std::fs::set_permissions(scratch.unlock(), std::fs::Permissions::from_mode(0o644)).unwrap();
-    let created = init(&scratch);
-    assert!(created.status.success(), "{}", stderr(&created));
-    let warning = stderr(&created);
+    let refused = init(&scratch);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    let message = stderr(&refused);
     assert!(
-        warning.contains("warning")
-            && warning.contains("mode 0644")
-            && warning.contains("chmod 0600"),
-        "{warning}"
+        message.contains("0644") && message.contains("0600"),
+        "{message}"
     );
+    assert!(!scratch.store().join("keyward-store").exists());
 }
 
 #[test]

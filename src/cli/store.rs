@@ -4,7 +4,6 @@
 //! writes the file and never reads the unlock secret); `status` reads the store's clear fields
 //! without unlocking it.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -27,8 +26,8 @@ place its unlock secret lives, which keyward cannot guess: it belongs apart from
 directory (a systemd credential, or a 0600 file on another mount), not beside it. Services that \
 open the store need the same secret: StoreConfig::new(DIR, UnlockSecret::file(FILE)).
 
-The signer reads the file itself; this command only makes its path absolute and looks at its \
-mode (a warning if group or others may read it). One trailing newline (\\n or \\r\\n) is \
+The signer reads the file itself (this command only makes its path absolute) and refuses one \
+that group or others may read (mode 0600 or 0400 expected). One trailing newline (\\n or \\r\\n) is \
 ignored; a file of more than 4096 bytes, or an empty one, is refused. Losing the unlock secret \
 loses every key in the store.
 
@@ -86,7 +85,6 @@ pub(crate) fn init(arguments: &InitArgs) -> ExitCode {
         return ExitCode::from(USAGE);
     };
     let unlock_file = absolute(unlock_file);
-    warn_if_open(&unlock_file);
     let config = Config::default().with_store(
         StoreConfig::new(&store, UnlockSecret::file(&unlock_file))
             .with_creation(StoreCreation::CreateNew),
@@ -191,21 +189,6 @@ fn kdf_text(kdf: KdfParameters) -> String {
 /// path, and the operator is told where things are.
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
-}
-
-/// Warns when the unlock secret's file may be read by group or others. Only its metadata is
-/// looked at: this process never opens it.
-fn warn_if_open(path: &Path) {
-    if let Ok(metadata) = std::fs::metadata(path) {
-        let mode = metadata.mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            eprintln!(
-                "warning: the unlock secret {} has mode {mode:04o}: group or others may read it; \
-                 chmod 0600 it (keyward does not refuse it)",
-                path.display()
-            );
-        }
-    }
 }
 
 fn hex(bytes: &[u8]) -> String {
