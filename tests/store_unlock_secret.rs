@@ -63,7 +63,7 @@ fn a_respawned_signer_reads_the_unlock_file_again_and_serves_the_same_keys() {
     let unlock = scratch.file(b"hunter2\n");
     let service = SecretService::spawn(scratch.config(unlock, StoreCreation::CreateNew)).unwrap();
     let key = service
-        .generate_key(KeySpec::new(Purpose::Consensus))
+        .generate_key(KeySpec::new(Purpose::Account))
         .unwrap();
     let public = service.public_key(key).unwrap();
     let pid = service.pid();
