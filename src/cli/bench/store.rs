@@ -56,8 +56,7 @@ impl StoreBench {
         .context("spawning a signer on a sealed store")?;
         let signing = service.generate_key(KeySpec::new(Purpose::NetworkDiscovery))?;
         let consensus = service.generate_key(KeySpec::new(Purpose::Consensus))?;
-        // The repeat scenario signs round 0's vote again and again; the new-round one starts
-        // above it.
+        // The repeat scenario's vote, signed once (and written) before it is timed.
         service.sign_consensus(consensus, &repeated_vote())?;
         // The bare write writes as many bytes as the store's state file holds at its largest in
         // this scenario (one key more than now).
@@ -142,9 +141,12 @@ impl StoreBench {
 /// The chain the consensus scenarios sign for.
 const CHAIN: ChainId = ChainId([0xbe; 32]);
 
-/// The vote the repeat scenario signs: round 0, below every new round.
+/// The chain the repeat scenario signs for: its own, so the new rounds never pass its vote.
+const REPEAT_CHAIN: ChainId = ChainId([0xef; 32]);
+
+/// The vote the repeat scenario signs, again and again.
 fn repeated_vote() -> ConsensusMessage {
-    ConsensusMessage::vote(CHAIN, 0, 0, [0x5a; 32])
+    ConsensusMessage::vote(REPEAT_CHAIN, 0, 0, [0x5a; 32])
 }
 
 /// A 0700 directory under the system's temporary directory, removed on drop.
