@@ -22,7 +22,7 @@ use crate::signer::guard::{self, Verdict};
 use crate::signer::sealing::{MAX_UNLOCK_SECRET_LEN, Sealer};
 use crate::sys::{SecretCells, SecretMemoryBacking};
 use crate::wire::consensus::{
-    ChainWatermarks, ConsensusKind, ConsensusMessage, GuardRule, Watermark,
+    ChainId, ChainWatermarks, ConsensusKind, ConsensusMessage, GuardRule, Watermark,
 };
 use crate::wire::key_types::{
     Algorithm, KeySpec, LocalKeyId, Purpose, SecretMemory, StoreId, WireKeyId,
@@ -587,23 +587,7 @@ impl KeyStore {
     ) -> Result<ConsensusStep, Refusal> {
         let slot = self.consensus_key(key)?;
         let durable = self.sealed.as_ref().map(|sealed| sealed.durable);
-        let guards = &mut self.guards[slot];
-        let index = match guards
-            .iter()
-            .position(|guard| guard.is_some_and(|guard| guard.marks.chain == message.chain))
-        {
-            Some(index) => index,
-            None => guards
-                .iter()
-                .position(Option::is_none)
-                .ok_or(Refusal::ChainLimit {
-                    cap: u32::try_from(MAX_CHAINS_PER_KEY).unwrap_or(u32::MAX),
-                })?,
-        };
-        let mut guard = guards[index].unwrap_or(ChainGuard {
-            marks: ChainWatermarks::empty(message.chain),
-            sealed_in: [0; 3],
-        });
+        let (index, mut guard) = self.guard_of(slot, message.chain)?;
         let kind = message.kind.index();
         match guard::judge(&guard.marks, message) {
             Verdict::Refuse(rule) => {
@@ -703,6 +687,29 @@ impl KeyStore {
         Ok(self.guards[slot].map(|guard| guard.map(|guard| guard.marks)))
     }
 
+    /// The guard of the key in `slot` on `chain`: where it is kept, and its watermarks (none yet
+    /// for a chain it has not signed on, in a free place; `ChainLimit` if there is none).
+    fn guard_of(&self, slot: usize, chain: ChainId) -> Result<(usize, ChainGuard), Refusal> {
+        let guards = &self.guards[slot];
+        let held = guards
+            .iter()
+            .position(|guard| guard.is_some_and(|guard| guard.marks.chain == chain));
+        let index = match held {
+            Some(index) => index,
+            None => guards
+                .iter()
+                .position(Option::is_none)
+                .ok_or(Refusal::ChainLimit {
+                    cap: u32::try_from(MAX_CHAINS_PER_KEY).unwrap_or(u32::MAX),
+                })?,
+        };
+        let guard = guards[index].unwrap_or(ChainGuard {
+            marks: ChainWatermarks::empty(chain),
+            sealed_in: [0; 3],
+        });
+        Ok((index, guard))
+    }
+
     /// Raises a consensus key's watermarks on one chain to at least `marks` (an import): each
     /// kind's watermark becomes the higher of the two; never lower. For a sealed store, the
     /// change to write if anything rose.
@@ -712,23 +719,7 @@ impl KeyStore {
         marks: &ChainWatermarks,
     ) -> Result<Option<StoreChange>, Refusal> {
         let slot = self.consensus_key(key)?;
-        let guards = &mut self.guards[slot];
-        let index = match guards
-            .iter()
-            .position(|guard| guard.is_some_and(|guard| guard.marks.chain == marks.chain))
-        {
-            Some(index) => index,
-            None => guards
-                .iter()
-                .position(Option::is_none)
-                .ok_or(Refusal::ChainLimit {
-                    cap: u32::try_from(MAX_CHAINS_PER_KEY).unwrap_or(u32::MAX),
-                })?,
-        };
-        let mut guard = guards[index].unwrap_or(ChainGuard {
-            marks: ChainWatermarks::empty(marks.chain),
-            sealed_in: [0; 3],
-        });
+        let (index, mut guard) = self.guard_of(slot, marks.chain)?;
         let next = self.sealed.as_ref().map_or(0, |sealed| sealed.sequence + 1);
         let mut raised = false;
         for kind in ConsensusKind::ALL {
