@@ -132,10 +132,10 @@ fn run_host(
         for line in stdout.lines() {
             let Ok(line) = line else { break };
             // The first line follows libtest's "test role_vote_host ... " on the same line.
-            if let Some(line) = line.split_once("KW ").map(|(_, line)| line) {
-                if lines.send(line.to_owned()).is_err() {
-                    break;
-                }
+            if let Some((_, line)) = line.split_once("KW ")
+                && lines.send(line.to_owned()).is_err()
+            {
+                break;
             }
         }
     });
