@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// How many kinds of request the protocol has (variant indexes `0..REQUEST_KINDS`). A new kind
 /// fails `every_arbitrary_request_decodes_and_is_answered_with_its_id` until it is counted here
 /// and checked for its meaning in `every_request_kind_is_served_correctly_in_process`.
-const REQUEST_KINDS: usize = 13;
+const REQUEST_KINDS: usize = 14;
 
 /// A signer with live test hooks makes a forbidden system call (fork, execve, ptrace ...) for a
 /// test-hook request. The in-process dispatcher refuses it, as
@@ -874,6 +874,27 @@ fn every_request_kind_is_served_correctly_in_process() {
     let later = keyward::ConsensusMessage::vote(chain, 1, 3, [3; 32]);
     let summary = ask(d, sign_consensus_frame(11, consensus.key, later));
     assert!(summary.contains("BelowWatermark"), "{summary}");
+    // FinishDrop (drawn through the request type: `testing` has no builder for it): a
+    // memory-only store erases a key at once on DropKey, so no drop is ever in flight to
+    // finish. Refused for a held key, to erase it or to put it back, and the key stays.
+    const FINISH_DROP_KIND: u64 = 13;
+    for (id, erase) in [(12, 1u8), (13, 0)] {
+        let chosen =
+            u32::try_from((FINISH_DROP_KIND << 32).div_ceil(REQUEST_KINDS as u64)).unwrap();
+        let bytes = [
+            &chosen.to_le_bytes()[..],
+            &key_id_bytes(account.key),
+            &[erase],
+        ]
+        .concat();
+        let frame = arbitrary_request_frame(id, &bytes).unwrap();
+        assert_eq!(
+            kind_of(payload_of(&frame)),
+            Some(u32::try_from(FINISH_DROP_KIND).unwrap())
+        );
+        assert_eq!(ask(d, frame), "Refused(UnknownKey)");
+    }
+    assert_signs(d, 14, &account, [6; 32]);
 }
 
 /// The file descriptors of this process that point at `path`.
