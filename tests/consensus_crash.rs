@@ -465,38 +465,7 @@ fn hosts_killed_at_random_moments_never_sign_a_round_twice() {
     }
     let elapsed = started.elapsed();
 
-    // The store after the last kill: the vote watermark is the last round a caller heard of, or
-    // the one after it (sealed durably, its signature lost with the host), never lower.
     let last = record.last();
-    let service = SecretService::spawn(base.open_config()).unwrap();
-    let marks = service.watermarks(key).unwrap();
-    let vote_mark = marks
-        .iter()
-        .find(|marks| marks.chain == CHAIN)
-        .and_then(|marks| marks.vote)
-        .unwrap();
-    assert!(
-        vote_mark.round == last || vote_mark.round == last + 1,
-        "seed {seed}: the watermark is at round {}, the last signature given at {last}",
-        vote_mark.round
-    );
-    if vote_mark.round == last {
-        assert_eq!(vote_mark.digest, digest(record.signed[&last].0, last));
-    }
-    let other = if record.signed[&last].0 == 'A' {
-        'B'
-    } else {
-        'A'
-    };
-    assert!(matches!(
-        service.sign_consensus(key, &vote(other, last)),
-        Err(Error::WouldDoubleSign {
-            rule: GuardRule::ConflictingDigest | GuardRule::BelowWatermark,
-            ..
-        })
-    ));
-    drop(service);
-
     let rounds = record.signed.len();
     let refusals: Vec<String> = record
         .refusals
@@ -534,7 +503,7 @@ fn hosts_killed_at_random_moments_never_sign_a_round_twice() {
     // Not a vacuous run: hosts voted, some died with a round sealed but not durable (its B vote
     // was then signed), some with a round durable but unheard of (its B vote was refused).
     // (No tight bound on the rounds: how many a host signs before its kill depends on how fast
-    // this disk syncs; about four per kill here.)
+    // this disk syncs and how busy the machine is; four to ten per kill here.)
     assert!(
         rounds > KILLS / 10,
         "seed {seed}: only {rounds} rounds signed"
@@ -546,4 +515,35 @@ fn hosts_killed_at_random_moments_never_sign_a_round_twice() {
             .contains_key(&(Attempt::Next, "ConflictingDigest".to_owned())),
         "seed {seed}: no kill left a durable round its caller never heard of"
     );
+
+    // The store after the last kill: the vote watermark is the last round a caller heard of, or
+    // the one after it (sealed durably, its signature lost with the host), never lower.
+    let service = SecretService::spawn(base.open_config()).unwrap();
+    let marks = service.watermarks(key).unwrap();
+    let vote_mark = marks
+        .iter()
+        .find(|marks| marks.chain == CHAIN)
+        .and_then(|marks| marks.vote)
+        .unwrap();
+    assert!(
+        vote_mark.round == last || vote_mark.round == last + 1,
+        "seed {seed}: the watermark is at round {}, the last signature given at {last}",
+        vote_mark.round
+    );
+    if vote_mark.round == last {
+        assert_eq!(vote_mark.digest, digest(record.signed[&last].0, last));
+    }
+    let other = if record.signed[&last].0 == 'A' {
+        'B'
+    } else {
+        'A'
+    };
+    assert!(matches!(
+        service.sign_consensus(key, &vote(other, last)),
+        Err(Error::WouldDoubleSign {
+            rule: GuardRule::ConflictingDigest | GuardRule::BelowWatermark,
+            ..
+        })
+    ));
+    drop(service);
 }
