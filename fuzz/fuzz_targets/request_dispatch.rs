@@ -20,9 +20,13 @@
 //! increase is refused as such; a test-hook request is refused (`NotInThisBuild`), never made;
 //! and the dispatcher's own check that every answer decodes.
 //!
-//! Two keys are generated first (ids 0 and 1). Any 24 bytes `K` in a chunk stand for the Ed25519
-//! key's id and 24 bytes `X` for the X25519 key's (the ids, store and key, are random, so the
-//! fuzzer could never guess them), so signing and Diffie-Hellman are reached too.
+//! Three keys are generated first (ids 0, 1 and 2): an account key (Ed25519), a handshake key
+//! (X25519) and a consensus key (Ed25519). Any 24 bytes `K` in a chunk stand for the account
+//! key's id, 24 bytes `X` for the handshake key's and 24 bytes `C` for the consensus key's (the
+//! ids, store and key, are random, so the fuzzer could never guess them), so blind signing,
+//! Diffie-Hellman and the consensus requests (typed signing and its guard, watermarks, their
+//! import) are reached too. A consensus key signs typed messages only: blind signing is reached
+//! through the account key, and refused for the consensus key.
 #![no_main]
 
 use keyward::testing::{
@@ -34,6 +38,7 @@ use libfuzzer_sys::fuzz_target;
 
 const ED25519_PLACEHOLDER: [u8; 24] = [b'K'; 24];
 const X25519_PLACEHOLDER: [u8; 24] = [b'X'; 24];
+const CONSENSUS_PLACEHOLDER: [u8; 24] = [b'C'; 24];
 
 /// Generates a key; returns its id as a request frame carries it.
 fn generate(dispatcher: &mut Dispatcher, id: u64, purpose: Purpose) -> Vec<u8> {
@@ -62,7 +67,8 @@ fuzz_target!(|data: &[u8]| {
     let mut dispatcher = Dispatcher::new(8).expect("locked memory for the key store");
     let ed25519 = generate(&mut dispatcher, 0, Purpose::Account);
     let x25519 = generate(&mut dispatcher, 1, Purpose::NetworkHandshake);
-    let mut last = 1u64;
+    let consensus = generate(&mut dispatcher, 2, Purpose::Consensus);
+    let mut last = 2u64;
     let mut rest = data;
     while let Some(header) = rest.first_chunk::<4>() {
         let length = usize::try_from(u32::from_le_bytes(*header)).expect("a u32 fits");
@@ -73,6 +79,7 @@ fuzz_target!(|data: &[u8]| {
         rest = &rest[4 + length..];
         substitute(&mut chunk, &ED25519_PLACEHOLDER, &ed25519);
         substitute(&mut chunk, &X25519_PLACEHOLDER, &x25519);
+        substitute(&mut chunk, &CONSENSUS_PLACEHOLDER, &consensus);
         let Some((&tag, body)) = chunk.split_first() else {
             continue;
         };

@@ -7,18 +7,22 @@
 //! ```
 //!
 //! and commit the result; `the_committed_seeds_are_the_written_ones` fails while they differ.
-//! Every seed is built the same way each time: the two fuzzed keys are named by their
-//! placeholders (24 bytes `K`, 24 bytes `X`), never by random ids.
+//! Every seed is built the same way each time: the three fuzzed keys are named by their
+//! placeholders (24 bytes `K`, 24 bytes `X`, 24 bytes `C`), never by random ids.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use keyward::testing::{
     FRAME_CAP, arbitrary_request_frame, diffie_hellman_frame, drop_key_frame, generate_key_frame,
-    key_id_from_bytes, list_keys_frame, public_key_frame, sign_frame, sign_many_frame,
-    sign_message_frame, test_hook_frame,
+    key_id_from_bytes, list_keys_frame, public_key_frame, raise_watermarks_frame,
+    release_consensus_frame, sign_consensus_frame, sign_frame, sign_many_frame, sign_message_frame,
+    test_hook_frame, watermarks_frame,
 };
-use keyward::{Algorithm, ForbiddenSyscall, KeyId, KeySpec, MAX_BATCH, MAX_MESSAGE_LEN, Purpose};
+use keyward::{
+    Algorithm, ChainId, ChainWatermarks, ConsensusMessage, ForbiddenSyscall, KeyId, KeySpec,
+    MAX_BATCH, MAX_MESSAGE_LEN, Purpose, Watermark,
+};
 
 /// The seed files of each target: its name, then each file's name and bytes.
 type Corpora = BTreeMap<&'static str, BTreeMap<&'static str, Vec<u8>>>;
@@ -29,6 +33,39 @@ fn ed25519() -> KeyId {
 
 fn x25519() -> KeyId {
     key_id_from_bytes(&[b'X'; 24]).expect("24 bytes are a key id")
+}
+
+fn consensus() -> KeyId {
+    key_id_from_bytes(&[b'C'; 24]).expect("24 bytes are a key id")
+}
+
+/// The chain the consensus seeds sign on, and another.
+const CHAIN: ChainId = ChainId([0x5c; 32]);
+
+fn chain(index: u8) -> ChainId {
+    ChainId([0x60 + index; 32])
+}
+
+/// A vote on `CHAIN` at epoch 1.
+fn vote(round: u64, digest: u8) -> ConsensusMessage {
+    ConsensusMessage::vote(CHAIN, 1, round, [digest; 32])
+}
+
+/// The watermarks an import offers: a proposal and a vote above the seeds' votes.
+fn imported() -> ChainWatermarks {
+    let mark = |round| {
+        Some(Watermark {
+            epoch: 1,
+            round,
+            digest: [0xd1; 32],
+        })
+    };
+    ChainWatermarks {
+        chain: CHAIN,
+        proposal: mark(9),
+        vote: mark(8),
+        timeout: None,
+    }
 }
 
 /// A frame: the little-endian u32 length, then `payload`.
@@ -71,7 +108,7 @@ fn variant(index: u64, count: u64) -> [u8; 4] {
 
 /// The request kinds, in their order in the request type.
 mod kind {
-    pub(super) const COUNT: u64 = 9;
+    pub(super) const COUNT: u64 = 14;
     pub(super) const GENERATE_KEY: u64 = 0;
     pub(super) const PUBLIC_KEY: u64 = 1;
     pub(super) const SIGN_DIGEST: u64 = 2;
@@ -80,6 +117,57 @@ mod kind {
     pub(super) const DROP_KEY: u64 = 6;
     pub(super) const TEST_HOOK: u64 = 7;
     pub(super) const SIGN_MANY: u64 = 8;
+    pub(super) const SIGN_CONSENSUS: u64 = 9;
+    pub(super) const RELEASE_CONSENSUS: u64 = 10;
+    pub(super) const WATERMARKS: u64 = 11;
+    pub(super) const RAISE_WATERMARKS: u64 = 12;
+    pub(super) const FINISH_DROP: u64 = 13;
+}
+
+/// A `FinishDrop` frame for the key whose id is `key` (24 bytes), with `erase` true, written out
+/// by hand as postcard encodes it (`keyward::testing` has no builder for it; `drawn` checks it
+/// against the frame the real request type encodes): the id (a varint, one byte under 128), the
+/// variant index, the key id's bytes, the flag.
+fn finish_drop_frame(id: u64, key: &[u8; 24]) -> Vec<u8> {
+    let id = u8::try_from(id).expect("an id under 128");
+    assert!(id < 128);
+    let variant = u8::try_from(kind::FINISH_DROP).expect("a small index");
+    frame(&[&[id, variant][..], key, &[1]].concat())
+}
+
+/// The bytes from which `arbitrary` draws `message` (its fields in order: chain, epoch and
+/// round little-endian, kind, digest).
+fn drawn_message(message: &ConsensusMessage) -> Vec<u8> {
+    let kind = match message.kind {
+        keyward::ConsensusKind::Proposal => 0,
+        keyward::ConsensusKind::Vote => 1,
+        keyward::ConsensusKind::Timeout => 2,
+    };
+    [
+        &message.chain.0[..],
+        &message.epoch.to_le_bytes(),
+        &message.round.to_le_bytes(),
+        &variant(kind, 3),
+        &message.digest,
+    ]
+    .concat()
+}
+
+/// The bytes from which `arbitrary` draws `marks` (an option is a byte, odd for `Some`).
+fn drawn_marks(marks: &ChainWatermarks) -> Vec<u8> {
+    let mut bytes = marks.chain.0.to_vec();
+    for mark in [marks.proposal, marks.vote, marks.timeout] {
+        match mark {
+            None => bytes.push(0),
+            Some(mark) => {
+                bytes.push(1);
+                bytes.extend(mark.epoch.to_le_bytes());
+                bytes.extend(mark.round.to_le_bytes());
+                bytes.extend(mark.digest);
+            }
+        }
+    }
+    bytes
 }
 
 fn digest() -> [u8; 32] {
@@ -97,8 +185,8 @@ fn digests(count: usize) -> Vec<[u8; 32]> {
         .collect()
 }
 
-/// One request of every kind, a few refusals, then a malformed body or two, from id `first` on:
-/// the frames a signer would read.
+/// One request of every kind (but `FinishDrop`, which the drawn seeds reach), a few refusals,
+/// then a malformed body or two, from id `first` on: the frames a signer would read.
 fn sequence(first: u64) -> Vec<u8> {
     let ids = first..;
     let frames: Vec<Box<dyn Fn(u64) -> Vec<u8>>> = vec![
@@ -117,6 +205,26 @@ fn sequence(first: u64) -> Vec<u8> {
         Box::new(|id| diffie_hellman_frame(id, x25519(), [9; 32])),
         Box::new(|id| diffie_hellman_frame(id, x25519(), [0; 32])), // a low-order point
         Box::new(list_keys_frame),
+        // The consensus key: a vote, its repeat, another digest at its round, a round below,
+        // a timeout of the round, a vote in it after, a blind digest, the watermarks, an
+        // import, a release a memory-only signer cannot give; the account key refused a vote.
+        Box::new(|id| sign_consensus_frame(id, consensus(), vote(5, 0xa1))),
+        Box::new(|id| sign_consensus_frame(id, consensus(), vote(5, 0xa1))),
+        Box::new(|id| sign_consensus_frame(id, consensus(), vote(5, 0xb2))),
+        Box::new(|id| sign_consensus_frame(id, consensus(), vote(4, 0xa1))),
+        Box::new(|id| {
+            sign_consensus_frame(
+                id,
+                consensus(),
+                ConsensusMessage::timeout(CHAIN, 1, 6, [0xe1; 32]),
+            )
+        }),
+        Box::new(|id| sign_consensus_frame(id, consensus(), vote(6, 0xa1))),
+        Box::new(|id| sign_frame(id, consensus(), digest())),
+        Box::new(|id| watermarks_frame(id, consensus())),
+        Box::new(|id| raise_watermarks_frame(id, consensus(), imported())),
+        Box::new(|id| release_consensus_frame(id, consensus(), vote(8, 0xd1), 1)),
+        Box::new(|id| sign_consensus_frame(id, ed25519(), vote(1, 0xa1))),
         Box::new(|id| drop_key_frame(id, ed25519())),
         Box::new(|id| test_hook_frame(id, ForbiddenSyscall::Open)),
         // A key listing with a byte after it.
@@ -149,14 +257,15 @@ fn corpora() -> Corpora {
                 "at_cap_twice_then_partial",
                 [at_cap.clone(), at_cap, partial].concat(),
             ),
-            ("sequence", sequence(2)),
+            ("sequence", sequence(3)),
         ]),
     );
 
-    // request_dispatch: chunks (fuzz_targets/request_dispatch.rs). Ids 0 and 1 went to the two
-    // keys the target generates first, so requests start at 2.
+    // request_dispatch: chunks (fuzz_targets/request_dispatch.rs). Ids 0, 1 and 2 went to the
+    // three keys the target generates first, so requests start at 3.
     let k = [b'K'; 24];
     let x = [b'X'; 24];
+    let c = [b'C'; 24];
     let generate = [
         &variant(kind::GENERATE_KEY, kind::COUNT)[..],
         &variant(2, 4), // Purpose::NetworkDiscovery
@@ -190,11 +299,6 @@ fn corpora() -> Corpora {
         drawn(1, &variant(kind::LIST_KEYS, kind::COUNT), list_keys_frame),
         drawn(
             1,
-            &[&variant(kind::DROP_KEY, kind::COUNT)[..], &k].concat(),
-            |id| drop_key_frame(id, ed25519()),
-        ),
-        drawn(
-            1,
             &[&variant(kind::TEST_HOOK, kind::COUNT)[..], &variant(0, 11)].concat(),
             |id| test_hook_frame(id, ForbiddenSyscall::Open),
         ),
@@ -211,39 +315,108 @@ fn corpora() -> Corpora {
             .concat(),
             |id| sign_many_frame(id, ed25519(), &digests(2)),
         ),
+        drawn(
+            1,
+            &[
+                &variant(kind::SIGN_CONSENSUS, kind::COUNT)[..],
+                &c,
+                &drawn_message(&vote(3, 0xa1)),
+            ]
+            .concat(),
+            |id| sign_consensus_frame(id, consensus(), vote(3, 0xa1)),
+        ),
+        // The same vote again (the same signature), then another digest at its round.
+        drawn(
+            1,
+            &[
+                &variant(kind::SIGN_CONSENSUS, kind::COUNT)[..],
+                &c,
+                &drawn_message(&vote(3, 0xa1)),
+            ]
+            .concat(),
+            |id| sign_consensus_frame(id, consensus(), vote(3, 0xa1)),
+        ),
+        drawn(
+            1,
+            &[
+                &variant(kind::SIGN_CONSENSUS, kind::COUNT)[..],
+                &c,
+                &drawn_message(&vote(3, 0xb2)),
+            ]
+            .concat(),
+            |id| sign_consensus_frame(id, consensus(), vote(3, 0xb2)),
+        ),
+        drawn(
+            1,
+            &[
+                &variant(kind::RELEASE_CONSENSUS, kind::COUNT)[..],
+                &c,
+                &drawn_message(&vote(3, 0xa1)),
+                &1u64.to_le_bytes(),
+            ]
+            .concat(),
+            |id| release_consensus_frame(id, consensus(), vote(3, 0xa1), 1),
+        ),
+        drawn(
+            1,
+            &[&variant(kind::WATERMARKS, kind::COUNT)[..], &c].concat(),
+            |id| watermarks_frame(id, consensus()),
+        ),
+        drawn(
+            1,
+            &[
+                &variant(kind::RAISE_WATERMARKS, kind::COUNT)[..],
+                &c,
+                &drawn_marks(&imported()),
+            ]
+            .concat(),
+            |id| raise_watermarks_frame(id, consensus(), imported()),
+        ),
+        // A drop never begun: a memory-only signer has no drop to finish.
+        drawn(
+            1,
+            &[&variant(kind::FINISH_DROP, kind::COUNT)[..], &k, &[1]].concat(),
+            |id| finish_drop_frame(id, &k),
+        ),
+        // The account key dropped last, so the requests before reach it.
+        drawn(
+            1,
+            &[&variant(kind::DROP_KEY, kind::COUNT)[..], &k].concat(),
+            |id| drop_key_frame(id, ed25519()),
+        ),
         // A gap of 0: the id of the last request again, refused.
         drawn(0, &variant(kind::LIST_KEYS, kind::COUNT), list_keys_frame),
     ]
     .concat();
-    let raw_sequence: Vec<u8> = split(&sequence(2)).iter().flat_map(|f| raw(f)).collect();
+    let raw_sequence: Vec<u8> = split(&sequence(3)).iter().flat_map(|f| raw(f)).collect();
     corpora.insert(
         "request_dispatch",
         BTreeMap::from([
             (
                 "generate",
-                raw(&generate_key_frame(2, KeySpec::new(Purpose::Account))),
+                raw(&generate_key_frame(3, KeySpec::new(Purpose::Account))),
             ),
             (
                 "generate_mismatch",
                 raw(&generate_key_frame(
-                    2,
+                    3,
                     KeySpec::with_algorithm(Purpose::Account, Algorithm::X25519),
                 )),
             ),
-            ("public_key", raw(&public_key_frame(2, ed25519()))),
-            ("sign", raw(&sign_frame(2, ed25519(), digest()))),
+            ("public_key", raw(&public_key_frame(3, ed25519()))),
+            ("sign", raw(&sign_frame(3, ed25519(), digest()))),
             (
                 "sign_wrong_algorithm",
-                raw(&sign_frame(2, x25519(), [0; 32])),
+                raw(&sign_frame(3, x25519(), [0; 32])),
             ),
             (
                 "sign_message",
-                raw(&sign_message_frame(2, ed25519(), b"a message to sign")),
+                raw(&sign_message_frame(3, ed25519(), b"a message to sign")),
             ),
             (
                 "sign_message_at_cap",
                 raw(&sign_message_frame(
-                    2,
+                    3,
                     ed25519(),
                     &vec![0x5A; MAX_MESSAGE_LEN],
                 )),
@@ -251,48 +424,117 @@ fn corpora() -> Corpora {
             (
                 "sign_message_too_long",
                 raw(&sign_message_frame(
-                    2,
+                    3,
                     ed25519(),
                     &vec![0x5A; MAX_MESSAGE_LEN + 1],
                 )),
             ),
             (
                 "sign_many",
-                raw(&sign_many_frame(2, ed25519(), &digests(3))),
+                raw(&sign_many_frame(3, ed25519(), &digests(3))),
             ),
             (
                 "sign_many_at_cap",
-                raw(&sign_many_frame(2, ed25519(), &digests(MAX_BATCH))),
+                raw(&sign_many_frame(3, ed25519(), &digests(MAX_BATCH))),
             ),
             (
                 "sign_many_over_cap",
-                raw(&sign_many_frame(2, ed25519(), &digests(MAX_BATCH + 1))),
+                raw(&sign_many_frame(3, ed25519(), &digests(MAX_BATCH + 1))),
             ),
-            ("sign_many_empty", raw(&sign_many_frame(2, ed25519(), &[]))),
+            ("sign_many_empty", raw(&sign_many_frame(3, ed25519(), &[]))),
             (
                 "sign_many_wrong_algorithm",
-                raw(&sign_many_frame(2, x25519(), &digests(2))),
+                raw(&sign_many_frame(3, x25519(), &digests(2))),
             ),
-            ("dh", raw(&diffie_hellman_frame(2, x25519(), [9; 32]))),
+            ("dh", raw(&diffie_hellman_frame(3, x25519(), [9; 32]))),
             (
                 "dh_low_order",
-                raw(&diffie_hellman_frame(2, x25519(), [0; 32])),
+                raw(&diffie_hellman_frame(3, x25519(), [0; 32])),
             ),
-            ("drop", raw(&drop_key_frame(2, ed25519()))),
-            ("list", raw(&list_keys_frame(2))),
+            ("drop", raw(&drop_key_frame(3, ed25519()))),
+            (
+                "sign_consensus",
+                raw(&sign_consensus_frame(3, consensus(), vote(5, 0xa1))),
+            ),
+            (
+                "sign_consensus_repeat_conflict_below",
+                [
+                    raw(&sign_consensus_frame(3, consensus(), vote(5, 0xa1))),
+                    raw(&sign_consensus_frame(4, consensus(), vote(5, 0xa1))),
+                    raw(&sign_consensus_frame(5, consensus(), vote(5, 0xb2))),
+                    raw(&sign_consensus_frame(6, consensus(), vote(4, 0xa1))),
+                ]
+                .concat(),
+            ),
+            (
+                "sign_consensus_timeout_then_vote",
+                [
+                    raw(&sign_consensus_frame(
+                        3,
+                        consensus(),
+                        ConsensusMessage::timeout(CHAIN, 1, 5, [0xe1; 32]),
+                    )),
+                    raw(&sign_consensus_frame(4, consensus(), vote(5, 0xa1))),
+                    raw(&sign_consensus_frame(
+                        5,
+                        consensus(),
+                        ConsensusMessage::proposal(CHAIN, 1, 5, [0xa1; 32]),
+                    )),
+                ]
+                .concat(),
+            ),
+            (
+                // Four chains, then a fifth: over the cap.
+                "sign_consensus_chain_limit",
+                (0..5u8)
+                    .map(|index| {
+                        raw(&sign_consensus_frame(
+                            3 + u64::from(index),
+                            consensus(),
+                            ConsensusMessage::vote(chain(index), 1, 1, [0xa1; 32]),
+                        ))
+                    })
+                    .collect::<Vec<_>>()
+                    .concat(),
+            ),
+            (
+                "sign_consensus_not_a_consensus_key",
+                raw(&sign_consensus_frame(3, ed25519(), vote(5, 0xa1))),
+            ),
+            (
+                "sign_blind_consensus",
+                raw(&sign_frame(3, consensus(), digest())),
+            ),
+            (
+                "release_consensus",
+                raw(&release_consensus_frame(3, consensus(), vote(5, 0xa1), 1)),
+            ),
+            ("watermarks", raw(&watermarks_frame(3, consensus()))),
+            (
+                "raise_watermarks_then_below",
+                [
+                    raw(&raise_watermarks_frame(3, consensus(), imported())),
+                    raw(&watermarks_frame(4, consensus())),
+                    raw(&sign_consensus_frame(5, consensus(), vote(7, 0xa1))),
+                    raw(&sign_consensus_frame(6, consensus(), vote(8, 0xd1))),
+                ]
+                .concat(),
+            ),
+            ("finish_drop", raw(&finish_drop_frame(3, &[b'K'; 24]))),
+            ("list", raw(&list_keys_frame(3))),
             (
                 "test_hook",
-                raw(&test_hook_frame(2, ForbiddenSyscall::Open)),
+                raw(&test_hook_frame(3, ForbiddenSyscall::Open)),
             ),
             (
                 "trailing",
-                raw(&frame(&[payload(&list_keys_frame(2)), &[0]].concat())),
+                raw(&frame(&[payload(&list_keys_frame(3)), &[0]].concat())),
             ),
-            // Id 2, then kind 9: one past the last kind.
-            ("unknown_kind", raw(&frame(&[2, 9]))),
+            // Id 3, then kind 14: one past the last kind.
+            ("unknown_kind", raw(&frame(&[3, 14]))),
             (
                 "id_not_increasing",
-                [raw(&list_keys_frame(2)), raw(&list_keys_frame(2))].concat(),
+                [raw(&list_keys_frame(3)), raw(&list_keys_frame(3))].concat(),
             ),
             ("sequence", raw_sequence.clone()),
             (
