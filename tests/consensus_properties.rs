@@ -153,9 +153,15 @@ impl Model {
         let mut model = self.chain_or_empty(key, index, message.chain);
         let at = (message.epoch, message.round);
         let own = model.marks[slot(message.kind)];
+        // The refusal names the watermark the message met: its own kind's, or for a rule
+        // between kinds the other kind's.
         let refuse = |rule| Expected::WouldDoubleSign {
             rule,
-            watermark: model.reported().of(message.kind),
+            watermark: model.reported().of(match rule {
+                GuardRule::VoteAfterTimeout => ConsensusKind::Timeout,
+                GuardRule::TimeoutBelowVote => ConsensusKind::Vote,
+                _ => message.kind,
+            }),
         };
         if let Some((position, digest)) = own {
             if at < position {
