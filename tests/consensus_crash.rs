@@ -19,10 +19,8 @@ mod common;
 mod store_util;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::process::ExitStatusExt;
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
+use std::io::Write;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::RoleCommand;
@@ -63,7 +61,7 @@ const MAX_SKIP: u32 = 3;
 
 /// What starts a host's line to its test: the test harness prints its own words on the same
 /// stream, the first of them on the line a role's first line continues.
-const MARK: &str = "#> ";
+const MARK: &str = store_util::HOST_MARK;
 
 /// The digest a vote for `round` carries: SHA-256 of the letter (`A` for the stream, `B` for the
 /// attempts after a restart) and the round.
@@ -314,82 +312,14 @@ fn run_and_kill(base: &StoreBase, key: KeyId, last: u64, kill: Kill, case: &str)
     if let Kill::AtWrite { point, skip } = kill {
         command.parameter("point", point).parameter("skip", skip);
     }
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (lines, received) = mpsc::channel::<String>();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let reader = std::thread::spawn(move || {
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match stdout.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    if lines
-                        .send(String::from_utf8_lossy(&line).into_owned())
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    let mut stderr = child.stderr.take().unwrap();
-    let stderr_reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
-    let mut printed = String::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !printed
-        .lines()
-        .any(|line| line.ends_with(&format!("{MARK}READY")))
-    {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match received.recv_timeout(left) {
-            Ok(line) => printed.push_str(&line),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "{case}: the host did not get ready\nstdout:\n{printed}\nstderr:\n{}",
-                    stderr_reader.join().unwrap()
-                );
-            }
-        }
-    }
-    let status = match kill {
+    store_util::run_host_until_killed(command, case, |child| match kill {
         Kill::After(delay) => {
             std::thread::sleep(delay);
             child.kill().unwrap();
             child.wait().unwrap()
         }
-        Kill::AtWrite { .. } => wait_for_self_kill(&mut child, case),
-    };
-    // Everything the host wrote before it died is in the pipe; the reader stops at its end.
-    loop {
-        match received.recv_timeout(Duration::from_secs(10)) {
-            Ok(line) => printed.push_str(&line),
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                panic!("{case}: the host's stdout stayed open after it was killed")
-            }
-        }
-    }
-    reader.join().unwrap();
-    let stderr = stderr_reader.join().unwrap();
-    assert_eq!(
-        status.signal(),
-        Some(libc::SIGKILL),
-        "{case}: the host ended before the kill ({status:?})\nstdout:\n{printed}\nstderr:\n{stderr}"
-    );
-    printed
+        Kill::AtWrite { .. } => wait_for_self_kill(child, case),
+    })
 }
 
 /// Waits for a host armed with the crash hook to kill itself (it writes within milliseconds);

@@ -16,10 +16,9 @@ mod common;
 mod store_util;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
-use std::process::Stdio;
-use std::sync::{Mutex, MutexGuard, mpsc};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::RoleCommand;
@@ -62,7 +61,7 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
 
 /// What starts a host's line to its test: the test harness prints its own words on the same
 /// stream, the first of them on the line a role's first line continues.
-const MARK: &str = "#> ";
+const MARK: &str = store_util::HOST_MARK;
 
 /// One line to the test, written and flushed before the host goes on: a line the test reads is
 /// one the host had finished writing when it died.
@@ -577,77 +576,13 @@ fn hosts_killed_at_random_moments_never_lose_a_returned_key() {
 /// Starts a streaming host on `base`, waits until it has opened the store, lets it work for
 /// `delay`, kills it (SIGKILL) and returns everything it printed.
 fn run_and_kill(base: &StoreBase, host_seed: u64, delay: Duration, case: &str) -> String {
-    let mut child = common::rerun_self("role_stream_host", "stream-host")
+    let mut command = common::rerun_self("role_stream_host", "stream-host");
+    command
         .parameter("base", base.base.display())
-        .parameter("seed", host_seed)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (lines, received) = mpsc::channel::<String>();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let reader = std::thread::spawn(move || {
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match stdout.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    if lines
-                        .send(String::from_utf8_lossy(&line).into_owned())
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    let mut stderr = child.stderr.take().unwrap();
-    let stderr_reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
-    let mut printed = String::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !printed
-        .lines()
-        .any(|line| line.ends_with(&format!("{MARK}READY")))
-    {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match received.recv_timeout(left) {
-            Ok(line) => printed.push_str(&line),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "{case}: the host did not get ready\nstdout:\n{printed}\nstderr:\n{}",
-                    stderr_reader.join().unwrap()
-                );
-            }
-        }
-    }
-    std::thread::sleep(delay);
-    child.kill().unwrap();
-    let status = child.wait().unwrap();
-    // Everything the host wrote before it died is in the pipe; the reader stops at its end.
-    loop {
-        match received.recv_timeout(Duration::from_secs(10)) {
-            Ok(line) => printed.push_str(&line),
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                panic!("{case}: the host's stdout stayed open after it was killed")
-            }
-        }
-    }
-    reader.join().unwrap();
-    let stderr = stderr_reader.join().unwrap();
-    assert_eq!(
-        status.signal(),
-        Some(libc::SIGKILL),
-        "{case}: the host ended before the kill ({status:?})\nstdout:\n{printed}\nstderr:\n{stderr}"
-    );
-    printed
+        .parameter("seed", host_seed);
+    store_util::run_host_until_killed(command, case, |child| {
+        std::thread::sleep(delay);
+        child.kill().unwrap();
+        child.wait().unwrap()
+    })
 }

@@ -9,7 +9,7 @@ use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::resource::{Resource, setrlimit};
 
 use crate::signer::descriptors::{Lane, LaneCount};
-use crate::signer::key_store::{KeyStore, StoreSetupError};
+use crate::signer::key_store::{KeyStore, StoreSetupError, scrub_stack};
 use crate::signer::serve::{LaneBuffers, serve_lane};
 use crate::sys;
 use crate::wire::framing::{encode_frame, write_all};
@@ -74,6 +74,9 @@ pub(crate) fn harden_and_serve(
                 .map(|(store, summary)| (store, Some(summary)))
         }
     };
+    // Opening moved the unlock secret, the key-encryption key and every key's secret through
+    // stack frames that are gone now: overwrite them before anything else runs.
+    scrub_stack();
     // The unlock secret has done its work: a passphrase handed over in memory is wiped now
     // (the key-encryption key derived from it lives in locked memory).
     if let Some(store_settings) = &settings.store

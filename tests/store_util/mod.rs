@@ -565,3 +565,92 @@ pub(crate) fn describe(keys: &KeySet) -> String {
         .collect::<Vec<_>>()
         .join("\n  ")
 }
+
+/// The prefix of every line a subprocess host prints for its test (libtest's own output shares
+/// the stream).
+pub(crate) const HOST_MARK: &str = "#> ";
+
+/// Runs a subprocess host (`command`, a role re-run of the test binary), waits until it prints
+/// `READY`, lets `kill` end it (the test's SIGKILL, or the host's own crash hook), then returns
+/// everything it printed, after checking it died of SIGKILL.
+pub(crate) fn run_host_until_killed(
+    mut command: std::process::Command,
+    case: &str,
+    kill: impl FnOnce(&mut std::process::Child) -> std::process::ExitStatus,
+) -> String {
+    use std::io::{BufRead, BufReader, Read};
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, received) = mpsc::channel::<String>();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match stdout.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if lines
+                        .send(String::from_utf8_lossy(&line).into_owned())
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let mut printed = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !printed
+        .lines()
+        .any(|line| line.ends_with(&format!("{HOST_MARK}READY")))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match received.recv_timeout(left) {
+            Ok(line) => printed.push_str(&line),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{case}: the host did not get ready\nstdout:\n{printed}\nstderr:\n{}",
+                    stderr_reader.join().unwrap()
+                );
+            }
+        }
+    }
+    let status = kill(&mut child);
+    // Everything the host wrote before it died is in the pipe; the reader stops at its end.
+    loop {
+        match received.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => printed.push_str(&line),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("{case}: the host's stdout stayed open after it was killed")
+            }
+        }
+    }
+    reader.join().unwrap();
+    let stderr = stderr_reader.join().unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "{case}: the host ended before the kill ({status:?})\nstdout:\n{printed}\nstderr:\n{stderr}"
+    );
+    printed
+}
