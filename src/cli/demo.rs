@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use ed25519_dalek::Verifier;
 use keyward::{
-    Config, KeyService, KeySpec, Purpose, SecretService, StoreConfig, StoreCreation, StoreListing,
-    UnlockSecret,
+    ChainId, Config, ConsensusMessage, KeyService, KeySpec, Purpose, SecretService, StoreConfig,
+    StoreCreation, StoreListing, UnlockSecret,
 };
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -42,7 +42,7 @@ pub(crate) fn run() -> Result<()> {
     println!("\nSigning prehashed messages (SHA-256) in the signer, verifying in this process:");
     for (purpose, key, public) in keys
         .iter()
-        .filter(|(purpose, ..)| *purpose != Purpose::NetworkHandshake)
+        .filter(|(purpose, ..)| !matches!(purpose, Purpose::NetworkHandshake | Purpose::Consensus))
     {
         let message = format!("{purpose} message for epoch 7, round 3");
         let digest: [u8; 32] = Sha256::digest(message.as_bytes()).into();
@@ -62,6 +62,12 @@ pub(crate) fn run() -> Result<()> {
             bail!("a signature from the signer did not verify");
         }
     }
+
+    let (_, consensus, consensus_public) = keys
+        .iter()
+        .find(|(purpose, ..)| *purpose == Purpose::Consensus)
+        .context("the consensus key was generated above")?;
+    demonstrate_the_guard(&service, *consensus, consensus_public)?;
 
     println!("\nX25519 handshake with a peer:");
     let (_, handshake, handshake_public) = keys
@@ -148,10 +154,11 @@ fn survive_a_restart() -> Result<()> {
         before.push((key, public));
     }
     let (consensus, consensus_public) = before[1];
-    let digest: [u8; 32] = Sha256::digest(b"consensus vote, height 41").into();
-    let signature = service.sign(consensus, &digest)?;
+    let vote = ConsensusMessage::vote(DEMO_CHAIN, 1, 41, block_digest(b"block at round 41"));
+    let signature = service.sign_consensus(consensus, &vote)?;
     println!(
-        "  signed a vote with the consensus key: sig {}…",
+        "  signed a vote (epoch 1, round 41) with the consensus key: sig {}…; the watermark was \
+         sealed to disk before the signature left the signer",
         &signature.to_string()[..16]
     );
     drop(service);
@@ -195,10 +202,24 @@ fn survive_a_restart() -> Result<()> {
     let verifying = consensus_public
         .as_ed25519()
         .context("the consensus key is Ed25519")?;
-    let old_verifies = verifying.verify_strict(&digest, &signature).is_ok();
-    let next: [u8; 32] = Sha256::digest(b"consensus vote, height 42").into();
-    let new_signature = service.sign(consensus, &next)?;
-    let new_verifies = verifying.verify_strict(&next, &new_signature).is_ok();
+    let old_verifies = verifying
+        .verify_strict(&vote.signing_bytes(), &signature)
+        .is_ok();
+    let conflicting = ConsensusMessage::vote(
+        DEMO_CHAIN,
+        1,
+        41,
+        block_digest(b"another block at round 41"),
+    );
+    match service.sign_consensus(consensus, &conflicting) {
+        Err(error) => println!("  a second vote for round 41 is still refused: {error}"),
+        Ok(_) => bail!("the restarted signer signed a conflicting vote for round 41"),
+    }
+    let next = ConsensusMessage::vote(DEMO_CHAIN, 1, 42, block_digest(b"block at round 42"));
+    let new_signature = service.sign_consensus(consensus, &next)?;
+    let new_verifies = verifying
+        .verify_strict(&next.signing_bytes(), &new_signature)
+        .is_ok();
     println!(
         "  the vote signed before the restart verifies: {}",
         if old_verifies { "yes" } else { "NO" }
@@ -212,6 +233,57 @@ fn survive_a_restart() -> Result<()> {
     }
     drop(service);
     println!("Service dropped; the demo's store and unlock secret are removed.");
+    Ok(())
+}
+
+/// The chain the demo's consensus messages name (any 32 bytes; a real validator uses its
+/// chain's genesis hash or a digest of its chain name).
+const DEMO_CHAIN: ChainId = ChainId([7u8; 32]);
+
+fn block_digest(block: &[u8]) -> [u8; 32] {
+    Sha256::digest(block).into()
+}
+
+/// The consensus key signs typed messages only: a vote verifies over the bytes the signer built,
+/// a repeat gets the same signature, a conflicting vote for the same round and a blind digest
+/// are refused.
+fn demonstrate_the_guard(
+    service: &SecretService,
+    consensus: keyward::KeyId,
+    public: &keyward::PublicKey,
+) -> Result<()> {
+    println!("\nConsensus messages, checked by the double-sign guard inside the signer:");
+    let verifying = public
+        .as_ed25519()
+        .context("the consensus key is Ed25519")?;
+    let vote = ConsensusMessage::vote(DEMO_CHAIN, 7, 3, block_digest(b"block at round 3"));
+    let signature = service.sign_consensus(consensus, &vote)?;
+    let verifies = verifying
+        .verify_strict(&vote.signing_bytes(), &signature)
+        .is_ok();
+    println!(
+        "  vote, epoch 7, round 3   sig {}…  verify_strict: {}",
+        &signature.to_string()[..16],
+        if verifies { "ok" } else { "FAILED" }
+    );
+    if !verifies {
+        bail!("a consensus signature from the signer did not verify");
+    }
+    let repeat = service.sign_consensus(consensus, &vote)?;
+    if repeat != signature {
+        bail!("a repeated vote got another signature");
+    }
+    println!("  the same vote again (a retry): the same signature");
+    let conflicting =
+        ConsensusMessage::vote(DEMO_CHAIN, 7, 3, block_digest(b"another block at round 3"));
+    match service.sign_consensus(consensus, &conflicting) {
+        Err(error) => println!("  another block at round 3 is refused: {error}"),
+        Ok(_) => bail!("the guard signed a conflicting vote"),
+    }
+    match service.sign(consensus, &block_digest(b"a blind digest")) {
+        Err(error) => println!("  a blind digest is refused: {error}"),
+        Ok(_) => bail!("the consensus key signed a blind digest"),
+    }
     Ok(())
 }
 
