@@ -46,7 +46,7 @@ const DENIED: [&str; 24] = [
 ];
 
 /// The whole reviewed allowlist. Adding a call means changing this list, in review.
-const ALLOWED: [&str; 8] = [
+const ALLOWED: [&str; 9] = [
     "read",
     "write",
     "poll",
@@ -54,6 +54,7 @@ const ALLOWED: [&str; 8] = [
     "sched_yield",
     "restart_syscall",
     "clock_gettime",
+    "getrandom",
     "exit_group",
 ];
 
@@ -184,6 +185,14 @@ fn read_and_write_are_confined_to_the_lane_pipes() {
     // FUTEX_WAKE | FUTEX_PRIVATE_FLAG, FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG.
     assert_eq!(operations, BTreeSet::from([129, 137]));
 
+    // getrandom: 32 bytes at most, blocking reads of the initialised pool only (flags 0).
+    let getrandom = for_call("getrandom");
+    assert_eq!(getrandom.len(), 1, "one getrandom rule");
+    assert_eq!(
+        shape(&getrandom[0].conditions),
+        BTreeSet::from([condition(1, "le", 32), condition(2, "eq", 0)])
+    );
+
     // Only calls that grant nothing go unconditioned.
     for rule in &rules {
         if rule.conditions.is_empty() {
@@ -202,11 +211,18 @@ fn read_and_write_are_confined_to_the_lane_pipes() {
         }
     }
 
-    // Argument comparisons are on 32 bits, as the kernel reads an fd or a futex operation.
+    // Argument comparisons are on 32 bits, as the kernel reads an fd, a futex operation or
+    // getrandom's flags; getrandom's count is a size_t, compared on 64 bits, so a count above
+    // 2^32 cannot pass for a small one.
     let raw: serde_json::Value = serde_json::from_str(POLICY_JSON.unwrap()).unwrap();
     for rule in raw["signer"]["filter"].as_array().unwrap() {
         for argument in rule["args"].as_array().into_iter().flatten() {
-            assert_eq!(argument["type"], "dword", "{rule}");
+            let width = if rule["syscall"] == "getrandom" && argument["index"] == 1 {
+                "qword"
+            } else {
+                "dword"
+            };
+            assert_eq!(argument["type"], width, "{rule}");
         }
     }
 }
@@ -522,7 +538,42 @@ fn probes() -> Vec<Probe> {
         ("sched_yield", libc::SYS_sched_yield, [0; 6], true),
         // With nothing to restart the kernel answers EINTR; what matters is that it is not killed.
         ("restart_syscall", libc::SYS_restart_syscall, [0; 6], true),
-        ("getrandom", libc::SYS_getrandom, [0; 6], false),
+        (
+            "getrandom of 32 bytes, no flags (the reseed)",
+            libc::SYS_getrandom,
+            [0, 32, 0, 0, 0, 0],
+            true,
+        ),
+        (
+            "getrandom of 2^32 + 16 bytes (a count that is small only on 32 bits)",
+            libc::SYS_getrandom,
+            [0, (1 << 32) + 16, 0, 0, 0, 0],
+            false,
+        ),
+        (
+            "getrandom of 33 bytes",
+            libc::SYS_getrandom,
+            [0, 33, 0, 0, 0, 0],
+            false,
+        ),
+        (
+            "getrandom, GRND_NONBLOCK",
+            libc::SYS_getrandom,
+            [0, 32, 1, 0, 0, 0],
+            false,
+        ),
+        (
+            "getrandom, GRND_RANDOM",
+            libc::SYS_getrandom,
+            [0, 32, 2, 0, 0, 0],
+            false,
+        ),
+        (
+            "getrandom, GRND_INSECURE",
+            libc::SYS_getrandom,
+            [0, 32, 4, 0, 0, 0],
+            false,
+        ),
         ("exit (one thread only)", libc::SYS_exit, [0; 6], false),
     ]
 }
@@ -532,9 +583,10 @@ fn probes() -> Vec<Probe> {
 fn play_probe(name: &str) -> ! {
     let (_, number, mut arguments, _) = probes().into_iter().find(|p| p.0 == name).unwrap();
     let word = Box::new(0u32);
-    let buffer = [0u8; 16];
+    let mut buffer = [0u8; 64];
     match number {
         libc::SYS_read | libc::SYS_write => arguments[1] = buffer.as_ptr() as libc::c_long,
+        libc::SYS_getrandom => arguments[0] = buffer.as_mut_ptr() as libc::c_long,
         libc::SYS_futex => arguments[0] = std::ptr::from_ref(&*word) as libc::c_long,
         libc::SYS_clock_gettime => {
             arguments[1] = Box::into_raw(Box::new([0u64; 2])) as libc::c_long
@@ -550,7 +602,7 @@ fn play_probe(name: &str) -> ! {
     seccompiler::apply_filter(&filter).unwrap();
     let [a, b, c, d, e, f] = arguments;
     // SAFETY: every pointer argument points at live memory of this function that is large enough
-    // for the call (a 16-byte buffer for zero-byte reads and writes, a u32 futex word, a
+    // for the call (a 64-byte buffer for zero-byte reads and writes and reads of entropy, a u32 futex word, a
     // timespec); the others are integers. Forbidden calls never run: the kernel kills the process.
     let _ = unsafe { libc::syscall(number, a, b, c, d, e, f) };
     // SAFETY: exit_group takes an integer and never returns.

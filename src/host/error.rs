@@ -182,6 +182,19 @@ pub enum Error {
         limit: u32,
     },
 
+    /// The signer mixes fresh entropy from the kernel into its generator before it makes a
+    /// key, and the kernel gave none; no key was made. Retry; if it persists, the machine's
+    /// entropy source is broken.
+    #[error(
+        "the signer could not read fresh entropy from the kernel (getrandom: {}); no key was \
+         made: retry, and check the machine's random number source if it persists",
+        std::io::Error::from_raw_os_error(*errno)
+    )]
+    NoFreshEntropy {
+        /// The `getrandom` errno.
+        errno: i32,
+    },
+
     /// A message to sign is longer than keyward signs in one request.
     #[error(
         "this message is {length} bytes; keyward signs messages of up to {cap} bytes (hash a longer one and sign the digest)"

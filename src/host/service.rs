@@ -697,6 +697,7 @@ fn refusal_error(
         },
         (Refusal::ChainLimit { cap }, Some(key)) => Error::ChainLimit { key, cap },
         (Refusal::KeyLimitReached { limit }, _) => Error::KeyLimitReached { limit },
+        (Refusal::NoFreshEntropy { errno }, _) => Error::NoFreshEntropy { errno },
         (Refusal::MalformedRequest | Refusal::RequestIdNotIncreasing, _) => Error::Internal(
             "the signer could not decode a request from this library: build both from one source",
         ),

@@ -137,7 +137,27 @@ impl GeneratorState {
         drop(rng);
         output
     }
+
+    /// Mixes `fresh` (new operating-system entropy) into the state: the next state is SHA-256
+    /// of a label, the current state and `fresh`, so whoever captured the state before cannot
+    /// predict anything drawn after ("post-compromise security"), and a weak `fresh` cannot make
+    /// the state weaker than it was.
+    fn reseed(&mut self, fresh: &[u8; 32]) {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        hash.update(RESEED_LABEL);
+        hash.update(self.seed);
+        hash.update(fresh);
+        self.seed = hash.finalize().into();
+    }
 }
+
+/// Domain separation for [`GeneratorState::reseed`].
+const RESEED_LABEL: &[u8] = b"keyward/v1 generator reseed";
+
+/// How many bytes of fresh entropy the signer reads at each reseed. The sandbox admits
+/// `getrandom` for at most this many bytes a call (`sandbox/x86_64.json`).
+pub(crate) const RESEED_BYTES: usize = 32;
 
 /// The held keys and the generator that makes them.
 pub(crate) struct KeyStore {
@@ -465,6 +485,18 @@ impl KeyStore {
         &mut self.generator.as_mut_slice()[0]
     }
 
+    /// Reads fresh entropy from the kernel (the `getrandom` system call, which the sandbox
+    /// admits for this) and mixes it into the generator, before a key is made: a one-time read
+    /// of the generator's state does not predict keys made after the next reseed.
+    fn reseed_from_the_kernel(&mut self) -> Result<(), Refusal> {
+        let mut fresh = Zeroizing::new([0u8; RESEED_BYTES]);
+        getrandom::fill(fresh.as_mut_slice()).map_err(|error| Refusal::NoFreshEntropy {
+            errno: error.raw_os_error().unwrap_or(0),
+        })?;
+        self.generator().reseed(&fresh);
+        Ok(())
+    }
+
     /// Generates a key for `spec`; returns its id, its public key and, for a sealed store, the
     /// sealed change the host must write.
     pub(crate) fn generate(
@@ -478,6 +510,7 @@ impl KeyStore {
         let Some(free) = self.records.as_slice().iter().position(Option::is_none) else {
             return Err(Refusal::KeyLimitReached { limit });
         };
+        self.reseed_from_the_kernel()?;
         let id = loop {
             let candidate = WireKeyId {
                 store: self.id,
@@ -1006,5 +1039,47 @@ mod tests {
         // ...while the erased state would have reproduced it: erasing it is what protects.
         let mut replay = GeneratorState { seed: erased };
         assert_eq!(*replay.draw::<32>(), *drawn);
+    }
+
+    #[test]
+    fn two_generators_with_one_captured_state_diverge_after_a_reseed() {
+        let mut ours = GeneratorState { seed: [9; 32] };
+        let mut captured = GeneratorState { seed: ours.seed };
+        // Before a reseed, whoever captured the state predicts every draw...
+        assert_eq!(*ours.draw::<32>(), *captured.draw::<32>());
+        // ...after one from the kernel, not any more, nor ever again.
+        let mut fresh = [0u8; RESEED_BYTES];
+        getrandom::fill(&mut fresh).unwrap();
+        ours.reseed(&fresh);
+        let mut guess = [0u8; RESEED_BYTES];
+        getrandom::fill(&mut guess).unwrap();
+        captured.reseed(&guess);
+        for _ in 0..16 {
+            assert_ne!(*ours.draw::<32>(), *captured.draw::<32>());
+        }
+        // The mixing is deterministic: the same state and the same entropy give the same state
+        // (the captured party's only hope is to guess the 32 fresh bytes).
+        let mut a = GeneratorState { seed: [1; 32] };
+        let mut b = GeneratorState { seed: [1; 32] };
+        a.reseed(&fresh);
+        b.reseed(&fresh);
+        assert_eq!(a.seed, b.seed);
+        assert_ne!(a.seed, [1; 32]);
+    }
+
+    #[test]
+    fn a_key_store_whose_generator_state_was_captured_still_makes_unpredictable_keys() {
+        let spec = KeySpec::new(Purpose::Account);
+        let mut ours = KeyStore::new(4, SecretMemory::LockedAnonymous).unwrap();
+        let mut copy = KeyStore::new(4, SecretMemory::LockedAnonymous).unwrap();
+        // An attacker who read the generator once holds an identical copy of it.
+        copy.generator().seed = ours.generator().seed;
+        copy.id = ours.id;
+        let (_, ours_public, _) = ours.generate(spec).unwrap();
+        let (_, copy_public, _) = copy.generate(spec).unwrap();
+        assert_ne!(
+            ours_public, copy_public,
+            "generation must mix in fresh entropy: the captured state predicted the key"
+        );
     }
 }

@@ -416,6 +416,10 @@ pub(crate) enum Refusal {
     /// A release of a message that is not the key's watermark, or not sealed by the sequence
     /// number given, or of a sequence number never sealed.
     NotReleasable,
+    /// The kernel gave no fresh entropy for the reseed that precedes making a key.
+    NoFreshEntropy {
+        errno: i32,
+    },
 }
 
 /// Serializes a key listing from anything that can iterate it twice (once to count: postcard
