@@ -36,6 +36,15 @@ enum Command {
     /// Export or import a store's consensus watermarks (double-sign protection) as a JSON
     /// interchange document, while no validator uses the store.
     Watermark(cli::watermark::WatermarkArgs),
+    /// Print the store's provisioning recipient (an age X25519 recipient, signed by the
+    /// store's backup-signing key) to encrypt existing keys to for `import`.
+    ProvisionKey(cli::lifecycle::ProvisionArgs),
+    /// Import a secret key encrypted (with the stock `age` tool) to the store's provisioning
+    /// recipient; refused unless its public key is the one given.
+    Import(cli::lifecycle::ImportArgs),
+    /// Write every key of the store, with its watermarks, encrypted inside the signer to an
+    /// age recipient and signed by the store's backup-signing key.
+    Backup(cli::lifecycle::BackupArgs),
 }
 
 fn main() -> Result<ExitCode> {
@@ -51,5 +60,8 @@ fn main() -> Result<ExitCode> {
         Command::Watermark(arguments) => {
             cli::watermark::run(&arguments).map(|()| ExitCode::SUCCESS)
         }
+        Command::ProvisionKey(arguments) => cli::lifecycle::provision(&arguments),
+        Command::Import(arguments) => cli::lifecycle::import(&arguments),
+        Command::Backup(arguments) => cli::lifecycle::backup(&arguments),
     }
 }

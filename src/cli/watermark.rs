@@ -18,9 +18,11 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use keyward::{
-    ChainId, Config, ConsensusKind, Error, ImportReport, MarkImport, SecretService, StoreConfig,
-    StoreError, UnlockSecret, Watermark, WatermarkInterchange,
+    ChainId, ConsensusKind, Error, ImportReport, MarkImport, SecretService, Watermark,
+    WatermarkInterchange,
 };
+
+use crate::cli::store_access::{StoreArgs, open_store};
 
 /// The largest document `import` reads: far above the largest store's (1,024 keys of about
 /// 600 bytes each), far below what would hurt to hold in memory.
@@ -56,17 +58,6 @@ enum WatermarkCommand {
         #[arg(long = "in", value_name = "FILE")]
         input: PathBuf,
     },
-}
-
-/// Which store, and how to unlock it.
-#[derive(Args, Debug)]
-struct StoreArgs {
-    /// The store directory (mode 0700).
-    #[arg(long, value_name = "DIR")]
-    store: PathBuf,
-    /// The file holding the store's unlock secret (mode 0600; one trailing newline is ignored).
-    #[arg(long, value_name = "FILE")]
-    unlock_file: PathBuf,
 }
 
 /// How a subcommand failed, by exit code; each with the whole message for standard error.
@@ -193,34 +184,11 @@ fn import(store: &StoreArgs, input: &Path) -> Result<(), Failure> {
 /// Opens the store as a validator would. A store holding keys beyond the default key limit is
 /// opened again with the limit it names.
 fn open(store: &StoreArgs) -> Result<SecretService, Failure> {
-    let config = |limit: Option<u32>| {
-        let config = Config::default().with_store(StoreConfig::new(
-            &store.store,
-            UnlockSecret::file(&store.unlock_file),
-        ));
-        match limit {
-            Some(limit) => config.with_key_limit(limit),
-            None => config,
-        }
-    };
-    let opened = match SecretService::spawn(config(None)) {
-        Err(Error::Store(StoreError::KeyLimitTooSmall { needed, .. })) => {
-            SecretService::spawn(config(Some(needed)))
-        }
-        opened => opened,
-    };
-    opened.map_err(|error| {
-        let hint = match &error {
-            Error::Store(StoreError::Locked { .. }) => {
-                " (stop the validator that uses it first: watermarks are exchanged only while nothing signs with the keys)"
-            }
-            _ => "",
-        };
-        Failure::Failed(format!(
-            "could not open the store {}: {error}{hint}",
-            store.store.display()
-        ))
-    })
+    open_store(
+        store,
+        " (stop the validator that uses it first: watermarks are exchanged only while nothing signs with the keys)",
+    )
+    .map_err(Failure::Failed)
 }
 
 fn read_document(input: &Path) -> Result<String, Failure> {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::host::keys::KeyId;
+use crate::host::keys::{KeyId, PublicKey};
 use crate::wire::key_types::{Algorithm, KeySpec, Purpose};
 use crate::wire::startup::HardeningStep;
 
@@ -180,6 +180,72 @@ pub enum Error {
     KeyLimitReached {
         /// The configured limit.
         limit: u32,
+    },
+
+    /// An import that did not decrypt with this signer's provisioning key (or is not an age
+    /// file); nothing was stored.
+    #[error(
+        "the import did not decrypt with this signer's provisioning key: {error}; encrypt the \
+         key to the recipient `keyward provision-key` prints for this store. Nothing was stored"
+    )]
+    ImportUndecryptable {
+        /// What was wrong with the age file.
+        error: crate::AgeError,
+    },
+
+    /// An import file larger than any one key's age file; nothing was stored.
+    #[error(
+        "the import is {len} bytes, more than one key's age file takes (at most {cap}): encrypt \
+         one key, as 32 raw bytes or 64 hex digits, per file. Nothing was stored"
+    )]
+    ImportTooLarge {
+        /// The file's length.
+        len: usize,
+        /// The most bytes an import takes.
+        cap: usize,
+    },
+
+    /// An import that decrypted but does not hold a 32-byte secret key; nothing was stored.
+    #[error(
+        "the decrypted import is not a 32-byte secret key: encrypt 32 raw bytes, or 64 hex \
+         digits and an optional newline. Nothing was stored"
+    )]
+    ImportMalformed,
+
+    /// The imported secret's public key is not the one claimed; nothing was stored.
+    #[error(
+        "the imported secret's public key is not {claimed}, the one claimed: check the key, \
+         its algorithm and the purpose. Nothing was stored"
+    )]
+    ImportPublicKeyMismatch {
+        /// The public key the caller claimed.
+        claimed: PublicKey,
+    },
+
+    /// The imported key is already held; nothing was stored.
+    #[error("the imported key is already held, as {key:#}; nothing was stored")]
+    KeyAlreadyHeld {
+        /// The key that holds it.
+        key: KeyId,
+    },
+
+    /// The keys do not fit in one backup.
+    #[error(
+        "{keys} keys do not fit in one backup (at most {cap} bytes of text, about 250 keys \
+         without watermarks); nothing was written"
+    )]
+    BackupTooLarge {
+        /// The keys held.
+        keys: u32,
+        /// The most bytes of backup text.
+        cap: u32,
+    },
+
+    /// A backup recipient that is not a usable age X25519 recipient.
+    #[error("not a usable age X25519 recipient: {error}")]
+    BadRecipient {
+        /// What is wrong with it.
+        error: crate::RecipientError,
     },
 
     /// The signer mixes fresh entropy from the kernel into its generator before it makes a

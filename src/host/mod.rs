@@ -15,6 +15,7 @@ pub(crate) mod key_service;
 pub(crate) mod keys;
 pub(crate) mod machine;
 pub(crate) mod operations;
+pub(crate) mod provisioning;
 pub(crate) mod sandbox_policy;
 pub(crate) mod service;
 pub(crate) mod signer_process;

@@ -45,28 +45,121 @@ impl Operation for GenerateKey {
     }
 
     fn output(&self, answer: Answer, store: StoreId) -> Result<Self::Output, &'static str> {
-        match answer {
-            Answer::KeyGenerated { key, .. } | Answer::KeyGeneratedSealed { key, .. }
-                if key.store != store =>
+        key_added(answer, store)
+    }
+}
+
+/// A key generated or imported: its id, its public key, and the sealed change that adds it (a
+/// sealed store only), checked to add exactly that key.
+fn key_added(
+    answer: Answer,
+    store: StoreId,
+) -> Result<(WireKeyId, [u8; 32], Option<StoreChange>), &'static str> {
+    match answer {
+        Answer::KeyGenerated { key, .. } | Answer::KeyGeneratedSealed { key, .. }
+            if key.store != store =>
+        {
+            Err("a new key named with another store")
+        }
+        Answer::KeyGenerated { key, public_key } => Ok((key, public_key, None)),
+        Answer::KeyGeneratedSealed {
+            key,
+            public_key,
+            change,
+        } => match change.added {
+            Some(added)
+                if added.local == key.local
+                    && added.public_key == public_key
+                    && change.removed_slot.is_none()
+                    && change.watermark.is_none() =>
             {
-                Err("a new key named with another store")
+                Ok((key, public_key, Some(change)))
             }
-            Answer::KeyGenerated { key, public_key } => Ok((key, public_key, None)),
-            Answer::KeyGeneratedSealed {
-                key,
-                public_key,
-                change,
-            } => match change.added {
-                Some(added)
-                    if added.local == key.local
-                        && added.public_key == public_key
-                        && change.removed_slot.is_none()
-                        && change.watermark.is_none() =>
-                {
-                    Ok((key, public_key, Some(change)))
-                }
-                _ => Err("a sealed change that does not add the new key"),
-            },
+            _ => Err("a sealed change that does not add the new key"),
+        },
+        _ => Err(WRONG_KIND),
+    }
+}
+
+/// Import a key an operator encrypted to the signer's provisioning recipient.
+pub(crate) struct ImportKey<'a> {
+    pub(crate) purpose: Purpose,
+    pub(crate) claimed_public: [u8; 32],
+    pub(crate) encrypted: &'a [u8],
+}
+
+impl Operation for ImportKey<'_> {
+    /// As for a generate: the key, its public key, the sealed change to write.
+    type Output = (WireKeyId, [u8; 32], Option<StoreChange>);
+
+    fn request(&self) -> Request<'_> {
+        Request::ImportKey {
+            purpose: self.purpose,
+            claimed_public: self.claimed_public,
+            encrypted: self.encrypted,
+        }
+    }
+
+    fn answer_is_quick(&self) -> bool {
+        false
+    }
+
+    fn output(&self, answer: Answer, store: StoreId) -> Result<Self::Output, &'static str> {
+        let added = key_added(answer, store)?;
+        if added.1 == self.claimed_public {
+            Ok(added)
+        } else {
+            Err("an imported key with another public key than the one claimed")
+        }
+    }
+}
+
+/// The signer's provisioning recipient and backup-signing key.
+pub(crate) struct Provisioning;
+
+impl Operation for Provisioning {
+    /// The recipient, the signing key, and the signature over the recipient's statement.
+    type Output = ([u8; 32], [u8; 32], ed25519_dalek::Signature);
+
+    fn request(&self) -> Request<'_> {
+        Request::Provisioning
+    }
+
+    fn output(&self, answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
+        match answer {
+            Answer::Provisioning {
+                recipient,
+                signing_key,
+                r,
+                s,
+            } => Ok((
+                recipient,
+                signing_key,
+                ed25519_dalek::Signature::from_components(r, s),
+            )),
+            _ => Err(WRONG_KIND),
+        }
+    }
+}
+
+/// A backup of every key, encrypted to an age X25519 recipient.
+pub(crate) struct Backup(pub(crate) [u8; 32]);
+
+impl Operation for Backup {
+    /// The age file.
+    type Output = Vec<u8>;
+
+    fn request(&self) -> Request<'_> {
+        Request::Backup { recipient: self.0 }
+    }
+
+    fn answer_is_quick(&self) -> bool {
+        false
+    }
+
+    fn output(&self, answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
+        match answer {
+            Answer::Backup(file) => Ok(file),
             _ => Err(WRONG_KIND),
         }
     }

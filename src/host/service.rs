@@ -16,12 +16,13 @@ use crate::host::key_handle::KeySigner;
 use crate::host::key_service::KeyService;
 use crate::host::keys::{KeyId, KeyInfo, PublicKey, SharedSecret};
 use crate::host::operations::{self, Operation};
+use crate::host::provisioning::{AgeRecipient, ProvisioningRecipient};
 use crate::host::signer_process::{CallFailure, SignerProcess};
 use crate::host::signer_program::SignerProgram;
 use crate::host::status::SignerStatus;
 use crate::host::store::{AdoptError, HostStore, SignerLaunch};
 use crate::wire::consensus::{ChainWatermarks, ConsensusMessage};
-use crate::wire::key_types::{KeySpec, StoreId};
+use crate::wire::key_types::{KeySpec, Purpose, StoreId};
 use crate::wire::messages::Refusal;
 use crate::wire::messages::StoreChange;
 use crate::wire::store_format::StoreFile;
@@ -164,6 +165,68 @@ impl SecretService {
     /// With a sealed store, durable before it returns.
     pub fn raise_watermarks(&self, key: KeyId, marks: &ChainWatermarks) -> Result<()> {
         self.core.raise_watermarks(key, marks)
+    }
+
+    /// This signer's provisioning recipient: encrypt an existing secret key to it with the
+    /// stock `age` tool, then [`import_key`](Self::import_key) it. With a sealed store it is
+    /// the same after every restart (derived from the store's key-encryption key inside the
+    /// signer); without one it lives as long as the signer.
+    pub fn provisioning_recipient(&self) -> Result<ProvisioningRecipient> {
+        self.core.check_process()?;
+        let signer = self.core.signer();
+        let (recipient, signing_key, signature) = self
+            .core
+            .perform(&signer, &operations::Provisioning)?
+            .map_err(|refusal| refusal_error(&signer, refusal, None, "provisioning_recipient"))?;
+        let signing_key = ed25519_dalek::VerifyingKey::from_bytes(&signing_key).map_err(|_| {
+            signer.verdict(CallFailure::Misbehaved(
+                "a backup-signing key that is not an Ed25519 point",
+            ))
+        })?;
+        let provisioning = ProvisioningRecipient {
+            recipient: AgeRecipient(recipient),
+            store: signer.store(),
+            signing_key,
+            signature,
+        };
+        if !provisioning.is_signed_by(&signing_key) {
+            return Err(signer.verdict(CallFailure::Misbehaved(
+                "a provisioning recipient its signing key did not sign",
+            )));
+        }
+        Ok(provisioning)
+    }
+
+    /// Imports an existing secret key for `purpose`: `encrypted` is an age file (binary or
+    /// ASCII-armored) that holds the key's 32 secret bytes (an Ed25519 seed or an X25519
+    /// scalar; raw, or as 64 hex digits), encrypted to this signer's
+    /// [`provisioning_recipient`](Self::provisioning_recipient). The signer decrypts it,
+    /// derives its public key and keeps it only if that is `claimed_public` and no key held
+    /// has it; with a sealed store it is durable before this returns. The host never sees the
+    /// secret.
+    ///
+    /// Errors, each leaving everything as it was: [`Error::PurposeAlgorithmMismatch`] (the
+    /// claimed key is of another algorithm than the purpose uses), [`Error::ImportUndecryptable`],
+    /// [`Error::ImportMalformed`], [`Error::ImportPublicKeyMismatch`], [`Error::KeyAlreadyHeld`].
+    pub fn import_key(
+        &self,
+        purpose: Purpose,
+        claimed_public: &PublicKey,
+        encrypted: &[u8],
+    ) -> Result<KeyId> {
+        self.core.import_key(purpose, claimed_public, encrypted)
+    }
+
+    /// A backup of every key this signer holds (with each consensus key's watermarks), as an
+    /// age file encrypted inside the signer to `recipient`, and signed inside it (before
+    /// encryption) by the store's backup-signing key. The operator reads it with the stock
+    /// `age` tool and the recipient's identity; `docs/backup-format.md` gives its text.
+    pub fn backup(&self, recipient: &AgeRecipient) -> Result<Vec<u8>> {
+        self.core.check_process()?;
+        let signer = self.core.signer();
+        self.core
+            .perform(&signer, &operations::Backup(recipient.0))?
+            .map_err(|refusal| refusal_error(&signer, refusal, None, "backup"))
     }
 
     /// Test builds only: makes the signer attempt a forbidden system call.
@@ -429,6 +492,70 @@ impl ServiceCore {
     }
 }
 
+impl ServiceCore {
+    /// See [`SecretService::import_key`]: a generate whose secret the operator brought, with
+    /// the same durable write and the same undo when the write fails.
+    fn import_key(
+        &self,
+        purpose: Purpose,
+        claimed_public: &PublicKey,
+        encrypted: &[u8],
+    ) -> Result<KeyId> {
+        self.check_process()?;
+        if claimed_public.algorithm() != purpose.algorithm() {
+            return Err(Error::PurposeAlgorithmMismatch {
+                spec: KeySpec {
+                    purpose,
+                    algorithm: claimed_public.algorithm(),
+                },
+            });
+        }
+        if encrypted.len() > MAX_IMPORT_LEN {
+            return Err(Error::ImportTooLarge {
+                len: encrypted.len(),
+                cap: MAX_IMPORT_LEN,
+            });
+        }
+        // An armored file is decoded here: armor is only base64 of the ciphertext.
+        let encrypted = crate::wire::age_format::dearmor(encrypted)
+            .map_err(|error| Error::ImportUndecryptable { error })?;
+        let claimed = claimed_public.to_bytes();
+        let (signer, imported) = self.change_durably(
+            &operations::ImportKey {
+                purpose,
+                claimed_public: claimed,
+                encrypted: &encrypted,
+            },
+            true,
+            |(_, _, change)| *change,
+            |signer, (key, _, _), written| {
+                if !written {
+                    let _ = signer.perform(&operations::DropKey(*key));
+                    let _ = signer.perform(&operations::FinishDrop {
+                        key: *key,
+                        erase: true,
+                    });
+                }
+            },
+            true,
+        )?;
+        match imported {
+            Ok((key, _public_key, _change)) => Ok(KeyId(key)),
+            Err(Refusal::ImportUndecryptable { error }) => {
+                Err(Error::ImportUndecryptable { error })
+            }
+            Err(Refusal::ImportMalformed) => Err(Error::ImportMalformed),
+            Err(Refusal::ImportPublicKeyMismatch) => Err(Error::ImportPublicKeyMismatch {
+                claimed: *claimed_public,
+            }),
+            Err(Refusal::KeyAlreadyHeld { key }) if key.store == signer.store() => {
+                Err(Error::KeyAlreadyHeld { key: KeyId(key) })
+            }
+            Err(refusal) => Err(refusal_error(&signer, refusal, None, "import_key")),
+        }
+    }
+}
+
 impl KeyService for ServiceCore {
     fn generate_key(&self, spec: KeySpec) -> Result<KeyId> {
         self.check_process()?;
@@ -671,6 +798,10 @@ impl KeyService for SecretService {
     }
 }
 
+/// The largest age file an import takes: one key's file is a few hundred bytes (the header, a
+/// stanza a recipient, 32 to 66 bytes of payload).
+pub(crate) const MAX_IMPORT_LEN: usize = 4096;
+
 /// The error for a refusal; `key` names the key the request was about.
 fn refusal_error(
     signer: &SignerProcess,
@@ -698,6 +829,10 @@ fn refusal_error(
         (Refusal::ChainLimit { cap }, Some(key)) => Error::ChainLimit { key, cap },
         (Refusal::KeyLimitReached { limit }, _) => Error::KeyLimitReached { limit },
         (Refusal::NoFreshEntropy { errno }, _) => Error::NoFreshEntropy { errno },
+        (Refusal::BackupTooLarge { keys, cap }, _) => Error::BackupTooLarge { keys, cap },
+        (Refusal::BackupRecipientInvalid, _) => Error::BadRecipient {
+            error: crate::wire::age_format::RecipientError::LowOrder,
+        },
         (Refusal::MalformedRequest | Refusal::RequestIdNotIncreasing, _) => Error::Internal(
             "the signer could not decode a request from this library: build both from one source",
         ),
@@ -717,7 +852,11 @@ fn refusal_error(
             | Refusal::BlindSigningRefused { .. }
             | Refusal::ChainLimit { .. }
             | Refusal::WouldDoubleSign { .. }
-            | Refusal::NotReleasable,
+            | Refusal::NotReleasable
+            | Refusal::ImportUndecryptable { .. }
+            | Refusal::ImportMalformed
+            | Refusal::ImportPublicKeyMismatch
+            | Refusal::KeyAlreadyHeld { .. },
             _,
         ) => signer.verdict(CallFailure::Misbehaved(
             "a refusal that does not fit the request",

@@ -166,6 +166,45 @@ pub(crate) fn handle_frame(
             finished.map(|()| Answer::KeyDropped)
         }
         Request::Watermarks { key } => read_store(store).watermarks(&key).map(Answer::Watermarks),
+        Request::Provisioning => {
+            let (recipient, signing_key, (r, s)) = read_store(store).provisioning();
+            scrub_stack();
+            Ok(Answer::Provisioning {
+                recipient,
+                signing_key,
+                r,
+                s,
+            })
+        }
+        Request::ImportKey {
+            purpose,
+            claimed_public,
+            encrypted,
+        } => {
+            let imported = write_store(store).import(purpose, &claimed_public, encrypted);
+            scrub_stack();
+            imported.map(|(key, public_key, change)| match change {
+                Some(change) => Answer::KeyGeneratedSealed {
+                    key,
+                    public_key,
+                    change,
+                },
+                None => Answer::KeyGenerated { key, public_key },
+            })
+        }
+        Request::Backup { recipient } => {
+            let mut guard = write_store(store);
+            let backed_up = guard.backup(&recipient);
+            scrub_stack();
+            return match backed_up {
+                Ok(len) => encode(
+                    id,
+                    Answer::<(), &[u8; 32], (), &[u8]>::Backup(guard.backup_bytes(len)),
+                    answer,
+                ),
+                Err(refusal) => reply(id, Answer::Refused(refusal), answer),
+            };
+        }
         Request::RaiseWatermarks { key, marks } => write_store(store)
             .raise_watermarks(&key, &marks)
             .map(|change| Answer::WatermarksRaised { change }),
@@ -232,9 +271,9 @@ fn reply(id: u64, answer_value: Answer<(), &[u8; 32]>, answer: &mut [u8]) -> Out
 /// Encodes an answer. Every answer fits: `handle_frame` checked the room its request can need
 /// (the largest answer, a listing at `MAX_KEY_LIMIT` keys, is under the frame cap); if one ever
 /// did not, the stream stops rather than lie.
-fn encode<L: Serialize, S: Serialize, B: Serialize>(
+fn encode<L: Serialize, S: Serialize, B: Serialize, E: Serialize>(
     id: u64,
-    answer_value: Answer<L, S, B>,
+    answer_value: Answer<L, S, B, E>,
     answer: &mut [u8],
 ) -> Outcome {
     match encode_frame(

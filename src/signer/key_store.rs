@@ -10,6 +10,8 @@
 //! the key is made or erased, its record sealed, the sequence number advanced and the manifest
 //! sealed, and the change handed to the host together with the answer.
 
+mod backup_and_import;
+
 use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 
@@ -173,6 +175,12 @@ pub(crate) struct KeyStore {
     guards: Vec<[Option<ChainGuard>; MAX_CHAINS_PER_KEY]>,
     /// Whether consensus keys may sign blind digests and arbitrary messages (unsafe).
     blind_consensus_allowed: bool,
+    /// The provisioning and backup-signing keys (`backup_and_import`).
+    identity: SecretCells<backup_and_import::StoreIdentity>,
+    /// Where a backup's text or an import's plaintext is written: locked like the keys.
+    scratch: SecretCells<[u8; backup_and_import::SCRATCH_LEN]>,
+    /// Where a backup's ciphertext is written, for the answer to borrow: not secret.
+    backup_out: Box<[u8]>,
 }
 
 /// A consensus key's watermarks on one chain, and for each kind the sequence number of the
@@ -220,9 +228,11 @@ impl KeyStore {
         let make = |backing| -> io::Result<_> {
             let records = SecretCells::new(capacity, backing, || None)?;
             let generator = SecretCells::new(1, backing, || GeneratorState { seed: [0; 32] })?;
-            Ok((records, generator))
+            let identity = SecretCells::new(1, backing, backup_and_import::StoreIdentity::empty)?;
+            let scratch = SecretCells::new(1, backing, || [0u8; backup_and_import::SCRATCH_LEN])?;
+            Ok((records, generator, identity, scratch))
         };
-        let (records, mut generator) = match make(backing) {
+        let (records, mut generator, identity, scratch) = match make(backing) {
             Ok(cells) => cells,
             Err(_) if memory == SecretMemory::Auto => {
                 make(SecretMemoryBacking::LockedAnonymous).map_err(StoreSetupError::Memory)?
@@ -241,8 +251,16 @@ impl KeyStore {
             sealed: None,
             guards: vec![[None; MAX_CHAINS_PER_KEY]; capacity],
             blind_consensus_allowed: false,
+            identity,
+            scratch,
+            backup_out: vec![0u8; crate::wire::MAX_FRAME_LEN].into_boxed_slice(),
         };
         store.id = *store.generator().draw::<8>();
+        // A memory-only signer's identity lives as long as it does; a sealed store replaces it
+        // with one derived from its key-encryption key (`open_sealed`).
+        let provisioning = store.generator().draw::<32>();
+        let backup_signing = store.generator().draw::<32>();
+        store.identity_mut().set(&provisioning, &backup_signing);
         Ok(store)
     }
 
@@ -312,6 +330,7 @@ impl KeyStore {
                 }
             }
         };
+        store.derive_identity_from_the_sealer();
         Ok((store, summary))
     }
 
@@ -506,11 +525,30 @@ impl KeyStore {
         if spec.purpose.algorithm() != spec.algorithm {
             return Err(Refusal::PurposeAlgorithmMismatch);
         }
-        let limit = self.limit;
-        let Some(free) = self.records.as_slice().iter().position(Option::is_none) else {
-            return Err(Refusal::KeyLimitReached { limit });
-        };
+        self.free_slot()?;
         self.reseed_from_the_kernel()?;
+        let seed = self.generator().draw::<32>();
+        self.insert(spec, &seed)
+    }
+
+    /// The first free slot, or the refusal that says the store is full.
+    fn free_slot(&self) -> Result<usize, Refusal> {
+        let limit = self.limit;
+        self.records
+            .as_slice()
+            .iter()
+            .position(Option::is_none)
+            .ok_or(Refusal::KeyLimitReached { limit })
+    }
+
+    /// Holds the key whose secret bytes are `seed` (made here, or imported) under a new id;
+    /// returns its id, its public key and, for a sealed store, the sealed change to write.
+    fn insert(
+        &mut self,
+        spec: KeySpec,
+        seed: &[u8; 32],
+    ) -> Result<(WireKeyId, [u8; 32], Option<StoreChange>), Refusal> {
+        let free = self.free_slot()?;
         let id = loop {
             let candidate = WireKeyId {
                 store: self.id,
@@ -520,8 +558,7 @@ impl KeyStore {
                 break candidate;
             }
         };
-        let seed = self.generator().draw::<32>();
-        let (secret, public_key) = SecretKey::from_bytes(spec.algorithm, &seed);
+        let (secret, public_key) = SecretKey::from_bytes(spec.algorithm, seed);
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_secs());
@@ -545,7 +582,7 @@ impl KeyStore {
             };
             sealed
                 .sealer
-                .seal_record(&self.id, &mut record, &seed, nonce);
+                .seal_record(&self.id, &mut record, seed, nonce);
             sealed_record = Some(record);
         }
         self.records.as_mut_slice()[free] = Some(KeyRecord {

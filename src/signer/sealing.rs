@@ -59,6 +59,18 @@ impl Sealer {
         Ok(Self { key })
     }
 
+    /// A 32-byte seed for one of the store's own keys (its provisioning and backup-signing
+    /// keys), derived from the key-encryption key with HKDF-SHA256 (RFC 5869): the store id as
+    /// salt, `info` naming the key. The same store and unlock secret give the same seed after
+    /// every restart; nothing without the key-encryption key can compute it.
+    pub(crate) fn derive_seed(&self, store: &StoreId, info: &[u8]) -> Zeroizing<[u8; 32]> {
+        let hkdf = hkdf::Hkdf::<sha2::Sha256>::new(Some(store), &self.key.as_slice()[0]);
+        let mut seed = Zeroizing::new([0u8; 32]);
+        // 32 bytes is far below HKDF-SHA256's 8160-byte limit: expanding cannot fail.
+        let _ = hkdf.expand(info, seed.as_mut_slice());
+        seed
+    }
+
     fn cipher(&self) -> XChaCha20Poly1305 {
         XChaCha20Poly1305::new((&self.key.as_slice()[0]).into())
     }

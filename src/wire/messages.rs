@@ -15,6 +15,7 @@
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::wire::age_format::AgeError;
 use crate::wire::consensus::{ChainWatermarks, ConsensusMessage, GuardRule, Watermark};
 use crate::wire::key_types::{Algorithm, KeySpec, Purpose, WireKeyId};
 use crate::wire::store_format::{
@@ -90,6 +91,22 @@ pub(crate) enum Request<'a> {
     /// End a drop from a sealed store: `erase` the key once the state without it is durable,
     /// or put it back when the write failed. Answered with `KeyDropped`.
     FinishDrop { key: WireKeyId, erase: bool },
+    /// The signer's provisioning recipient and backup-signing key; answered with
+    /// `Provisioning`.
+    Provisioning,
+    /// Import a secret key for `purpose` that an operator encrypted (an age file, up to
+    /// [`MAX_MESSAGE_LEN`] bytes) to the signer's provisioning recipient; the signer decrypts
+    /// it, re-derives its public key and refuses it unless that is `claimed_public`. Answered
+    /// like `GenerateKey`.
+    ImportKey {
+        purpose: Purpose,
+        claimed_public: [u8; 32],
+        #[serde(borrow, serialize_with = "as_bytes")]
+        encrypted: &'a [u8],
+    },
+    /// Every key (and every consensus key's watermarks), signed by the backup-signing key and
+    /// encrypted to the X25519 age `recipient`; answered with `Backup`.
+    Backup { recipient: [u8; 32] },
 }
 
 /// The most bytes of an answer frame to any request but a listing or a batch: every fixed-size
@@ -125,7 +142,10 @@ impl Request<'_> {
             | Request::SignMessage { .. }
             | Request::DiffieHellman { .. }
             | Request::AttemptForbiddenSyscall { .. }
-            | Request::FinishDrop { .. } => SMALL_ANSWER_FRAME,
+            | Request::FinishDrop { .. }
+            | Request::Provisioning => SMALL_ANSWER_FRAME,
+            Request::ImportKey { .. } => SEALED_ANSWER_FRAME,
+            Request::Backup { .. } => MAX_FRAME_LEN,
         }
     }
 }
@@ -243,7 +263,7 @@ pub(crate) struct WireSignature {
     clippy::large_enum_variant,
     reason = "the signer encodes answers without allocating: no Box; the host decodes one at a time"
 )]
-pub(crate) enum Answer<L = Vec<KeyListing>, S = WireSecret, B = Vec<WireSignature>> {
+pub(crate) enum Answer<L = Vec<KeyListing>, S = WireSecret, B = Vec<WireSignature>, E = Vec<u8>> {
     KeyGenerated {
         key: WireKeyId,
         public_key: [u8; 32],
@@ -291,6 +311,17 @@ pub(crate) enum Answer<L = Vec<KeyListing>, S = WireSecret, B = Vec<WireSignatur
     WatermarksRaised {
         change: Option<StoreChange>,
     },
+    /// The provisioning recipient (an X25519 public key), the backup-signing key (Ed25519) and
+    /// that key's signature over the recipient
+    /// ([`provisioning_statement`](crate::wire::backup_format::provisioning_statement)).
+    Provisioning {
+        recipient: [u8; 32],
+        signing_key: [u8; 32],
+        r: [u8; 32],
+        s: [u8; 32],
+    },
+    /// A backup: an age file (a borrowed slice of the signer's buffer when it encodes it).
+    Backup(E),
 }
 
 /// One write of the sealed store, as the signer hands it to the host: at most one record added
@@ -362,9 +393,14 @@ impl<'de> Deserialize<'de> for WireSecret {
 
 /// An answer with the id of the request it answers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct AnswerFrame<L = Vec<KeyListing>, S = WireSecret, B = Vec<WireSignature>> {
+pub(crate) struct AnswerFrame<
+    L = Vec<KeyListing>,
+    S = WireSecret,
+    B = Vec<WireSignature>,
+    E = Vec<u8>,
+> {
     pub(crate) id: u64,
-    pub(crate) answer: Answer<L, S, B>,
+    pub(crate) answer: Answer<L, S, B, E>,
 }
 
 /// Why the signer refused a request. None of these ends the signer.
@@ -420,6 +456,25 @@ pub(crate) enum Refusal {
     NoFreshEntropy {
         errno: i32,
     },
+    /// An import that did not decrypt with the provisioning key.
+    ImportUndecryptable {
+        error: AgeError,
+    },
+    /// An import whose plaintext is not a 32-byte secret key in an accepted form.
+    ImportMalformed,
+    /// An import whose secret's public key is not the one claimed.
+    ImportPublicKeyMismatch,
+    /// An import of a key the signer already holds (under `key`).
+    KeyAlreadyHeld {
+        key: WireKeyId,
+    },
+    /// A backup larger than one answer can carry.
+    BackupTooLarge {
+        keys: u32,
+        cap: u32,
+    },
+    /// A backup recipient of low order (no key agreement is possible with it).
+    BackupRecipientInvalid,
 }
 
 /// Serializes a key listing from anything that can iterate it twice (once to count: postcard

@@ -2,6 +2,8 @@
 //! sandboxed signer, and how it is framed. Both the host and the signer compile this code; it
 //! holds no secret and makes no decision about one.
 
+pub(crate) mod age_format;
+pub(crate) mod backup_format;
 pub(crate) mod consensus;
 pub(crate) mod framing;
 pub(crate) mod key_types;

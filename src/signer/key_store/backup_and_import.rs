@@ -1,0 +1,279 @@
+//! Runs in the signer: the store's own two keys (the provisioning key operators encrypt keys to,
+//! and the backup-signing key that vouches for backups and for the provisioning recipient),
+//! importing a key an operator encrypted to the provisioning recipient, and writing a backup
+//! encrypted to an operator's age recipient. Plaintext exists only in the locked scratch
+//! buffer, and is wiped as soon as it has been read or encrypted; the host sees ciphertext.
+//!
+//! With a sealed store both keys are derived from the key-encryption key (HKDF-SHA256, the store
+//! id as salt, a label per key as info): the same store and unlock secret give the same
+//! recipient after every restart, so an operator can encrypt a key on another machine and
+//! import it later, and nothing has to be added to the store file. A memory-only signer draws
+//! them at start; they end with it.
+
+use ed25519_dalek::Signer as _;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use super::{KeyStore, SecretKey};
+use crate::wire::age_format::{self, AgeError, AgeRandomness};
+use crate::wire::backup_format::{BackupWriter, provisioning_statement};
+use crate::wire::key_types::{KeySpec, Purpose, WireKeyId};
+use crate::wire::messages::{Refusal, StoreChange};
+
+/// The most bytes of backup text (or of an import's plaintext): what one answer frame can
+/// carry once encrypted, with room for the age header and the frame's own fields. About 250
+/// keys without watermarks.
+pub(super) const SCRATCH_LEN: usize = 60 * 1024;
+
+/// HKDF info of the provisioning key's seed (an X25519 scalar).
+const PROVISIONING_INFO: &[u8] = b"keyward/v1 provisioning x25519";
+
+/// HKDF info of the backup-signing key's seed (an Ed25519 seed).
+const BACKUP_SIGNING_INFO: &[u8] = b"keyward/v1 backup signing ed25519";
+
+/// The store's own keys, in locked memory.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub(super) struct StoreIdentity {
+    provisioning: [u8; 32],
+    backup_signing: [u8; 32],
+}
+
+impl StoreIdentity {
+    pub(super) fn empty() -> Self {
+        Self {
+            provisioning: [0; 32],
+            backup_signing: [0; 32],
+        }
+    }
+
+    pub(super) fn set(&mut self, provisioning: &[u8; 32], backup_signing: &[u8; 32]) {
+        self.provisioning = *provisioning;
+        self.backup_signing = *backup_signing;
+    }
+}
+
+/// Seconds since the Unix epoch, by the signer's clock (0 if it is before 1970).
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+impl KeyStore {
+    pub(super) fn identity_mut(&mut self) -> &mut StoreIdentity {
+        // `new` always makes exactly one identity cell.
+        &mut self.identity.as_mut_slice()[0]
+    }
+
+    fn identity(&self) -> &StoreIdentity {
+        &self.identity.as_slice()[0]
+    }
+
+    /// A sealed store's identity, derived from its key-encryption key (see the module's doc).
+    pub(super) fn derive_identity_from_the_sealer(&mut self) {
+        let Some(sealed) = &self.sealed else {
+            return;
+        };
+        let provisioning = sealed.sealer.derive_seed(&self.id, PROVISIONING_INFO);
+        let backup_signing = sealed.sealer.derive_seed(&self.id, BACKUP_SIGNING_INFO);
+        self.identity_mut().set(&provisioning, &backup_signing);
+    }
+
+    fn backup_signing_key(&self) -> ed25519_dalek::SigningKey {
+        ed25519_dalek::SigningKey::from_bytes(&self.identity().backup_signing)
+    }
+
+    /// The provisioning recipient (X25519 public key), the backup-signing public key, and that
+    /// key's signature over the recipient's statement, as its two halves.
+    pub(crate) fn provisioning(&self) -> ([u8; 32], [u8; 32], ([u8; 32], [u8; 32])) {
+        let provisioning = x25519_dalek::StaticSecret::from(self.identity().provisioning);
+        let recipient = x25519_dalek::PublicKey::from(&provisioning).to_bytes();
+        let signing = self.backup_signing_key();
+        let signature = signing.sign(&provisioning_statement(&self.id, &recipient));
+        (
+            recipient,
+            signing.verifying_key().to_bytes(),
+            (
+                signature.r_bytes().to_owned(),
+                signature.s_bytes().to_owned(),
+            ),
+        )
+    }
+
+    /// Imports the key an operator encrypted to the provisioning recipient, for `purpose`, if
+    /// its public key is `claimed_public` and no held key has it; answered like a generate.
+    pub(crate) fn import(
+        &mut self,
+        purpose: Purpose,
+        claimed_public: &[u8; 32],
+        encrypted: &[u8],
+    ) -> Result<(WireKeyId, [u8; 32], Option<StoreChange>), Refusal> {
+        self.free_slot()?;
+        let spec = KeySpec::new(purpose);
+        let provisioning = x25519_dalek::StaticSecret::from(self.identity().provisioning);
+        let scratch = &mut self.scratch.as_mut_slice()[0];
+        let decrypted = age_format::decrypt(&provisioning, encrypted, scratch);
+        drop(provisioning);
+        let seed = decrypted.map(|len| {
+            let seed = parse_secret(&scratch[..len]);
+            scratch[..len].zeroize();
+            seed
+        });
+        let seed = seed
+            .map_err(|error| Refusal::ImportUndecryptable { error })?
+            .ok_or(Refusal::ImportMalformed)?;
+        let (_, public_key) = SecretKey::from_bytes(spec.algorithm, &seed);
+        if public_key != *claimed_public {
+            return Err(Refusal::ImportPublicKeyMismatch);
+        }
+        let held = self
+            .records
+            .as_slice()
+            .iter()
+            .flatten()
+            .find(|record| record.public_key == public_key);
+        if let Some(held) = held {
+            return Err(Refusal::KeyAlreadyHeld {
+                key: WireKeyId {
+                    store: self.id,
+                    local: held.id,
+                },
+            });
+        }
+        self.insert(spec, &seed)
+    }
+
+    /// Writes every key (with its watermarks) as a backup's text, signs it, and encrypts it to
+    /// `recipient`; returns the length of the age file now at the start of
+    /// [`backup_bytes`](Self::backup_bytes).
+    pub(crate) fn backup(&mut self, recipient: &[u8; 32]) -> Result<usize, Refusal> {
+        let signing = self.backup_signing_key();
+        let randomness = AgeRandomness {
+            ephemeral_secret: self.generator().draw::<32>(),
+            file_key: self.generator().draw::<16>(),
+            payload_nonce: *self.generator().draw::<16>(),
+        };
+        let Self {
+            records,
+            scratch,
+            guards,
+            id,
+            backup_out,
+            ..
+        } = self;
+        let keys = records.as_slice().iter().flatten().count();
+        let too_large = Refusal::BackupTooLarge {
+            keys: u32::try_from(keys).unwrap_or(u32::MAX),
+            cap: SCRATCH_LEN as u32,
+        };
+        let scratch = &mut scratch.as_mut_slice()[0];
+        let mut writer = BackupWriter::new(scratch);
+        let written = (|| {
+            writer.preamble(id, now(), &signing.verifying_key().to_bytes())?;
+            for (record, chains) in records.as_slice().iter().zip(guards.iter()) {
+                let Some(record) = record.as_ref().filter(|record| !record.dropping) else {
+                    continue;
+                };
+                let (algorithm, secret) = match &record.secret {
+                    SecretKey::Ed25519(key) => (crate::Algorithm::Ed25519, key.as_bytes()),
+                    SecretKey::X25519(key) => (crate::Algorithm::X25519, key.as_bytes()),
+                };
+                writer.key(
+                    id,
+                    &record.id,
+                    record.purpose,
+                    algorithm,
+                    record.created,
+                    &record.public_key,
+                    secret,
+                )?;
+                for chain in chains.iter().flatten() {
+                    writer.watermarks(id, &record.id, &chain.marks)?;
+                }
+            }
+            let signature = signing.sign(writer.written()).to_bytes();
+            writer.signature(&signature)
+        })();
+        let len = writer.len();
+        let encrypted = match written {
+            Ok(()) => age_format::encrypt(recipient, randomness, &scratch[..len], backup_out)
+                .map_err(|error| match error {
+                    AgeError::LowOrderRecipient => Refusal::BackupRecipientInvalid,
+                    _ => too_large,
+                }),
+            Err(_) => Err(too_large),
+        };
+        scratch[..len].zeroize();
+        encrypted
+    }
+
+    /// The age file the last [`backup`](Self::backup) wrote.
+    pub(crate) fn backup_bytes(&self, len: usize) -> &[u8] {
+        &self.backup_out[..len.min(self.backup_out.len())]
+    }
+}
+
+/// An imported key's 32 secret bytes from its plaintext: exactly 32 bytes, or 64 hex digits
+/// (either case) with an optional `\n` or `\r\n`. Anything else is `None`.
+fn parse_secret(plaintext: &[u8]) -> Option<zeroize::Zeroizing<[u8; 32]>> {
+    let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+    if let Ok(raw) = <&[u8; 32]>::try_from(plaintext) {
+        secret.copy_from_slice(raw);
+        return Some(secret);
+    }
+    let digits = plaintext
+        .strip_suffix(b"\r\n")
+        .or_else(|| plaintext.strip_suffix(b"\n"))
+        .unwrap_or(plaintext);
+    if digits.len() != 64 {
+        return None;
+    }
+    let mut valid = true;
+    for (byte, pair) in secret.iter_mut().zip(digits.chunks_exact(2)) {
+        let (high, high_ok) = hex_value(pair[0]);
+        let (low, low_ok) = hex_value(pair[1]);
+        *byte = (high << 4) | low;
+        valid &= high_ok & low_ok;
+    }
+    valid.then_some(secret)
+}
+
+/// A hex digit's value and whether it is one, without branching on secret digits.
+fn hex_value(digit: u8) -> (u8, bool) {
+    let decimal = digit.wrapping_sub(b'0');
+    let lower = (digit | 0x20).wrapping_sub(b'a');
+    let is_decimal = decimal < 10;
+    let is_letter = lower < 6;
+    let value = (u8::from(is_decimal) * decimal) | (u8::from(is_letter) * (lower + 10));
+    (value, is_decimal | is_letter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_import_plaintext_is_raw_or_hex() {
+        let secret: [u8; 32] = std::array::from_fn(|i| (i * 37) as u8);
+        let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(*parse_secret(&secret).unwrap(), secret);
+        assert_eq!(*parse_secret(hex.as_bytes()).unwrap(), secret);
+        assert_eq!(
+            *parse_secret(format!("{hex}\n").as_bytes()).unwrap(),
+            secret
+        );
+        assert_eq!(
+            *parse_secret(format!("{}\r\n", hex.to_uppercase()).as_bytes()).unwrap(),
+            secret
+        );
+        for bad in [
+            &secret[..31],
+            &[0u8; 33][..],
+            format!("{hex}\n\n").as_bytes(),
+            format!("{}g", &hex[..63]).as_bytes(),
+            format!(" {}", &hex[..63]).as_bytes(),
+            b"",
+        ] {
+            assert!(parse_secret(bad).is_none(), "{bad:?}");
+        }
+    }
+}
