@@ -19,15 +19,15 @@ use keyward::{
     SpawnError, SpawnMode,
 };
 
-/// The greeting a real signer sends: a frame of 12 bytes, `Greeting::Ready`, protocol version 4,
+/// The greeting a real signer sends: a frame of 12 bytes, `Greeting::Ready`, protocol version 5,
 /// key memory `LockedAnonymous`, store id all zeros, no sealed store, as `printf` octal escapes.
-const READY: &str = r"\014\000\000\000\000\004\001\000\000\000\000\000\000\000\000\000";
+const READY: &str = r"\014\000\000\000\000\005\001\000\000\000\000\000\000\000\000\000";
 
 /// The greeting's protocol version is the library's.
 #[test]
 fn the_scripted_greeting_speaks_this_protocol_version() {
-    assert_eq!(keyward::PROTOCOL_VERSION, 4, "update READY's version byte");
-    assert!(READY.starts_with(r"\014\000\000\000\000\004"));
+    assert_eq!(keyward::PROTOCOL_VERSION, 5, "update READY's version byte");
+    assert!(READY.starts_with(r"\014\000\000\000\000\005"));
 }
 
 /// Waits on the request pipe until the supervisor closes it (then the impostor exits).
@@ -147,14 +147,14 @@ fn an_answer_to_a_request_never_made_is_a_protocol_error() {
 
 #[test]
 fn a_signer_that_speaks_another_protocol_version_is_refused() {
-    // `Ready` with protocol version 5.
+    // `Ready` with protocol version 6, one past this library's.
     let impostor = Impostor::new(&format!(
-        r"printf '\014\000\000\000\000\005\001\000\000\000\000\000\000\000\000\000' >&19
+        r"printf '\014\000\000\000\000\006\001\000\000\000\000\000\000\000\000\000' >&19
 {WAIT_FOR_END}"
     ));
     match SecretService::spawn(impostor.config()) {
         Err(Error::Spawn(SpawnError::VersionMismatch { ours, theirs })) => {
-            assert_eq!((ours, theirs), (keyward::PROTOCOL_VERSION, 5));
+            assert_eq!((ours, theirs), (keyward::PROTOCOL_VERSION, 6));
         }
         other => panic!(
             "expected a version mismatch, got {:?}",

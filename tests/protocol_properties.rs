@@ -4,12 +4,13 @@
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use keyward::testing::{
-    DispatchResult, Dispatcher, FRAME_CAP, arbitrary_request_frame, diffie_hellman_frame,
-    drop_key_frame, finish_drop_frame, generate_key_frame, generated_key_from_summary,
-    is_test_hook_request, is_valid_request, key_id_bytes, key_id_from_bytes, list_keys_frame,
-    public_key_frame, raise_watermarks_frame, release_consensus_frame, sign_consensus_frame,
-    sign_frame, sign_many_frame, sign_message_frame, signatures_from_summary, split_frames,
-    test_hook_frame, watermarks_frame,
+    DispatchResult, Dispatcher, FRAME_CAP, arbitrary_request_frame, backup_frame,
+    diffie_hellman_frame, drop_key_frame, finish_drop_frame, generate_key_frame,
+    generated_key_from_summary, import_key_frame, is_test_hook_request, is_valid_request,
+    key_id_bytes, key_id_from_bytes, list_keys_frame, provisioning_frame, public_key_frame,
+    raise_watermarks_frame, release_consensus_frame, sign_consensus_frame, sign_frame,
+    sign_many_frame, sign_message_frame, signatures_from_summary, split_frames, test_hook_frame,
+    watermarks_frame,
 };
 use keyward::{Algorithm, ForbiddenSyscall, KeyId, KeySpec, MAX_BATCH, MAX_MESSAGE_LEN, Purpose};
 use proptest::collection::vec;
@@ -20,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// How many kinds of request the protocol has (variant indexes `0..REQUEST_KINDS`). A new kind
 /// fails `every_arbitrary_request_decodes_and_is_answered_with_its_id` until it is counted here
 /// and checked for its meaning in `every_request_kind_is_served_correctly_in_process`.
-const REQUEST_KINDS: usize = 14;
+const REQUEST_KINDS: usize = 17;
 
 /// A signer with live test hooks makes a forbidden system call (fork, execve, ptrace ...) for a
 /// test-hook request. The in-process dispatcher refuses it, as
@@ -286,8 +287,8 @@ fn payload() -> impl Strategy<Value = Vec<u8>> {
         3 => vec(any::<u8>(), 0..96),
         // No id: nothing, or a varint that never ends (or runs past 10 bytes).
         1 => vec(0x80u8..=0xFF, 0..14),
-        // Kinds 0..=8 exist, 9 and 10 do not.
-        3 => (0u8..0x80, 0u8..11, vec(any::<u8>(), 0..80)).prop_map(|(id, kind, rest)| [
+        // Kinds 0..REQUEST_KINDS exist, the two after them do not.
+        3 => (0u8..0x80, 0u8..19, vec(any::<u8>(), 0..80)).prop_map(|(id, kind, rest)| [
             vec![id, kind],
             rest
         ]
@@ -878,6 +879,101 @@ fn every_request_kind_is_served_correctly_in_process() {
     let summary = ask(d, finish_drop_frame(12, consensus.key, true));
     assert_eq!(summary, "Refused(UnknownKey)");
     assert!(ask(d, watermarks_frame(13, consensus.key)).starts_with("Watermarks"));
+
+    // Provisioning, Backup and ImportKey, on a memory-only store with room for one more key.
+    let mut dispatcher = Dispatcher::new(3).unwrap();
+    let d = &mut dispatcher;
+    let consensus = generate(d, 1, Purpose::Consensus);
+    let handshake = generate(d, 2, Purpose::NetworkHandshake);
+    assert_signs_consensus_vote(d, 3, &consensus);
+    // Provisioning: the recipient, and the backup-signing key's signature over the statement
+    // naming this store and that recipient; the same for the signer's life.
+    let summary = ask(d, provisioning_frame(4));
+    assert!(summary.starts_with("Provisioning {"), "{summary}");
+    let recipient: [u8; 32] = array(bytes_after(&summary, "recipient: ["));
+    let signing_key = VerifyingKey::from_bytes(&array(bytes_after(&summary, "signing_key: [")))
+        .expect("an Ed25519 point");
+    let store: [u8; 8] = array(key_id_bytes(consensus.key)[..8].to_vec());
+    signing_key
+        .verify_strict(
+            &keyward::provisioning_statement(&store, &recipient),
+            &signature_in(&summary),
+        )
+        .expect("the provisioning statement's signature");
+    assert_eq!(ask(d, provisioning_frame(5)), summary);
+    // Backup: an age file to the recipient (X25519, one stanza); a low-order one refused.
+    let operator = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([7; 32]));
+    let summary = ask(d, backup_frame(6, operator.to_bytes()));
+    let file = bytes_after(&summary, "Backup([");
+    assert!(
+        file.starts_with(b"age-encryption.org/v1\n-> X25519 "),
+        "{summary}"
+    );
+    assert_eq!(
+        ask(d, backup_frame(7, [0; 32])),
+        "Refused(BackupRecipientInvalid)"
+    );
+    // ImportKey: bytes that are not an age file, a header cut short, and an age file that does
+    // decrypt (a backup to the signer's own provisioning recipient) but holds no 32-byte key:
+    // each refused by name, nothing kept.
+    let claimed = [0x77; 32];
+    let summary = ask(
+        d,
+        import_key_frame(8, Purpose::Account, claimed, b"not an age file"),
+    );
+    assert_eq!(
+        summary,
+        "Refused(ImportUndecryptable { error: NotAnAgeFile })"
+    );
+    let summary = ask(
+        d,
+        import_key_frame(
+            9,
+            Purpose::Account,
+            claimed,
+            b"age-encryption.org/v1\n-> X25519 ",
+        ),
+    );
+    assert_eq!(summary, "Refused(ImportUndecryptable { error: Truncated })");
+    let to_itself = bytes_after(&ask(d, backup_frame(10, recipient)), "Backup([");
+    let summary = ask(
+        d,
+        import_key_frame(11, Purpose::Account, claimed, &to_itself),
+    );
+    assert_eq!(summary, "Refused(ImportMalformed)");
+    // A backup to another recipient does not decrypt with the provisioning key.
+    let summary = ask(d, import_key_frame(12, Purpose::Account, claimed, &file));
+    assert_eq!(
+        summary,
+        "Refused(ImportUndecryptable { error: NoMatchingRecipient })"
+    );
+    let summary = ask(d, list_keys_frame(13));
+    assert_eq!(summary.matches("KeyListing").count(), 2, "{summary}");
+    assert!(
+        summary.contains(&format!("public_key: {:?}", handshake.public)),
+        "{summary}"
+    );
+    // A full store refuses an import before it reads the file.
+    generate(d, 14, Purpose::Account);
+    let summary = ask(
+        d,
+        import_key_frame(15, Purpose::Account, claimed, &to_itself),
+    );
+    assert_eq!(summary, "Refused(KeyLimitReached { limit: 3 })");
+}
+
+/// Signs a vote with a consensus key, so that it keeps a watermark.
+fn assert_signs_consensus_vote(dispatcher: &mut Dispatcher, id: u64, key: &Generated) {
+    let vote = keyward::ConsensusMessage::vote(keyward::ChainId([6; 32]), 1, 1, [8; 32]);
+    let summary = dispatch(
+        dispatcher,
+        payload_of(&sign_consensus_frame(id, key.key, vote)),
+    )
+    .unwrap();
+    VerifyingKey::from_bytes(&key.public)
+        .unwrap()
+        .verify_strict(&vote.signing_bytes(), &signature_in(&summary))
+        .unwrap();
 }
 
 /// The file descriptors of this process that point at `path`.

@@ -14,10 +14,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use keyward::testing::{
-    FRAME_CAP, arbitrary_request_frame, diffie_hellman_frame, drop_key_frame, generate_key_frame,
-    key_id_from_bytes, list_keys_frame, public_key_frame, raise_watermarks_frame,
-    release_consensus_frame, sign_consensus_frame, sign_frame, sign_many_frame, sign_message_frame,
-    test_hook_frame, watermarks_frame,
+    FRAME_CAP, arbitrary_request_frame, backup_frame, diffie_hellman_frame, drop_key_frame,
+    finish_drop_frame, generate_key_frame, import_key_frame, key_id_from_bytes, list_keys_frame,
+    provisioning_frame, public_key_frame, raise_watermarks_frame, release_consensus_frame,
+    sign_consensus_frame, sign_frame, sign_many_frame, sign_message_frame, test_hook_frame,
+    watermarks_frame,
 };
 use keyward::{
     Algorithm, ChainId, ChainWatermarks, ConsensusMessage, ForbiddenSyscall, KeyId, KeySpec,
@@ -45,6 +46,24 @@ const CHAIN: ChainId = ChainId([0x5c; 32]);
 fn chain(index: u8) -> ChainId {
     ChainId([0x60 + index; 32])
 }
+
+/// A backup recipient: an X25519 public key of prime order (Alice's, RFC 7748 section 6.1).
+const RECIPIENT: [u8; 32] = [
+    0x85, 0x20, 0xf0, 0x09, 0x89, 0x30, 0xa7, 0x54, 0x74, 0x8b, 0x7d, 0xdc, 0xb4, 0x3e, 0xf7, 0x5a,
+    0x0d, 0xbf, 0x3a, 0x0d, 0x26, 0x38, 0x1a, 0xf4, 0xeb, 0xa4, 0xa9, 0x8e, 0xaa, 0x9b, 0x4e, 0x6a,
+];
+
+/// A backup recipient of low order (the all-zero point), which the signer refuses.
+const LOW_ORDER_RECIPIENT: [u8; 32] = [0; 32];
+
+/// The public key an import claims (none of the imports here gets as far as comparing it).
+const CLAIMED: [u8; 32] = [0x77; 32];
+
+/// Bytes to import that are not an age file.
+const GARBAGE: &[u8] = b"\x00not an age file\xff";
+
+/// An age file cut short inside its first recipient stanza.
+const TRUNCATED_HEADER: &[u8] = b"age-encryption.org/v1\n-> X25519 ";
 
 /// A vote on `CHAIN` at epoch 1.
 fn vote(round: u64, digest: u8) -> ConsensusMessage {
@@ -108,7 +127,7 @@ fn variant(index: u64, count: u64) -> [u8; 4] {
 
 /// The request kinds, in their order in the request type.
 mod kind {
-    pub(super) const COUNT: u64 = 14;
+    pub(super) const COUNT: u64 = 17;
     pub(super) const GENERATE_KEY: u64 = 0;
     pub(super) const PUBLIC_KEY: u64 = 1;
     pub(super) const SIGN_DIGEST: u64 = 2;
@@ -122,17 +141,9 @@ mod kind {
     pub(super) const WATERMARKS: u64 = 11;
     pub(super) const RAISE_WATERMARKS: u64 = 12;
     pub(super) const FINISH_DROP: u64 = 13;
-}
-
-/// A `FinishDrop` frame for the key whose id is `key` (24 bytes), with `erase` true, written out
-/// by hand as postcard encodes it (`keyward::testing` has no builder for it; `drawn` checks it
-/// against the frame the real request type encodes): the id (a varint, one byte under 128), the
-/// variant index, the key id's bytes, the flag.
-fn finish_drop_frame(id: u64, key: &[u8; 24]) -> Vec<u8> {
-    let id = u8::try_from(id).expect("an id under 128");
-    assert!(id < 128);
-    let variant = u8::try_from(kind::FINISH_DROP).expect("a small index");
-    frame(&[&[id, variant][..], key, &[1]].concat())
+    pub(super) const PROVISIONING: u64 = 14;
+    pub(super) const IMPORT_KEY: u64 = 15;
+    pub(super) const BACKUP: u64 = 16;
 }
 
 /// The bytes from which `arbitrary` draws `message` (its fields in order: chain, epoch and
@@ -149,6 +160,20 @@ fn drawn_message(message: &ConsensusMessage) -> Vec<u8> {
         &message.round.to_le_bytes(),
         &variant(kind, 3),
         &message.digest,
+    ]
+    .concat()
+}
+
+/// The bytes from which `arbitrary` draws an import of `encrypted` (at most 255 bytes) for
+/// `purpose` (its index of 4): the kind, the purpose, the claimed key, the bytes, then their
+/// count (`arbitrary` takes a byte string's length from the end of its input).
+fn drawn_import(purpose: u64, encrypted: &[u8]) -> Vec<u8> {
+    [
+        &variant(kind::IMPORT_KEY, kind::COUNT)[..],
+        &variant(purpose, 4),
+        &CLAIMED,
+        encrypted,
+        &[u8::try_from(encrypted.len()).expect("at most 255 bytes")],
     ]
     .concat()
 }
@@ -225,6 +250,13 @@ fn sequence(first: u64) -> Vec<u8> {
         Box::new(|id| raise_watermarks_frame(id, consensus(), imported())),
         Box::new(|id| release_consensus_frame(id, consensus(), vote(8, 0xd1), 1)),
         Box::new(|id| sign_consensus_frame(id, ed25519(), vote(1, 0xa1))),
+        // Provisioning, a backup (and one to a low-order recipient), imports that do not
+        // decrypt.
+        Box::new(provisioning_frame),
+        Box::new(|id| backup_frame(id, RECIPIENT)),
+        Box::new(|id| backup_frame(id, LOW_ORDER_RECIPIENT)),
+        Box::new(|id| import_key_frame(id, Purpose::Account, CLAIMED, GARBAGE)),
+        Box::new(|id| import_key_frame(id, Purpose::Consensus, CLAIMED, TRUNCATED_HEADER)),
         Box::new(|id| drop_key_frame(id, ed25519())),
         Box::new(|id| test_hook_frame(id, ForbiddenSyscall::Open)),
         // A key listing with a byte after it.
@@ -376,8 +408,33 @@ fn corpora() -> Corpora {
         drawn(
             1,
             &[&variant(kind::FINISH_DROP, kind::COUNT)[..], &k, &[1]].concat(),
-            |id| finish_drop_frame(id, &k),
+            |id| finish_drop_frame(id, ed25519(), true),
         ),
+        drawn(
+            1,
+            &variant(kind::PROVISIONING, kind::COUNT),
+            provisioning_frame,
+        ),
+        drawn(
+            1,
+            &[&variant(kind::BACKUP, kind::COUNT)[..], &RECIPIENT].concat(),
+            |id| backup_frame(id, RECIPIENT),
+        ),
+        drawn(
+            1,
+            &[
+                &variant(kind::BACKUP, kind::COUNT)[..],
+                &LOW_ORDER_RECIPIENT,
+            ]
+            .concat(),
+            |id| backup_frame(id, LOW_ORDER_RECIPIENT),
+        ),
+        drawn(1, &drawn_import(0, GARBAGE), |id| {
+            import_key_frame(id, Purpose::Account, CLAIMED, GARBAGE)
+        }),
+        drawn(1, &drawn_import(3, TRUNCATED_HEADER), |id| {
+            import_key_frame(id, Purpose::NetworkHandshake, CLAIMED, TRUNCATED_HEADER)
+        }),
         // The account key dropped last, so the requests before reach it.
         drawn(
             1,
@@ -520,7 +577,35 @@ fn corpora() -> Corpora {
                 ]
                 .concat(),
             ),
-            ("finish_drop", raw(&finish_drop_frame(3, &[b'K'; 24]))),
+            ("finish_drop", raw(&finish_drop_frame(3, ed25519(), true))),
+            ("provisioning", raw(&provisioning_frame(3))),
+            ("backup", raw(&backup_frame(3, RECIPIENT))),
+            (
+                "backup_low_order",
+                raw(&backup_frame(3, LOW_ORDER_RECIPIENT)),
+            ),
+            (
+                // A vote first, so the backup carries the consensus key's watermark too.
+                "backup_with_watermarks",
+                [
+                    raw(&sign_consensus_frame(3, consensus(), vote(5, 0xa1))),
+                    raw(&backup_frame(4, RECIPIENT)),
+                ]
+                .concat(),
+            ),
+            (
+                "import_garbage",
+                raw(&import_key_frame(3, Purpose::Account, CLAIMED, GARBAGE)),
+            ),
+            (
+                "import_truncated_header",
+                raw(&import_key_frame(
+                    3,
+                    Purpose::Consensus,
+                    CLAIMED,
+                    TRUNCATED_HEADER,
+                )),
+            ),
             ("list", raw(&list_keys_frame(3))),
             (
                 "test_hook",
@@ -530,8 +615,8 @@ fn corpora() -> Corpora {
                 "trailing",
                 raw(&frame(&[payload(&list_keys_frame(3)), &[0]].concat())),
             ),
-            // Id 3, then kind 14: one past the last kind.
-            ("unknown_kind", raw(&frame(&[3, 14]))),
+            // Id 3, then kind 17: one past the last kind.
+            ("unknown_kind", raw(&frame(&[3, 17]))),
             (
                 "id_not_increasing",
                 [raw(&list_keys_frame(3)), raw(&list_keys_frame(3))].concat(),

@@ -15,7 +15,7 @@ use crate::host::signer_program::SignerProgram;
 use crate::signer::dispatch::{LaneState, Outcome, handle_frame};
 use crate::signer::key_store::KeyStore;
 use crate::wire::framing::{FrameReader, ReadError, encode_frame, frame_buffer, write_all};
-use crate::wire::key_types::{KeySpec, LocalKeyId, SecretMemory, WireKeyId};
+use crate::wire::key_types::{KeySpec, LocalKeyId, Purpose, SecretMemory, WireKeyId};
 use crate::wire::messages::{
     Answer, AnswerFrame, ForbiddenSyscall, Request, RequestFrame, decode_request,
 };
@@ -270,6 +270,36 @@ pub fn raise_watermarks_frame(id: u64, key: KeyId, marks: crate::ChainWatermarks
             marks,
         },
     )
+}
+
+/// A frame asking for the signer's provisioning recipient and backup-signing key.
+pub fn provisioning_frame(id: u64) -> Vec<u8> {
+    request_frame(id, &Request::Provisioning)
+}
+
+/// A frame asking to import the key in `encrypted` (an age file, or any bytes: the signer
+/// refuses what does not decrypt) for `purpose`, claiming its public key is `claimed_public`.
+/// Any length: the frame may exceed the cap.
+pub fn import_key_frame(
+    id: u64,
+    purpose: Purpose,
+    claimed_public: [u8; 32],
+    encrypted: &[u8],
+) -> Vec<u8> {
+    unbounded_frame(
+        id,
+        &Request::ImportKey {
+            purpose,
+            claimed_public,
+            encrypted,
+        },
+    )
+}
+
+/// A frame asking for a backup of every key, encrypted to the X25519 public key `recipient`
+/// (any 32 bytes: the signer refuses a low-order point).
+pub fn backup_frame(id: u64, recipient: [u8; 32]) -> Vec<u8> {
+    request_frame(id, &Request::Backup { recipient })
 }
 
 /// The sequence number of the sealed change in an answer's `Debug` form, if it carries one.

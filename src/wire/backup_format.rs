@@ -233,7 +233,8 @@ mod tests {
 
     #[test]
     fn hex_digits_are_the_usual_ones() {
-        let mut buffer = [0u8; 64];
+        // 37 bytes (0, 7, ..., 252): 74 digits.
+        let mut buffer = [0u8; 74];
         let mut writer = BackupWriter::new(&mut buffer);
         let bytes: Vec<u8> = (0..=255u8).step_by(7).collect();
         writer.hex(&bytes).unwrap();

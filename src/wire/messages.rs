@@ -120,6 +120,10 @@ pub(crate) const SEALED_ANSWER_FRAME: usize = 768;
 /// The most bytes of a `Watermarks` answer: a key's watermarks on its most chains.
 pub(crate) const WATERMARKS_ANSWER_FRAME: usize = 1024;
 
+/// The most bytes of a `Provisioning` answer: four 32-byte fields (the recipient, the signing
+/// key, the signature's halves), 143 bytes with the largest id, so over the small cap.
+pub(crate) const PROVISIONING_ANSWER_FRAME: usize = 192;
+
 impl Request<'_> {
     /// The most bytes the frame answering this request can take. The signer answers a burst of
     /// requests back to back in one buffer, and checks that this much is left before it handles
@@ -142,8 +146,8 @@ impl Request<'_> {
             | Request::SignMessage { .. }
             | Request::DiffieHellman { .. }
             | Request::AttemptForbiddenSyscall { .. }
-            | Request::FinishDrop { .. }
-            | Request::Provisioning => SMALL_ANSWER_FRAME,
+            | Request::FinishDrop { .. } => SMALL_ANSWER_FRAME,
+            Request::Provisioning => PROVISIONING_ANSWER_FRAME,
             Request::ImportKey { .. } => SEALED_ANSWER_FRAME,
             Request::Backup { .. } => MAX_FRAME_LEN,
         }
@@ -689,9 +693,27 @@ mod tests {
                 }),
             ),
             (
+                "request 3: `Backup`",
+                framed(&RequestFrame {
+                    id: 3,
+                    request: Request::Backup { recipient: [9; 32] },
+                }),
+            ),
+            (
+                "request 4: `ImportKey`",
+                framed(&RequestFrame {
+                    id: 4,
+                    request: Request::ImportKey {
+                        purpose: Purpose::Consensus,
+                        claimed_public: [0x33; 32],
+                        encrypted: b"age",
+                    },
+                }),
+            ),
+            (
                 "greeting: `Ready`",
                 framed(&Greeting::Ready {
-                    protocol_version: 4,
+                    protocol_version: 5,
                     key_memory: KeyMemory::LockedAnonymous,
                     store: [0xaa; 8],
                     sealed: None,
@@ -700,7 +722,7 @@ mod tests {
             (
                 "greeting: `Ready` with a sealed store",
                 framed(&Greeting::Ready {
-                    protocol_version: 4,
+                    protocol_version: 5,
                     key_memory: KeyMemory::MemfdSecret,
                     store: [0xaa; 8],
                     sealed: Some(SealedSummary {
@@ -737,6 +759,22 @@ mod tests {
                         r: [0x11; 32],
                         s: [0x22; 32],
                     },
+                }),
+            ),
+            (
+                "answer 6: `Refused(ImportUndecryptable)`",
+                framed(&AnswerFrame::<(), &[u8; 32]> {
+                    id: 6,
+                    answer: Answer::Refused(Refusal::ImportUndecryptable {
+                        error: AgeError::OutputTooSmall { needed: 300 },
+                    }),
+                }),
+            ),
+            (
+                "answer 3: `Backup`",
+                framed(&AnswerFrame::<(), &[u8; 32], (), &[u8]> {
+                    id: 3,
+                    answer: Answer::Backup(b"age-encryption.org/v1\n"),
                 }),
             ),
             (
@@ -813,8 +851,8 @@ mod tests {
         }
         assert_eq!(
             crate::wire::PROTOCOL_VERSION,
-            4,
-            "the document describes version 4"
+            5,
+            "the document describes version 5"
         );
     }
 
@@ -925,6 +963,15 @@ mod tests {
             })),
             length(Answer::Refused(Refusal::MessageTooLong { cap: u32::MAX })),
             length(Answer::Refused(Refusal::BatchSize { cap: u32::MAX })),
+            length(Answer::Refused(Refusal::NoFreshEntropy { errno: i32::MIN })),
+            length(Answer::Refused(Refusal::ImportUndecryptable {
+                error: AgeError::OutputTooSmall { needed: u64::MAX },
+            })),
+            length(Answer::Refused(Refusal::KeyAlreadyHeld { key })),
+            length(Answer::Refused(Refusal::BackupTooLarge {
+                keys: u32::MAX,
+                cap: u32::MAX,
+            })),
         ];
         for answer_length in small {
             assert!(answer_length <= SMALL_ANSWER_FRAME, "{answer_length}");
@@ -1034,5 +1081,39 @@ mod tests {
             "the listing did not encode"
         );
         assert!(listing.len() <= Request::ListKeys.largest_answer_frame());
+        // The provisioning answer: four 32-byte fields.
+        let provisioning = length(Answer::Provisioning {
+            recipient: [0xff; 32],
+            signing_key: [0xff; 32],
+            r: [0xff; 32],
+            s: [0xff; 32],
+        });
+        assert!(
+            provisioning <= Request::Provisioning.largest_answer_frame(),
+            "{provisioning}"
+        );
+        // An import is answered as a generate is, or refused.
+        let import = Request::ImportKey {
+            purpose: Purpose::Consensus,
+            claimed_public: [0xff; 32],
+            encrypted: &[0xff; MAX_MESSAGE_LEN],
+        };
+        assert_eq!(import.largest_answer_frame(), SEALED_ANSWER_FRAME);
+        // A backup: an age file as long as a frame can carry with the largest id (its kind and
+        // a 3-byte length before it). The signer writes at most a shorter one
+        // (`the_largest_backup_fits_in_one_answer_frame`).
+        let file = vec![0xff; MAX_FRAME_LEN - FRAME_HEADER_LEN - 10 - 1 - 3];
+        let backup = framed(&AnswerFrame::<(), &[u8; 32], (), &[u8]> {
+            id,
+            answer: Answer::Backup(&file),
+        });
+        assert_eq!(backup.len(), MAX_FRAME_LEN);
+        assert!(
+            backup.len()
+                <= Request::Backup {
+                    recipient: [0xff; 32]
+                }
+                .largest_answer_frame()
+        );
     }
 }

@@ -251,6 +251,31 @@ fn hex_value(digit: u8) -> (u8, bool) {
 mod tests {
     use super::*;
 
+    /// The largest backup the signer can write (the scratch buffer's worth of text, encrypted),
+    /// with the largest id, fits in the buffer it is encrypted into and in the answer room its
+    /// request reserves.
+    #[test]
+    fn the_largest_backup_fits_in_one_answer_frame() {
+        use crate::wire::messages::{Answer, AnswerFrame, Request};
+        use crate::wire::{FRAME_HEADER_LEN, MAX_FRAME_LEN};
+        let file = vec![0xff; age_format::encrypted_len(SCRATCH_LEN)];
+        assert!(file.len() <= MAX_FRAME_LEN, "{}", file.len());
+        let frame = AnswerFrame::<(), &[u8; 32], (), &[u8]> {
+            id: u64::MAX,
+            answer: Answer::Backup(&file),
+        };
+        let payload = postcard::to_allocvec(&frame).unwrap();
+        let room = Request::Backup {
+            recipient: [0xff; 32],
+        }
+        .largest_answer_frame();
+        assert!(
+            FRAME_HEADER_LEN + payload.len() <= room,
+            "{} > {room}",
+            FRAME_HEADER_LEN + payload.len()
+        );
+    }
+
     #[test]
     fn an_import_plaintext_is_raw_or_hex() {
         let secret: [u8; 32] = std::array::from_fn(|i| (i * 37) as u8);
