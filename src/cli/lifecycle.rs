@@ -150,10 +150,8 @@ pub(crate) fn backup(arguments: &BackupArgs) -> ! {
         let recipient: AgeRecipient = arguments.to.parse().map_err(|error| {
             Failure(
                 2,
-                because(
-                    format!("--to {:?} is not an age recipient", arguments.to),
-                    error,
-                ),
+                // Not repeated: what was given may be a secret key pasted by mistake.
+                because("--to is not an age recipient", error),
             )
         })?;
         // Created before the store is opened: an existing file is refused before any work.
