@@ -398,3 +398,48 @@ fn a_recipient_that_is_not_one_is_refused_before_anything_is_encrypted() {
     ));
     common::serving_key(&service);
 }
+
+/// docs/backup-format.md's derivation, computed here from the unlock secret alone: the
+/// provisioning and backup-signing keys are HKDF-SHA256 of the key-encryption key, salted with
+/// the store id, and they are the same after a restart.
+#[test]
+fn the_store_keys_are_derived_as_documented_and_survive_a_restart() {
+    let scratch = Scratch::new("derivation");
+    let secret = b"derivation test\n";
+    let unlock = scratch.unlock_file("unlock", secret);
+    let service = SecretService::spawn(create_config(&scratch.store(), &unlock)).unwrap();
+    let provisioning = service.provisioning_recipient().unwrap();
+    drop(service);
+    let state = scratch.state();
+    // The reader strips one trailing newline from an unlock file.
+    let kek = store_util::derive_kek(&secret[..secret.len() - 1], &state);
+    let store_id = &state[10..18];
+    assert_eq!(store_id, provisioning.store);
+    let derive = |info: &[u8]| {
+        let mut seed = [0u8; 32];
+        hkdf::Hkdf::<sha2::Sha256>::new(Some(store_id), kek.as_slice())
+            .expand(info, &mut seed)
+            .unwrap();
+        seed
+    };
+    let scalar = derive(b"keyward/v1 provisioning x25519");
+    assert_eq!(
+        provisioning.recipient,
+        AgeRecipient::from_x25519(&x25519_dalek::PublicKey::from(
+            &x25519_dalek::StaticSecret::from(scalar)
+        ))
+    );
+    let signing =
+        ed25519_dalek::SigningKey::from_bytes(&derive(b"keyward/v1 backup signing ed25519"));
+    assert_eq!(provisioning.signing_key, signing.verifying_key());
+    assert!(provisioning.is_signed_by(&signing.verifying_key()));
+    // A restart gives the same keys; another store gives others.
+    let service = SecretService::spawn(open_config(&scratch.store(), &unlock)).unwrap();
+    assert_eq!(service.provisioning_recipient().unwrap(), provisioning);
+    let other = Scratch::new("derivation-other");
+    let other_unlock = other.unlock_file("unlock", secret);
+    let other_service = SecretService::spawn(create_config(&other.store(), &other_unlock)).unwrap();
+    let theirs = other_service.provisioning_recipient().unwrap();
+    assert_ne!(theirs.recipient, provisioning.recipient);
+    assert!(!theirs.is_signed_by(&provisioning.signing_key));
+}
