@@ -229,6 +229,14 @@ pub enum Error {
         key: KeyId,
     },
 
+    /// A restore's backup was refused before anything was stored: its signature, a key's
+    /// secret, or its shape.
+    #[error("the backup was refused; nothing was stored: {problem}")]
+    RestoreRefused {
+        /// What was wrong.
+        problem: crate::BackupProblem,
+    },
+
     /// The keys do not fit in one backup.
     #[error(
         "{keys} keys do not fit in one backup (at most {cap} bytes of text, about 250 keys \

@@ -16,6 +16,7 @@ use serde::ser::SerializeSeq;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::wire::age_format::AgeError;
+use crate::wire::backup_format::BackupProblem;
 use crate::wire::consensus::{ChainWatermarks, ConsensusMessage, GuardRule, Watermark};
 use crate::wire::key_types::{Algorithm, KeySpec, Purpose, WireKeyId};
 use crate::wire::store_format::{
@@ -107,6 +108,15 @@ pub(crate) enum Request<'a> {
     /// Every key (and every consensus key's watermarks), signed by the backup-signing key and
     /// encrypted to the X25519 age `recipient`; answered with `Backup`.
     Backup { recipient: [u8; 32] },
+    /// One step of restoring a backup re-encrypted to the provisioning recipient and signed by
+    /// `signed_by`: the signer adds the first key of it not held (with its watermarks, in one
+    /// change) or raises the first watermark held lower, or says the restore is complete.
+    /// Answered with `Restored`; the host writes its change and asks again.
+    RestoreStep {
+        signed_by: [u8; 32],
+        #[serde(borrow, serialize_with = "as_bytes")]
+        encrypted: &'a [u8],
+    },
 }
 
 /// The most bytes of an answer frame to any request but a listing or a batch: every fixed-size
@@ -144,7 +154,7 @@ impl Request<'_> {
             | Request::AttemptForbiddenSyscall { .. }
             | Request::FinishDrop { .. }
             | Request::Provisioning => SMALL_ANSWER_FRAME,
-            Request::ImportKey { .. } => SEALED_ANSWER_FRAME,
+            Request::ImportKey { .. } | Request::RestoreStep { .. } => SEALED_ANSWER_FRAME,
             Request::Backup { .. } => MAX_FRAME_LEN,
         }
     }
@@ -322,6 +332,26 @@ pub(crate) enum Answer<L = Vec<KeyListing>, S = WireSecret, B = Vec<WireSignatur
     },
     /// A backup: an age file (a borrowed slice of the signer's buffer when it encodes it).
     Backup(E),
+    /// What one restore step did.
+    Restored(RestoreProgress),
+}
+
+/// What one restore step did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum RestoreProgress {
+    /// A key of the backup added, with its watermarks, in `change` (a sealed store's).
+    Added {
+        key: WireKeyId,
+        public_key: [u8; 32],
+        change: Option<StoreChange>,
+    },
+    /// A held key's watermarks raised to the backup's, in `change`.
+    Raised {
+        key: WireKeyId,
+        change: Option<StoreChange>,
+    },
+    /// Every key and watermark of the backup is held: `keys` keys and `marks` watermarks.
+    Complete { keys: u32, marks: u32 },
 }
 
 /// One write of the sealed store, as the signer hands it to the host: at most one record added
@@ -475,6 +505,10 @@ pub(crate) enum Refusal {
     },
     /// A backup recipient of low order (no key agreement is possible with it).
     BackupRecipientInvalid,
+    /// A restore's backup was refused.
+    RestoreRefused {
+        problem: BackupProblem,
+    },
 }
 
 /// Serializes a key listing from anything that can iterate it twice (once to count: postcard

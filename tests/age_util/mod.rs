@@ -82,3 +82,25 @@ pub(crate) fn age_encrypt(recipient: &str, armor: bool, plaintext: &[u8]) -> Vec
     assert!(output.status.success(), "{output:?}");
     output.stdout
 }
+
+/// The operator's offline step before a restore: `age -d -i identity file | age -r recipient`,
+/// the plaintext only in the pipe between the two.
+pub(crate) fn age_reencrypt(identity: &Identity, file: &Path, recipient: &str) -> Vec<u8> {
+    let mut decrypt = Command::new("age")
+        .arg("-d")
+        .arg("-i")
+        .arg(&identity.file)
+        .arg(file)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = Command::new("age")
+        .arg("-r")
+        .arg(recipient)
+        .stdin(decrypt.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    assert!(decrypt.wait().unwrap().success());
+    assert!(output.status.success(), "{output:?}");
+    output.stdout
+}
