@@ -170,6 +170,18 @@ fn a_restore_is_refused_whole_unless_the_pinned_key_signed_it() {
             problem: BackupProblem::SignatureInvalid
         }
     ));
+    // Truncated, or with one ciphertext byte flipped.
+    assert!(matches!(
+        refused(&good[..good.len() - 10], &pinned),
+        Error::ImportUndecryptable { .. }
+    ));
+    let mut flipped = good.clone();
+    let at = flipped.len() - 40;
+    flipped[at] ^= 0x20;
+    assert!(matches!(
+        refused(&flipped, &pinned),
+        Error::ImportUndecryptable { .. }
+    ));
     // Not re-encrypted: still for the operator's recipient.
     assert!(matches!(
         refused(&std::fs::read(&backup_file).unwrap(), &pinned),
