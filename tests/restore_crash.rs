@@ -4,6 +4,9 @@
 //! and asks its store's crash hook to SIGKILL it at each point of each write; after every kill
 //! the store is reopened and every consensus key present must refuse to sign below or against
 //! its backed-up watermark.
+//!
+//! Needs the `test-support` feature (the crash hook); `cargo test --all-features` has it.
+#![cfg(feature = "test-support")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod age_util;

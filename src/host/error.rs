@@ -218,8 +218,9 @@ pub enum Error {
          its algorithm and the purpose. Nothing was stored"
     )]
     ImportPublicKeyMismatch {
-        /// The public key the caller claimed.
-        claimed: PublicKey,
+        /// The public key the caller claimed (boxed: an Ed25519 key holds its decompressed
+        /// point, and errors stay small).
+        claimed: Box<PublicKey>,
     },
 
     /// The imported key is already held; nothing was stored.

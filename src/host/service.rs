@@ -22,7 +22,7 @@ use crate::host::signer_program::SignerProgram;
 use crate::host::status::SignerStatus;
 use crate::host::store::{AdoptError, HostStore, SignerLaunch};
 use crate::wire::consensus::{ChainWatermarks, ConsensusMessage};
-use crate::wire::key_types::{KeySpec, Purpose, StoreId};
+use crate::wire::key_types::{KeySpec, Purpose, StoreId, WireKeyId};
 use crate::wire::messages::StoreChange;
 use crate::wire::messages::{Refusal, RestoreProgress};
 use crate::wire::store_format::StoreFile;
@@ -542,12 +542,8 @@ impl ServiceCore {
                     RestoreProgress::Complete { .. } => None,
                 },
                 |signer, progress, written| {
-                    if let (RestoreProgress::Added { key, .. }, false) = (progress, written) {
-                        let _ = signer.perform(&operations::DropKey(*key));
-                        let _ = signer.perform(&operations::FinishDrop {
-                            key: *key,
-                            erase: true,
-                        });
+                    if let RestoreProgress::Added { key, .. } = progress {
+                        forget_unless_written(signer, key, written);
                     }
                 },
                 true,
@@ -612,15 +608,7 @@ impl ServiceCore {
             },
             true,
             |(_, _, change)| *change,
-            |signer, (key, _, _), written| {
-                if !written {
-                    let _ = signer.perform(&operations::DropKey(*key));
-                    let _ = signer.perform(&operations::FinishDrop {
-                        key: *key,
-                        erase: true,
-                    });
-                }
-            },
+            |signer, (key, _, _), written| forget_unless_written(signer, key, written),
             true,
         )?;
         match imported {
@@ -630,7 +618,7 @@ impl ServiceCore {
             }
             Err(Refusal::ImportMalformed) => Err(Error::ImportMalformed),
             Err(Refusal::ImportPublicKeyMismatch) => Err(Error::ImportPublicKeyMismatch {
-                claimed: *claimed_public,
+                claimed: Box::new(*claimed_public),
             }),
             Err(Refusal::KeyAlreadyHeld { key }) if key.store == signer.store() => {
                 Err(Error::KeyAlreadyHeld { key: KeyId(key) })
@@ -647,17 +635,7 @@ impl KeyService for ServiceCore {
             &operations::GenerateKey(spec),
             true,
             |(_, _, change)| *change,
-            |signer, (key, _, _), written| {
-                if !written {
-                    // Not on disk: the signer forgets the key (its drop's change is not
-                    // written either: the copy went back to the state before the generate).
-                    let _ = signer.perform(&operations::DropKey(*key));
-                    let _ = signer.perform(&operations::FinishDrop {
-                        key: *key,
-                        erase: true,
-                    });
-                }
-            },
+            |signer, (key, _, _), written| forget_unless_written(signer, key, written),
             true,
         )?;
         match generated {
@@ -879,6 +857,19 @@ impl KeyService for SecretService {
         peer_public: &x25519_dalek::PublicKey,
     ) -> Result<SharedSecret> {
         self.core.diffie_hellman(key, peer_public)
+    }
+}
+
+/// After the write of a change that added `key` (generated, imported or restored): if it is
+/// not on disk, the signer forgets the key, and the drop's own change is not written either (the
+/// host's copy went back to the state before the add).
+fn forget_unless_written(signer: &SignerProcess, key: &WireKeyId, written: bool) {
+    if !written {
+        let _ = signer.perform(&operations::DropKey(*key));
+        let _ = signer.perform(&operations::FinishDrop {
+            key: *key,
+            erase: true,
+        });
     }
 }
 

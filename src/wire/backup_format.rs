@@ -233,7 +233,7 @@ mod tests {
 
     #[test]
     fn hex_digits_are_the_usual_ones() {
-        let mut buffer = [0u8; 64];
+        let mut buffer = [0u8; 128];
         let mut writer = BackupWriter::new(&mut buffer);
         let bytes: Vec<u8> = (0..=255u8).step_by(7).collect();
         writer.hex(&bytes).unwrap();
@@ -487,26 +487,35 @@ fn decimal(field: &[u8]) -> Option<u64> {
     })
 }
 
-/// `N` bytes from exactly `2N` lower-case hex digits, without branching on their values.
+/// `N` bytes from exactly `2N` lower-case hex digits, as the backup writes them.
 fn hex_array<const N: usize>(field: &[u8]) -> Option<[u8; N]> {
+    decode_hex(field, false)
+}
+
+/// `N` bytes from exactly `2N` hex digits (upper-case ones too if `either_case`), without
+/// branching on their values: secrets are decoded with it. The result is not wiped: callers
+/// that decode a secret put it in `Zeroizing` at once.
+pub(crate) fn decode_hex<const N: usize>(field: &[u8], either_case: bool) -> Option<[u8; N]> {
     if field.len() != 2 * N {
         return None;
     }
+    let case_mask = if either_case { 0x20 } else { 0 };
     let mut bytes = [0u8; N];
     let mut valid = true;
     for (byte, pair) in bytes.iter_mut().zip(field.chunks_exact(2)) {
-        let (high, high_ok) = lower_hex_value(pair[0]);
-        let (low, low_ok) = lower_hex_value(pair[1]);
+        let (high, high_ok) = hex_value(pair[0], case_mask);
+        let (low, low_ok) = hex_value(pair[1], case_mask);
         *byte = (high << 4) | low;
         valid &= high_ok & low_ok;
     }
     valid.then_some(bytes)
 }
 
-/// A lower-case hex digit's value and whether it is one, without branching on the digit.
-fn lower_hex_value(digit: u8) -> (u8, bool) {
+/// A hex digit's value and whether it is one, without branching on the digit; `case_mask`
+/// 0x20 folds upper-case letters to lower case.
+fn hex_value(digit: u8, case_mask: u8) -> (u8, bool) {
     let decimal = digit.wrapping_sub(b'0');
-    let letter = digit.wrapping_sub(b'a');
+    let letter = (digit | case_mask).wrapping_sub(b'a');
     let is_decimal = decimal < 10;
     let is_letter = letter < 6;
     let value = (u8::from(is_decimal) * decimal) | (u8::from(is_letter) * (letter + 10));

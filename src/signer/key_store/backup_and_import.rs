@@ -16,7 +16,8 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 use super::{KeyStore, SecretKey};
 use crate::wire::age_format::{self, AgeError, AgeRandomness};
 use crate::wire::backup_format::{
-    BackupKey, BackupLine, BackupProblem, BackupWriter, VerifiedBackup, provisioning_statement,
+    BackupKey, BackupLine, BackupProblem, BackupWriter, VerifiedBackup, decode_hex,
+    provisioning_statement,
 };
 use crate::wire::consensus::{ChainWatermarks, ConsensusKind};
 use crate::wire::key_types::{KeySpec, Purpose, WireKeyId};
@@ -54,6 +55,9 @@ impl StoreIdentity {
     }
 }
 
+/// An Ed25519 signature as its R and S halves, as answers carry it.
+type SignatureHalves = ([u8; 32], [u8; 32]);
+
 /// Seconds since the Unix epoch, by the signer's clock (0 if it is before 1970).
 fn now() -> u64 {
     std::time::SystemTime::now()
@@ -87,7 +91,7 @@ impl KeyStore {
 
     /// The provisioning recipient (X25519 public key), the backup-signing public key, and that
     /// key's signature over the recipient's statement, as its two halves.
-    pub(crate) fn provisioning(&self) -> ([u8; 32], [u8; 32], ([u8; 32], [u8; 32])) {
+    pub(crate) fn provisioning(&self) -> ([u8; 32], [u8; 32], SignatureHalves) {
         let provisioning = x25519_dalek::StaticSecret::from(self.identity().provisioning);
         let recipient = x25519_dalek::PublicKey::from(&provisioning).to_bytes();
         let signing = self.backup_signing_key();
@@ -166,7 +170,7 @@ impl KeyStore {
         let keys = records.as_slice().iter().flatten().count();
         let too_large = Refusal::BackupTooLarge {
             keys: u32::try_from(keys).unwrap_or(u32::MAX),
-            cap: SCRATCH_LEN as u32,
+            cap: u32::try_from(SCRATCH_LEN).unwrap_or(u32::MAX),
         };
         let scratch = &mut scratch.as_mut_slice()[0];
         let mut writer = BackupWriter::new(scratch);
@@ -197,7 +201,10 @@ impl KeyStore {
             writer.signature(&signature)
         })();
         let len = writer.len();
+        // The answer carries the whole file: one that would not fit in a frame is refused here.
+        let fits = age_format::encrypted_len(len) <= backup_out.len() - 64;
         let encrypted = match written {
+            Ok(()) if !fits => Err(too_large),
             Ok(()) => age_format::encrypt(recipient, randomness, &scratch[..len], backup_out)
                 .map_err(|error| match error {
                     AgeError::LowOrderRecipient => Refusal::BackupRecipientInvalid,
@@ -389,27 +396,8 @@ fn parse_secret(plaintext: &[u8]) -> Option<zeroize::Zeroizing<[u8; 32]>> {
         .strip_suffix(b"\r\n")
         .or_else(|| plaintext.strip_suffix(b"\n"))
         .unwrap_or(plaintext);
-    if digits.len() != 64 {
-        return None;
-    }
-    let mut valid = true;
-    for (byte, pair) in secret.iter_mut().zip(digits.chunks_exact(2)) {
-        let (high, high_ok) = hex_value(pair[0]);
-        let (low, low_ok) = hex_value(pair[1]);
-        *byte = (high << 4) | low;
-        valid &= high_ok & low_ok;
-    }
-    valid.then_some(secret)
-}
-
-/// A hex digit's value and whether it is one, without branching on secret digits.
-fn hex_value(digit: u8) -> (u8, bool) {
-    let decimal = digit.wrapping_sub(b'0');
-    let lower = (digit | 0x20).wrapping_sub(b'a');
-    let is_decimal = decimal < 10;
-    let is_letter = lower < 6;
-    let value = (u8::from(is_decimal) * decimal) | (u8::from(is_letter) * (lower + 10));
-    (value, is_decimal | is_letter)
+    *secret = decode_hex(digits, true)?;
+    Some(secret)
 }
 
 #[cfg(test)]
@@ -418,7 +406,7 @@ mod tests {
 
     #[test]
     fn an_import_plaintext_is_raw_or_hex() {
-        let secret: [u8; 32] = std::array::from_fn(|i| (i * 37) as u8);
+        let secret: [u8; 32] = std::array::from_fn(|i| u8::try_from(i * 37 % 251).unwrap());
         let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(*parse_secret(&secret).unwrap(), secret);
         assert_eq!(*parse_secret(hex.as_bytes()).unwrap(), secret);
