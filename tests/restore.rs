@@ -33,6 +33,29 @@ fn source(scratch: &Scratch) -> (SecretService, Vec<KeyId>) {
     (service, keys)
 }
 
+/// A backup of `source` to a fresh operator identity: the identity, the file, and the
+/// backup-signing key the operator pins.
+fn backed_up(
+    source: &SecretService,
+    scratch: &Scratch,
+) -> (
+    age_util::Identity,
+    std::path::PathBuf,
+    ed25519_dalek::VerifyingKey,
+) {
+    let operator = age_keygen(&scratch.base, "operator.txt");
+    let backup_file = scratch.base.join("backup.age");
+    std::fs::write(
+        &backup_file,
+        source
+            .backup(&operator.recipient.parse::<AgeRecipient>().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let pinned = source.provisioning_recipient().unwrap().signing_key;
+    (operator, backup_file, pinned)
+}
+
 /// An empty target store.
 fn target(scratch: &Scratch) -> (SecretService, std::path::PathBuf) {
     let unlock = scratch.unlock_file("target-unlock", b"target store\n");
@@ -47,16 +70,7 @@ fn a_backup_restored_into_a_new_store_brings_keys_and_watermarks() {
     }
     let scratch = Scratch::new("restore");
     let (source, source_keys) = source(&scratch);
-    let operator = age_keygen(&scratch.base, "operator.txt");
-    let backup_file = scratch.base.join("backup.age");
-    std::fs::write(
-        &backup_file,
-        source
-            .backup(&operator.recipient.parse::<AgeRecipient>().unwrap())
-            .unwrap(),
-    )
-    .unwrap();
-    let pinned = source.provisioning_recipient().unwrap().signing_key;
+    let (operator, backup_file, pinned) = backed_up(&source, &scratch);
     let publics: Vec<PublicKey> = source_keys
         .iter()
         .map(|key| source.public_key(*key).unwrap())
@@ -120,16 +134,7 @@ fn a_restore_is_refused_whole_unless_the_pinned_key_signed_it() {
     }
     let scratch = Scratch::new("restore-refused");
     let (source, _) = source(&scratch);
-    let operator = age_keygen(&scratch.base, "operator.txt");
-    let backup_file = scratch.base.join("backup.age");
-    std::fs::write(
-        &backup_file,
-        source
-            .backup(&operator.recipient.parse::<AgeRecipient>().unwrap())
-            .unwrap(),
-    )
-    .unwrap();
-    let pinned = source.provisioning_recipient().unwrap().signing_key;
+    let (operator, backup_file, pinned) = backed_up(&source, &scratch);
     let (target, _) = target(&scratch);
     let recipient = target
         .provisioning_recipient()
@@ -212,16 +217,7 @@ fn a_consensus_key_on_two_chains_is_refused_rather_than_restored_without_its_wat
             &ConsensusMessage::vote(ChainId([0x25; 32]), 1, 1, [1; 32]),
         )
         .unwrap();
-    let operator = age_keygen(&scratch.base, "operator.txt");
-    let backup_file = scratch.base.join("backup.age");
-    std::fs::write(
-        &backup_file,
-        source
-            .backup(&operator.recipient.parse::<AgeRecipient>().unwrap())
-            .unwrap(),
-    )
-    .unwrap();
-    let pinned = source.provisioning_recipient().unwrap().signing_key;
+    let (operator, backup_file, pinned) = backed_up(&source, &scratch);
     let (target, _) = target(&scratch);
     let recipient = target
         .provisioning_recipient()
