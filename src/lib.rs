@@ -59,7 +59,7 @@ pub use host::key_handle::KeySigner;
 pub use host::key_service::KeyService;
 pub use host::keys::{KeyId, KeyInfo, ParseKeyIdError, PublicKey, SharedSecret};
 pub use host::machine::MachineReport;
-pub use host::provisioning::{AgeRecipient, ProvisioningRecipient};
+pub use host::provisioning::{AgeRecipient, ProvisioningRecipient, RestoreReport};
 pub use host::sandbox_policy::{
     POLICY_JSON, POLICY_PROGRAM, Policy, PolicyCondition, PolicyRule, Sandbox, policy,
 };
@@ -71,7 +71,8 @@ pub use host::store::{
 pub use signer::entry::{SIGNER_ARGUMENT, run_signer_if_requested};
 pub use wire::age_format::{AgeError, RecipientError};
 pub use wire::backup_format::{
-    BACKUP_FIRST_LINE, PROVISIONING_LABEL, PROVISIONING_STATEMENT_LEN, provisioning_statement,
+    BACKUP_FIRST_LINE, BackupProblem, PROVISIONING_LABEL, PROVISIONING_STATEMENT_LEN,
+    provisioning_statement,
 };
 pub use wire::consensus::{
     CONSENSUS_DOMAIN, CONSENSUS_SIGNING_LEN, ChainId, ChainWatermarks, ConsensusKind,

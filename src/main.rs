@@ -45,6 +45,9 @@ enum Command {
     /// Write every key of the store, with its watermarks, encrypted inside the signer to an
     /// age recipient and signed by the store's backup-signing key.
     Backup(cli::lifecycle::BackupArgs),
+    /// Restore a backup, re-encrypted to the store's provisioning recipient, into the store:
+    /// every key not held is added with its watermarks; refused unless --signed-by signed it.
+    Restore(cli::lifecycle::RestoreArgs),
 }
 
 fn main() -> Result<ExitCode> {
@@ -63,5 +66,6 @@ fn main() -> Result<ExitCode> {
         Command::ProvisionKey(arguments) => cli::lifecycle::provision(&arguments),
         Command::Import(arguments) => cli::lifecycle::import(&arguments),
         Command::Backup(arguments) => cli::lifecycle::backup(&arguments),
+        Command::Restore(arguments) => cli::lifecycle::restore(&arguments),
     }
 }

@@ -14,95 +14,18 @@
 //! them each test says so loudly and passes, except under CI (`CI` set), where it fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod age_util;
 mod common;
 mod store_util;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 
+use age_util::{age_decrypt, age_encrypt, age_is_installed, age_keygen};
 use keyward::{
     AgeError, AgeRecipient, ChainId, ConsensusMessage, Error, KeyId, KeyService, KeySpec,
     PublicKey, Purpose, SecretService,
 };
 use store_util::{Scratch, create_config, open_config};
-
-/// Whether the `age` tools are here; if not, says so loudly, and fails under CI.
-fn age_is_installed() -> bool {
-    let found = Command::new("age")
-        .arg("--version")
-        .output()
-        .is_ok_and(|output| output.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "the `age` binary is missing under CI: .ci/run installs it (apt-get install age)"
-        );
-        eprintln!(
-            "\n\n*** SKIPPED: the `age` binary is not installed; install it (apt-get install age) \
-             to run the backup and import tests against the stock tool ***\n"
-        );
-    }
-    found
-}
-
-/// An age identity made by `age-keygen`: its file and its recipient.
-struct Identity {
-    file: PathBuf,
-    recipient: String,
-}
-
-fn age_keygen(dir: &Path, name: &str) -> Identity {
-    let file = dir.join(name);
-    let output = Command::new("age-keygen")
-        .arg("-o")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    let text = std::fs::read_to_string(&file).unwrap();
-    let recipient = text
-        .lines()
-        .find_map(|line| line.strip_prefix("# public key: "))
-        .expect("age-keygen writes its public key")
-        .to_owned();
-    Identity { file, recipient }
-}
-
-/// `age -d -i identity file`: the plaintext, or age's complaint.
-fn age_decrypt(identity: &Identity, file: &Path) -> Result<Vec<u8>, String> {
-    let output = Command::new("age")
-        .arg("-d")
-        .arg("-i")
-        .arg(&identity.file)
-        .arg(file)
-        .output()
-        .unwrap();
-    if output.status.success() {
-        Ok(output.stdout)
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).into_owned())
-    }
-}
-
-/// `age -r recipient [-a]` of `plaintext`: the ciphertext.
-fn age_encrypt(recipient: &str, armor: bool, plaintext: &[u8]) -> Vec<u8> {
-    let mut command = Command::new("age");
-    command.arg("-r").arg(recipient);
-    if armor {
-        command.arg("-a");
-    }
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(plaintext).unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "{output:?}");
-    output.stdout
-}
 
 /// A fresh sealed store with an account, a consensus, a discovery and a handshake key; the
 /// consensus key has signed a vote on one chain.
@@ -474,4 +397,49 @@ fn a_recipient_that_is_not_one_is_refused_before_anything_is_encrypted() {
         Err(Error::BadRecipient { .. })
     ));
     common::serving_key(&service);
+}
+
+/// docs/backup-format.md's derivation, computed here from the unlock secret alone: the
+/// provisioning and backup-signing keys are HKDF-SHA256 of the key-encryption key, salted with
+/// the store id, and they are the same after a restart.
+#[test]
+fn the_store_keys_are_derived_as_documented_and_survive_a_restart() {
+    let scratch = Scratch::new("derivation");
+    let secret = b"derivation test\n";
+    let unlock = scratch.unlock_file("unlock", secret);
+    let service = SecretService::spawn(create_config(&scratch.store(), &unlock)).unwrap();
+    let provisioning = service.provisioning_recipient().unwrap();
+    drop(service);
+    let state = scratch.state();
+    // The reader strips one trailing newline from an unlock file.
+    let kek = store_util::derive_kek(&secret[..secret.len() - 1], &state);
+    let store_id = &state[10..18];
+    assert_eq!(store_id, provisioning.store);
+    let derive = |info: &[u8]| {
+        let mut seed = [0u8; 32];
+        hkdf::Hkdf::<sha2::Sha256>::new(Some(store_id), kek.as_slice())
+            .expand(info, &mut seed)
+            .unwrap();
+        seed
+    };
+    let scalar = derive(b"keyward/v1 provisioning x25519");
+    assert_eq!(
+        provisioning.recipient,
+        AgeRecipient::from_x25519(&x25519_dalek::PublicKey::from(
+            &x25519_dalek::StaticSecret::from(scalar)
+        ))
+    );
+    let signing =
+        ed25519_dalek::SigningKey::from_bytes(&derive(b"keyward/v1 backup signing ed25519"));
+    assert_eq!(provisioning.signing_key, signing.verifying_key());
+    assert!(provisioning.is_signed_by(&signing.verifying_key()));
+    // A restart gives the same keys; another store gives others.
+    let service = SecretService::spawn(open_config(&scratch.store(), &unlock)).unwrap();
+    assert_eq!(service.provisioning_recipient().unwrap(), provisioning);
+    let other = Scratch::new("derivation-other");
+    let other_unlock = other.unlock_file("unlock", secret);
+    let other_service = SecretService::spawn(create_config(&other.store(), &other_unlock)).unwrap();
+    let theirs = other_service.provisioning_recipient().unwrap();
+    assert_ne!(theirs.recipient, provisioning.recipient);
+    assert!(!theirs.is_signed_by(&provisioning.signing_key));
 }

@@ -8,9 +8,9 @@ use keyward::testing::{
     diffie_hellman_frame, drop_key_frame, finish_drop_frame, generate_key_frame,
     generated_key_from_summary, import_key_frame, is_test_hook_request, is_valid_request,
     key_id_bytes, key_id_from_bytes, list_keys_frame, provisioning_frame, public_key_frame,
-    raise_watermarks_frame, release_consensus_frame, sign_consensus_frame, sign_frame,
-    sign_many_frame, sign_message_frame, signatures_from_summary, split_frames, test_hook_frame,
-    watermarks_frame,
+    raise_watermarks_frame, release_consensus_frame, restore_step_frame, sign_consensus_frame,
+    sign_frame, sign_many_frame, sign_message_frame, signatures_from_summary, split_frames,
+    test_hook_frame, watermarks_frame,
 };
 use keyward::{Algorithm, ForbiddenSyscall, KeyId, KeySpec, MAX_BATCH, MAX_MESSAGE_LEN, Purpose};
 use proptest::collection::vec;
@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// How many kinds of request the protocol has (variant indexes `0..REQUEST_KINDS`). A new kind
 /// fails `every_arbitrary_request_decodes_and_is_answered_with_its_id` until it is counted here
 /// and checked for its meaning in `every_request_kind_is_served_correctly_in_process`.
-const REQUEST_KINDS: usize = 17;
+const REQUEST_KINDS: usize = 18;
 
 /// A signer with live test hooks makes a forbidden system call (fork, execve, ptrace ...) for a
 /// test-hook request. The in-process dispatcher refuses it, as
@@ -288,7 +288,7 @@ fn payload() -> impl Strategy<Value = Vec<u8>> {
         // No id: nothing, or a varint that never ends (or runs past 10 bytes).
         1 => vec(0x80u8..=0xFF, 0..14),
         // Kinds 0..REQUEST_KINDS exist, the two after them do not.
-        3 => (0u8..0x80, 0u8..19, vec(any::<u8>(), 0..80)).prop_map(|(id, kind, rest)| [
+        3 => (0u8..0x80, 0u8..20, vec(any::<u8>(), 0..80)).prop_map(|(id, kind, rest)| [
             vec![id, kind],
             rest
         ]
@@ -880,27 +880,23 @@ fn every_request_kind_is_served_correctly_in_process() {
     assert_eq!(summary, "Refused(UnknownKey)");
     assert!(ask(d, watermarks_frame(13, consensus.key)).starts_with("Watermarks"));
 
-    // Provisioning, Backup and ImportKey, on a memory-only store with room for one more key.
+    // Provisioning, Backup, ImportKey and RestoreStep, on memory-only stores with room for one
+    // more key.
     let mut dispatcher = Dispatcher::new(3).unwrap();
     let d = &mut dispatcher;
     let consensus = generate(d, 1, Purpose::Consensus);
     let handshake = generate(d, 2, Purpose::NetworkHandshake);
-    assert_signs_consensus_vote(d, 3, &consensus);
+    let vote = keyward::ConsensusMessage::vote(keyward::ChainId([6; 32]), 1, 1, [8; 32]);
+    let vote_signature = signature_in(&ask(d, sign_consensus_frame(3, consensus.key, vote)));
+    VerifyingKey::from_bytes(&consensus.public)
+        .unwrap()
+        .verify_strict(&vote.signing_bytes(), &vote_signature)
+        .unwrap();
     // Provisioning: the recipient, and the backup-signing key's signature over the statement
     // naming this store and that recipient; the same for the signer's life.
-    let summary = ask(d, provisioning_frame(4));
-    assert!(summary.starts_with("Provisioning {"), "{summary}");
-    let recipient: [u8; 32] = array(bytes_after(&summary, "recipient: ["));
-    let signing_key = VerifyingKey::from_bytes(&array(bytes_after(&summary, "signing_key: [")))
-        .expect("an Ed25519 point");
-    let store: [u8; 8] = array(key_id_bytes(consensus.key)[..8].to_vec());
-    signing_key
-        .verify_strict(
-            &keyward::provisioning_statement(&store, &recipient),
-            &signature_in(&summary),
-        )
-        .expect("the provisioning statement's signature");
-    assert_eq!(ask(d, provisioning_frame(5)), summary);
+    let (recipient, signing_key) = provisioning(d, 4, consensus.key);
+    let summary = ask(d, provisioning_frame(5));
+    assert_eq!(bytes_after(&summary, "recipient: ["), recipient);
     // Backup: an age file to the recipient (X25519, one stanza); a low-order one refused.
     let operator = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([7; 32]));
     let summary = ask(d, backup_frame(6, operator.to_bytes()));
@@ -947,33 +943,101 @@ fn every_request_kind_is_served_correctly_in_process() {
         summary,
         "Refused(ImportUndecryptable { error: NoMatchingRecipient })"
     );
-    let summary = ask(d, list_keys_frame(13));
+    // RestoreStep of the backup to itself: every key and watermark is held, so it is complete
+    // at once; under another signing key (the consensus key's) it is refused whole; bytes that
+    // are not an age file are refused as an import's are.
+    let summary = ask(d, restore_step_frame(13, signing_key, &to_itself));
+    assert_eq!(summary, "Restored(Complete { keys: 2, marks: 1 })");
+    let summary = ask(d, restore_step_frame(14, consensus.public, &to_itself));
+    assert_eq!(
+        summary,
+        "Refused(RestoreRefused { problem: SignatureInvalid })"
+    );
+    let mut no_point = [0; 32];
+    no_point[0] = 2; // y = 2 is on no Ed25519 point.
+    let summary = ask(d, restore_step_frame(15, no_point, &to_itself));
+    assert_eq!(
+        summary,
+        "Refused(RestoreRefused { problem: SignatureInvalid })"
+    );
+    let summary = ask(d, restore_step_frame(16, signing_key, b"not an age file"));
+    assert_eq!(
+        summary,
+        "Refused(ImportUndecryptable { error: NotAnAgeFile })"
+    );
+    let summary = ask(d, list_keys_frame(17));
     assert_eq!(summary.matches("KeyListing").count(), 2, "{summary}");
     assert!(
         summary.contains(&format!("public_key: {:?}", handshake.public)),
         "{summary}"
     );
-    // A full store refuses an import before it reads the file.
-    generate(d, 14, Purpose::Account);
+    // RestoreStep into another signer, of a backup to its provisioning recipient: one key a
+    // step, the consensus key with its watermark, then complete, then complete again.
+    let mut other = Dispatcher::new(3).unwrap();
+    let o = &mut other;
+    let anchor = generate(o, 1, Purpose::Account);
+    let (other_recipient, _) = provisioning(o, 2, anchor.key);
+    let moving = bytes_after(&ask(d, backup_frame(18, other_recipient)), "Backup([");
+    let mut restored = Vec::new();
+    for id in 3..5 {
+        let summary = ask(o, restore_step_frame(id, signing_key, &moving));
+        assert!(summary.starts_with("Restored(Added { key: "), "{summary}");
+        let key = [
+            bytes_after(&summary, "store: ["),
+            bytes_after(&summary, "local: ["),
+        ]
+        .concat();
+        restored.push((
+            key_id_from_bytes(&key).unwrap(),
+            array::<32>(bytes_after(&summary, "public_key: [")),
+        ));
+    }
+    assert_eq!(
+        restored
+            .iter()
+            .map(|(_, public)| *public)
+            .collect::<Vec<_>>(),
+        [consensus.public, handshake.public]
+    );
+    for id in 5..7 {
+        let summary = ask(o, restore_step_frame(id, signing_key, &moving));
+        assert_eq!(summary, "Restored(Complete { keys: 2, marks: 1 })");
+    }
+    // The restored consensus key signs the vote again as the original did, and refuses another
+    // digest at its round: its watermark came with it.
+    let restored_consensus = restored[0].0;
+    let summary = ask(o, sign_consensus_frame(7, restored_consensus, vote));
+    assert_eq!(signature_in(&summary), vote_signature);
+    let conflicting = keyward::ConsensusMessage::vote(keyward::ChainId([6; 32]), 1, 1, [9; 32]);
+    let summary = ask(o, sign_consensus_frame(8, restored_consensus, conflicting));
+    assert!(
+        summary.starts_with("Refused(WouldDoubleSign { rule: ConflictingDigest"),
+        "{summary}"
+    );
+    // The other signer is now full: an import is refused before the file is read.
     let summary = ask(
-        d,
-        import_key_frame(15, Purpose::Account, claimed, &to_itself),
+        o,
+        import_key_frame(9, Purpose::Account, claimed, &to_itself),
     );
     assert_eq!(summary, "Refused(KeyLimitReached { limit: 3 })");
 }
 
-/// Signs a vote with a consensus key, so that it keeps a watermark.
-fn assert_signs_consensus_vote(dispatcher: &mut Dispatcher, id: u64, key: &Generated) {
-    let vote = keyward::ConsensusMessage::vote(keyward::ChainId([6; 32]), 1, 1, [8; 32]);
-    let summary = dispatch(
-        dispatcher,
-        payload_of(&sign_consensus_frame(id, key.key, vote)),
-    )
-    .unwrap();
-    VerifyingKey::from_bytes(&key.public)
-        .unwrap()
-        .verify_strict(&vote.signing_bytes(), &signature_in(&summary))
-        .unwrap();
+/// The provisioning recipient and backup-signing key of the signer holding `held`, after
+/// checking the key's signature over the statement naming the store and the recipient.
+fn provisioning(dispatcher: &mut Dispatcher, id: u64, held: KeyId) -> ([u8; 32], [u8; 32]) {
+    let summary = dispatch(dispatcher, payload_of(&provisioning_frame(id))).unwrap();
+    assert!(summary.starts_with("Provisioning {"), "{summary}");
+    let recipient: [u8; 32] = array(bytes_after(&summary, "recipient: ["));
+    let signing_key: [u8; 32] = array(bytes_after(&summary, "signing_key: ["));
+    let store: [u8; 8] = array(key_id_bytes(held)[..8].to_vec());
+    VerifyingKey::from_bytes(&signing_key)
+        .expect("an Ed25519 point")
+        .verify_strict(
+            &keyward::provisioning_statement(&store, &recipient),
+            &signature_in(&summary),
+        )
+        .expect("the provisioning statement's signature");
+    (recipient, signing_key)
 }
 
 /// The file descriptors of this process that point at `path`.

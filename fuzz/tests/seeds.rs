@@ -17,8 +17,8 @@ use keyward::testing::{
     FRAME_CAP, arbitrary_request_frame, backup_frame, diffie_hellman_frame, drop_key_frame,
     finish_drop_frame, generate_key_frame, import_key_frame, key_id_from_bytes, list_keys_frame,
     provisioning_frame, public_key_frame, raise_watermarks_frame, release_consensus_frame,
-    sign_consensus_frame, sign_frame, sign_many_frame, sign_message_frame, test_hook_frame,
-    watermarks_frame,
+    restore_step_frame, sign_consensus_frame, sign_frame, sign_many_frame, sign_message_frame,
+    test_hook_frame, watermarks_frame,
 };
 use keyward::{
     Algorithm, ChainId, ChainWatermarks, ConsensusMessage, ForbiddenSyscall, KeyId, KeySpec,
@@ -61,6 +61,20 @@ const CLAIMED: [u8; 32] = [0x77; 32];
 
 /// Bytes to import that are not an age file.
 const GARBAGE: &[u8] = b"\x00not an age file\xff";
+
+/// The backup-signing key a restore names: an Ed25519 public key (RFC 8032 section 7.1, test 1).
+const SIGNED_BY: [u8; 32] = [
+    0xd7, 0x5a, 0x98, 0x01, 0x82, 0xb1, 0x0a, 0xb7, 0xd5, 0x4b, 0xfe, 0xd3, 0xc9, 0x64, 0x07, 0x3a,
+    0x0e, 0xe1, 0x72, 0xf3, 0xda, 0xa6, 0x23, 0x25, 0xaf, 0x02, 0x1a, 0x68, 0xf7, 0x07, 0x51, 0x1a,
+];
+
+/// 32 bytes that are no Ed25519 public key: y = 2, for which x^2 = (y^2 - 1) / (d y^2 + 1) has
+/// no root.
+const NOT_A_POINT: [u8; 32] = {
+    let mut bytes = [0; 32];
+    bytes[0] = 2;
+    bytes
+};
 
 /// An age file cut short inside its first recipient stanza.
 const TRUNCATED_HEADER: &[u8] = b"age-encryption.org/v1\n-> X25519 ";
@@ -127,7 +141,7 @@ fn variant(index: u64, count: u64) -> [u8; 4] {
 
 /// The request kinds, in their order in the request type.
 mod kind {
-    pub(super) const COUNT: u64 = 17;
+    pub(super) const COUNT: u64 = 18;
     pub(super) const GENERATE_KEY: u64 = 0;
     pub(super) const PUBLIC_KEY: u64 = 1;
     pub(super) const SIGN_DIGEST: u64 = 2;
@@ -144,6 +158,7 @@ mod kind {
     pub(super) const PROVISIONING: u64 = 14;
     pub(super) const IMPORT_KEY: u64 = 15;
     pub(super) const BACKUP: u64 = 16;
+    pub(super) const RESTORE_STEP: u64 = 17;
 }
 
 /// The bytes from which `arbitrary` draws `message` (its fields in order: chain, epoch and
@@ -250,13 +265,14 @@ fn sequence(first: u64) -> Vec<u8> {
         Box::new(|id| raise_watermarks_frame(id, consensus(), imported())),
         Box::new(|id| release_consensus_frame(id, consensus(), vote(8, 0xd1), 1)),
         Box::new(|id| sign_consensus_frame(id, ed25519(), vote(1, 0xa1))),
-        // Provisioning, a backup (and one to a low-order recipient), imports that do not
-        // decrypt.
+        // Provisioning, a backup (and one to a low-order recipient), imports and a restore that
+        // do not decrypt.
         Box::new(provisioning_frame),
         Box::new(|id| backup_frame(id, RECIPIENT)),
         Box::new(|id| backup_frame(id, LOW_ORDER_RECIPIENT)),
         Box::new(|id| import_key_frame(id, Purpose::Account, CLAIMED, GARBAGE)),
         Box::new(|id| import_key_frame(id, Purpose::Consensus, CLAIMED, TRUNCATED_HEADER)),
+        Box::new(|id| restore_step_frame(id, SIGNED_BY, GARBAGE)),
         Box::new(|id| drop_key_frame(id, ed25519())),
         Box::new(|id| test_hook_frame(id, ForbiddenSyscall::Open)),
         // A key listing with a byte after it.
@@ -435,6 +451,18 @@ fn corpora() -> Corpora {
         drawn(1, &drawn_import(3, TRUNCATED_HEADER), |id| {
             import_key_frame(id, Purpose::NetworkHandshake, CLAIMED, TRUNCATED_HEADER)
         }),
+        // A restore: the signing key, the bytes, their count last.
+        drawn(
+            1,
+            &[
+                &variant(kind::RESTORE_STEP, kind::COUNT)[..],
+                &SIGNED_BY,
+                TRUNCATED_HEADER,
+                &[u8::try_from(TRUNCATED_HEADER.len()).expect("a short header")],
+            ]
+            .concat(),
+            |id| restore_step_frame(id, SIGNED_BY, TRUNCATED_HEADER),
+        ),
         // The account key dropped last, so the requests before reach it.
         drawn(
             1,
@@ -598,6 +626,19 @@ fn corpora() -> Corpora {
                 raw(&import_key_frame(3, Purpose::Account, CLAIMED, GARBAGE)),
             ),
             (
+                "restore_garbage",
+                raw(&restore_step_frame(3, SIGNED_BY, GARBAGE)),
+            ),
+            (
+                "restore_truncated_header",
+                raw(&restore_step_frame(3, SIGNED_BY, TRUNCATED_HEADER)),
+            ),
+            (
+                // A signing key that is no point: refused before the file is decrypted.
+                "restore_signed_by_no_point",
+                raw(&restore_step_frame(3, NOT_A_POINT, TRUNCATED_HEADER)),
+            ),
+            (
                 "import_truncated_header",
                 raw(&import_key_frame(
                     3,
@@ -615,8 +656,8 @@ fn corpora() -> Corpora {
                 "trailing",
                 raw(&frame(&[payload(&list_keys_frame(3)), &[0]].concat())),
             ),
-            // Id 3, then kind 17: one past the last kind.
-            ("unknown_kind", raw(&frame(&[3, 17]))),
+            // Id 3, then kind 18: one past the last kind.
+            ("unknown_kind", raw(&frame(&[3, 18]))),
             (
                 "id_not_increasing",
                 [raw(&list_keys_frame(3)), raw(&list_keys_frame(3))].concat(),

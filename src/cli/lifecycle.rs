@@ -50,6 +50,21 @@ pub(crate) struct ImportArgs {
     input: PathBuf,
 }
 
+/// The options of `keyward restore`.
+#[derive(Args, Debug)]
+pub(crate) struct RestoreArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The backup, decrypted on the offline machine and re-encrypted to this store's
+    /// provisioning recipient (`age -d -i IDENTITY BACKUP | age -r RECIPIENT -o FILE`).
+    #[arg(long = "in", value_name = "FILE")]
+    input: PathBuf,
+    /// The backup-signing key (64 hex digits) of the store the backup came from, as pinned
+    /// when the backup was made: the restore is refused unless it signed the backup.
+    #[arg(long, value_name = "HEX")]
+    signed_by: String,
+}
+
 /// The options of `keyward backup`.
 #[derive(Args, Debug)]
 pub(crate) struct BackupArgs {
@@ -123,7 +138,7 @@ pub(crate) fn import(arguments: &ImportArgs) -> ! {
     finish((|| {
         let purpose = Purpose::from(arguments.purpose);
         let claimed = public_key(purpose, &arguments.public)?;
-        let encrypted = read_limited(&arguments.input)?;
+        let encrypted = read_limited(&arguments.input, MAX_IMPORT_BYTES)?;
         let service = open_store(&arguments.store, LOCKED_HINT).map_err(|m| Failure(1, m))?;
         let key = service
             .import_key(purpose, &claimed, &encrypted)
@@ -150,10 +165,8 @@ pub(crate) fn backup(arguments: &BackupArgs) -> ! {
         let recipient: AgeRecipient = arguments.to.parse().map_err(|error| {
             Failure(
                 2,
-                because(
-                    format!("--to {:?} is not an age recipient", arguments.to),
-                    error,
-                ),
+                // Not repeated: what was given may be a secret key pasted by mistake.
+                because("--to is not an age recipient", error),
             )
         })?;
         // Created before the store is opened: an existing file is refused before any work.
@@ -219,18 +232,63 @@ pub(crate) fn backup(arguments: &BackupArgs) -> ! {
     })())
 }
 
-/// The claimed public key for `purpose`, from 64 hex digits.
-fn public_key(purpose: Purpose, text: &str) -> Result<PublicKey, Failure> {
-    let usage = |why: &str| Failure(2, format!("--public {text:?}: {why}"));
+pub(crate) fn restore(arguments: &RestoreArgs) -> ! {
+    finish((|| {
+        let signed_by = hex32(&arguments.signed_by)
+            .and_then(|bytes| ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok())
+            .ok_or_else(|| {
+                Failure(
+                    2,
+                    format!(
+                        "--signed-by {:?} is not an Ed25519 public key in 64 hex digits",
+                        arguments.signed_by
+                    ),
+                )
+            })?;
+        let encrypted = read_limited(&arguments.input, keyward::MAX_MESSAGE_LEN as u64 * 2)?;
+        let service = open_store(&arguments.store, LOCKED_HINT).map_err(|m| Failure(1, m))?;
+        let report = service.restore(&encrypted, &signed_by).map_err(|error| {
+            let code = match error {
+                Error::ImportUndecryptable { .. }
+                | Error::ImportTooLarge { .. }
+                | Error::RestoreRefused { .. }
+                | Error::KeyLimitReached { .. } => 3,
+                _ => 1,
+            };
+            Failure(code, because("the restore was refused", error))
+        })?;
+        for (key, public) in &report.added {
+            println!("{key:#} {public}");
+        }
+        eprintln!(
+            "restored: {} keys added, {} held already had their watermarks raised; the backup \
+             holds {} keys and {} watermarks, all durable in the store now",
+            report.added.len(),
+            report.raised,
+            report.keys_in_backup,
+            report.marks_in_backup
+        );
+        Ok(())
+    })())
+}
+
+/// 32 bytes from 64 hex digits.
+fn hex32(text: &str) -> Option<[u8; 32]> {
     let text = text.trim();
-    if text.len() != 64 {
-        return Err(usage("not 64 hex digits"));
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
     }
     let mut bytes = [0u8; 32];
     for (byte, pair) in bytes.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
-        let pair = std::str::from_utf8(pair).map_err(|_| usage("not hex"))?;
-        *byte = u8::from_str_radix(pair, 16).map_err(|_| usage("not hex"))?;
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
     }
+    Some(bytes)
+}
+
+/// The claimed public key for `purpose`, from 64 hex digits.
+fn public_key(purpose: Purpose, text: &str) -> Result<PublicKey, Failure> {
+    let usage = |why: &str| Failure(2, format!("--public {text:?}: {why}"));
+    let bytes = hex32(text).ok_or_else(|| usage("not 64 hex digits"))?;
     match purpose.algorithm() {
         keyward::Algorithm::Ed25519 => ed25519_dalek::VerifyingKey::from_bytes(&bytes)
             .map(PublicKey::Ed25519)
@@ -240,7 +298,7 @@ fn public_key(purpose: Purpose, text: &str) -> Result<PublicKey, Failure> {
     }
 }
 
-fn read_limited(path: &std::path::Path) -> Result<Vec<u8>, Failure> {
+fn read_limited(path: &std::path::Path, limit: u64) -> Result<Vec<u8>, Failure> {
     let failed = |error: std::io::Error| {
         Failure(
             1,
@@ -249,13 +307,13 @@ fn read_limited(path: &std::path::Path) -> Result<Vec<u8>, Failure> {
     };
     let mut bytes = Vec::new();
     std::fs::File::open(path)
-        .and_then(|file| file.take(MAX_IMPORT_BYTES + 1).read_to_end(&mut bytes))
+        .and_then(|file| file.take(limit + 1).read_to_end(&mut bytes))
         .map_err(failed)?;
-    if bytes.len() as u64 > MAX_IMPORT_BYTES {
+    if bytes.len() as u64 > limit {
         return Err(Failure(
             3,
             format!(
-                "{} is larger than {MAX_IMPORT_BYTES} bytes: not a key's age file; nothing was stored",
+                "{} is larger than {limit} bytes, more than the file can be; nothing was stored",
                 path.display()
             ),
         ));

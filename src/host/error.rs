@@ -218,8 +218,9 @@ pub enum Error {
          its algorithm and the purpose. Nothing was stored"
     )]
     ImportPublicKeyMismatch {
-        /// The public key the caller claimed.
-        claimed: PublicKey,
+        /// The public key the caller claimed (boxed: an Ed25519 key holds its decompressed
+        /// point, and errors stay small).
+        claimed: Box<PublicKey>,
     },
 
     /// The imported key is already held; nothing was stored.
@@ -227,6 +228,14 @@ pub enum Error {
     KeyAlreadyHeld {
         /// The key that holds it.
         key: KeyId,
+    },
+
+    /// A restore's backup was refused before anything was stored: its signature, a key's
+    /// secret, or its shape.
+    #[error("the backup was refused; nothing was stored: {problem}")]
+    RestoreRefused {
+        /// What was wrong.
+        problem: crate::BackupProblem,
     },
 
     /// The keys do not fit in one backup.

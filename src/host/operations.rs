@@ -8,7 +8,9 @@ use crate::wire::consensus::{ChainWatermarks, ConsensusMessage};
 use crate::wire::key_types::{Algorithm, KeySpec, Purpose, StoreId, WireKeyId};
 #[cfg(feature = "test-support")]
 use crate::wire::messages::ForbiddenSyscall;
-use crate::wire::messages::{Answer, KeyListing, Request, StoreChange, WireSecret, WireSignature};
+use crate::wire::messages::{
+    Answer, KeyListing, Request, RestoreProgress, StoreChange, WireSecret, WireSignature,
+};
 
 /// One operation the signer performs.
 pub(crate) trait Operation {
@@ -138,6 +140,76 @@ impl Operation for Provisioning {
                 ed25519_dalek::Signature::from_components(r, s),
             )),
             _ => Err(WRONG_KIND),
+        }
+    }
+}
+
+/// One step of a restore.
+pub(crate) struct RestoreStep<'a> {
+    pub(crate) signed_by: [u8; 32],
+    pub(crate) encrypted: &'a [u8],
+}
+
+impl Operation for RestoreStep<'_> {
+    type Output = RestoreProgress;
+
+    fn request(&self) -> Request<'_> {
+        Request::RestoreStep {
+            signed_by: self.signed_by,
+            encrypted: self.encrypted,
+        }
+    }
+
+    fn answer_is_quick(&self) -> bool {
+        false
+    }
+
+    fn output(&self, answer: Answer, store: StoreId) -> Result<Self::Output, &'static str> {
+        let progress = match answer {
+            Answer::Restored(progress) => progress,
+            _ => return Err(WRONG_KIND),
+        };
+        match progress {
+            RestoreProgress::Added {
+                key,
+                public_key,
+                change,
+            } => {
+                if key.store != store {
+                    return Err("a restored key named with another store");
+                }
+                match change {
+                    Some(change)
+                        if !change.added.is_some_and(|added| {
+                            added.local == key.local
+                                && added.public_key == public_key
+                                && change.removed_slot.is_none()
+                                && change
+                                    .watermark
+                                    .is_none_or(|watermark| watermark.slot == added.slot)
+                        }) =>
+                    {
+                        Err("a sealed change that does not add the restored key")
+                    }
+                    _ => Ok(progress),
+                }
+            }
+            RestoreProgress::Raised { key, change } => {
+                if key.store != store {
+                    return Err("raised watermarks of a key of another store");
+                }
+                match change {
+                    Some(change)
+                        if change.added.is_some()
+                            || change.removed_slot.is_some()
+                            || change.watermark.is_none() =>
+                    {
+                        Err("a sealed change that does not raise one watermark record")
+                    }
+                    _ => Ok(progress),
+                }
+            }
+            RestoreProgress::Complete { .. } => Ok(progress),
         }
     }
 }

@@ -46,6 +46,19 @@ impl fmt::Debug for AgeRecipient {
     }
 }
 
+/// What a [`restore`](crate::SecretService::restore) did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// The keys added, under their new ids, with their public keys (the backup's).
+    pub added: Vec<(crate::KeyId, crate::PublicKey)>,
+    /// How many keys already held had their watermarks raised to the backup's.
+    pub raised: u32,
+    /// The keys the backup holds (added now, or held before).
+    pub keys_in_backup: u32,
+    /// The watermarks the backup holds.
+    pub marks_in_backup: u32,
+}
+
 /// A signer's provisioning recipient: encrypt a key to it (with the stock `age` tool) and
 /// [`import_key`](crate::SecretService::import_key) it; only this signer (or, with a sealed
 /// store, any signer that opens the same store) can decrypt it. The backup-signing key signs

@@ -16,15 +16,15 @@ use crate::host::key_handle::KeySigner;
 use crate::host::key_service::KeyService;
 use crate::host::keys::{KeyId, KeyInfo, PublicKey, SharedSecret};
 use crate::host::operations::{self, Operation};
-use crate::host::provisioning::{AgeRecipient, ProvisioningRecipient};
+use crate::host::provisioning::{AgeRecipient, ProvisioningRecipient, RestoreReport};
 use crate::host::signer_process::{CallFailure, SignerProcess};
 use crate::host::signer_program::SignerProgram;
 use crate::host::status::SignerStatus;
 use crate::host::store::{AdoptError, HostStore, SignerLaunch};
 use crate::wire::consensus::{ChainWatermarks, ConsensusMessage};
-use crate::wire::key_types::{KeySpec, Purpose, StoreId};
-use crate::wire::messages::Refusal;
+use crate::wire::key_types::{KeySpec, Purpose, StoreId, WireKeyId};
 use crate::wire::messages::StoreChange;
+use crate::wire::messages::{Refusal, RestoreProgress};
 use crate::wire::store_format::StoreFile;
 use crate::wire::{MAX_BATCH, MAX_MESSAGE_LEN};
 
@@ -227,6 +227,23 @@ impl SecretService {
         self.core
             .perform(&signer, &operations::Backup(recipient.0))?
             .map_err(|refusal| refusal_error(&signer, refusal, None, "backup"))
+    }
+
+    /// Restores a backup into this signer's store: `encrypted` is a backup (as
+    /// [`backup`](Self::backup) writes it) that the operator decrypted offline and re-encrypted
+    /// to this signer's [`provisioning_recipient`](Self::provisioning_recipient); `signed_by`
+    /// is the backup-signing key the operator pinned for the store it came from. The signer
+    /// checks the signature and every key's secret against its public key before it keeps
+    /// anything, then adds each key not held, with its watermarks in the same durable write
+    /// (so a restored consensus key is never without them, even after a crash), and raises
+    /// the watermarks of keys already held. Restored keys get new ids. Running it again after
+    /// a failure or a crash finishes the job: keys already held are not added twice.
+    pub fn restore(
+        &self,
+        encrypted: &[u8],
+        signed_by: &ed25519_dalek::VerifyingKey,
+    ) -> Result<RestoreReport> {
+        self.core.restore(encrypted, signed_by)
     }
 
     /// Test builds only: makes the signer attempt a forbidden system call.
@@ -493,6 +510,69 @@ impl ServiceCore {
 }
 
 impl ServiceCore {
+    /// See [`SecretService::restore`]: one signer step at a time, each step's change durable
+    /// before the next.
+    fn restore(
+        &self,
+        encrypted: &[u8],
+        signed_by: &ed25519_dalek::VerifyingKey,
+    ) -> Result<RestoreReport> {
+        self.check_process()?;
+        let encrypted = crate::wire::age_format::dearmor(encrypted)
+            .map_err(|error| Error::ImportUndecryptable { error })?;
+        if encrypted.len() > MAX_MESSAGE_LEN {
+            return Err(Error::ImportTooLarge {
+                len: encrypted.len(),
+                cap: MAX_MESSAGE_LEN,
+            });
+        }
+        let step = operations::RestoreStep {
+            signed_by: signed_by.to_bytes(),
+            encrypted: &encrypted,
+        };
+        let mut report = RestoreReport::default();
+        // Each step adds a key or raises a key's watermarks: twice the most keys, and the end.
+        for _ in 0..=2 * crate::wire::MAX_KEY_LIMIT {
+            let (signer, progress) = self.change_durably(
+                &step,
+                false,
+                |progress| match progress {
+                    RestoreProgress::Added { change, .. }
+                    | RestoreProgress::Raised { change, .. } => *change,
+                    RestoreProgress::Complete { .. } => None,
+                },
+                |signer, progress, written| {
+                    if let RestoreProgress::Added { key, .. } = progress {
+                        forget_unless_written(signer, key, written);
+                    }
+                },
+                true,
+            )?;
+            match progress {
+                Ok(RestoreProgress::Added { key, .. }) => {
+                    let key = KeyId(key);
+                    report.added.push((key, self.key_info(key)?.public_key));
+                }
+                Ok(RestoreProgress::Raised { .. }) => report.raised += 1,
+                Ok(RestoreProgress::Complete { keys, marks }) => {
+                    report.keys_in_backup = keys;
+                    report.marks_in_backup = marks;
+                    return Ok(report);
+                }
+                Err(Refusal::ImportUndecryptable { error }) => {
+                    return Err(Error::ImportUndecryptable { error });
+                }
+                Err(Refusal::RestoreRefused { problem }) => {
+                    return Err(Error::RestoreRefused { problem });
+                }
+                Err(refusal) => return Err(refusal_error(&signer, refusal, None, "restore")),
+            }
+        }
+        Err(self
+            .signer()
+            .verdict(CallFailure::Misbehaved("a restore that never completes")))
+    }
+
     /// See [`SecretService::import_key`]: a generate whose secret the operator brought, with
     /// the same durable write and the same undo when the write fails.
     fn import_key(
@@ -528,15 +608,7 @@ impl ServiceCore {
             },
             true,
             |(_, _, change)| *change,
-            |signer, (key, _, _), written| {
-                if !written {
-                    let _ = signer.perform(&operations::DropKey(*key));
-                    let _ = signer.perform(&operations::FinishDrop {
-                        key: *key,
-                        erase: true,
-                    });
-                }
-            },
+            |signer, (key, _, _), written| forget_unless_written(signer, key, written),
             true,
         )?;
         match imported {
@@ -546,7 +618,7 @@ impl ServiceCore {
             }
             Err(Refusal::ImportMalformed) => Err(Error::ImportMalformed),
             Err(Refusal::ImportPublicKeyMismatch) => Err(Error::ImportPublicKeyMismatch {
-                claimed: *claimed_public,
+                claimed: Box::new(*claimed_public),
             }),
             Err(Refusal::KeyAlreadyHeld { key }) if key.store == signer.store() => {
                 Err(Error::KeyAlreadyHeld { key: KeyId(key) })
@@ -563,17 +635,7 @@ impl KeyService for ServiceCore {
             &operations::GenerateKey(spec),
             true,
             |(_, _, change)| *change,
-            |signer, (key, _, _), written| {
-                if !written {
-                    // Not on disk: the signer forgets the key (its drop's change is not
-                    // written either: the copy went back to the state before the generate).
-                    let _ = signer.perform(&operations::DropKey(*key));
-                    let _ = signer.perform(&operations::FinishDrop {
-                        key: *key,
-                        erase: true,
-                    });
-                }
-            },
+            |signer, (key, _, _), written| forget_unless_written(signer, key, written),
             true,
         )?;
         match generated {
@@ -798,6 +860,19 @@ impl KeyService for SecretService {
     }
 }
 
+/// After the write of a change that added `key` (generated, imported or restored): if it is
+/// not on disk, the signer forgets the key, and the drop's own change is not written either (the
+/// host's copy went back to the state before the add).
+fn forget_unless_written(signer: &SignerProcess, key: &WireKeyId, written: bool) {
+    if !written {
+        let _ = signer.perform(&operations::DropKey(*key));
+        let _ = signer.perform(&operations::FinishDrop {
+            key: *key,
+            erase: true,
+        });
+    }
+}
+
 /// The largest age file an import takes: one key's file is a few hundred bytes (the header, a
 /// stanza a recipient, 32 to 66 bytes of payload).
 pub(crate) const MAX_IMPORT_LEN: usize = 4096;
@@ -856,7 +931,8 @@ fn refusal_error(
             | Refusal::ImportUndecryptable { .. }
             | Refusal::ImportMalformed
             | Refusal::ImportPublicKeyMismatch
-            | Refusal::KeyAlreadyHeld { .. },
+            | Refusal::KeyAlreadyHeld { .. }
+            | Refusal::RestoreRefused { .. },
             _,
         ) => signer.verdict(CallFailure::Misbehaved(
             "a refusal that does not fit the request",

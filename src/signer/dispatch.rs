@@ -192,6 +192,14 @@ pub(crate) fn handle_frame(
                 None => Answer::KeyGenerated { key, public_key },
             })
         }
+        Request::RestoreStep {
+            signed_by,
+            encrypted,
+        } => {
+            let step = write_store(store).restore_step(&signed_by, encrypted);
+            scrub_stack();
+            step.map(Answer::Restored)
+        }
         Request::Backup { recipient } => {
             let mut guard = write_store(store);
             let backed_up = guard.backup(&recipient);

@@ -548,6 +548,18 @@ impl KeyStore {
         spec: KeySpec,
         seed: &[u8; 32],
     ) -> Result<(WireKeyId, [u8; 32], Option<StoreChange>), Refusal> {
+        self.insert_with_watermarks(spec, seed, None)
+    }
+
+    /// [`insert`](Self::insert), with a consensus key's watermarks on one chain held from the
+    /// start and sealed in the same change: a restored key is never, even after a crash,
+    /// without the watermarks it came with.
+    fn insert_with_watermarks(
+        &mut self,
+        spec: KeySpec,
+        seed: &[u8; 32],
+        marks: Option<ChainWatermarks>,
+    ) -> Result<(WireKeyId, [u8; 32], Option<StoreChange>), Refusal> {
         let free = self.free_slot()?;
         let id = loop {
             let candidate = WireKeyId {
@@ -594,7 +606,16 @@ impl KeyStore {
             sealed: sealed_record.map(|record| (record.sealed_secret, record.seal)),
             dropping: false,
         });
-        let change = self.seal_change(sealed_record, None, None);
+        let watermark = marks.map(|marks| {
+            let next = self.sealed.as_ref().map_or(0, |sealed| sealed.sequence + 1);
+            self.guards[free] = [None; MAX_CHAINS_PER_KEY];
+            self.guards[free][0] = Some(ChainGuard {
+                marks,
+                sealed_in: [next; 3],
+            });
+            WatermarkRecord { slot, marks }
+        });
+        let change = self.seal_change(sealed_record, None, watermark);
         Ok((id, public_key, change))
     }
 

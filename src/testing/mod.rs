@@ -302,6 +302,19 @@ pub fn backup_frame(id: u64, recipient: [u8; 32]) -> Vec<u8> {
     request_frame(id, &Request::Backup { recipient })
 }
 
+/// A frame asking for one step of restoring the backup in `encrypted` (an age file to the
+/// provisioning recipient, or any bytes), signed by the Ed25519 key `signed_by` (any 32 bytes).
+/// Any length: the frame may exceed the cap.
+pub fn restore_step_frame(id: u64, signed_by: [u8; 32], encrypted: &[u8]) -> Vec<u8> {
+    unbounded_frame(
+        id,
+        &Request::RestoreStep {
+            signed_by,
+            encrypted,
+        },
+    )
+}
+
 /// The sequence number of the sealed change in an answer's `Debug` form, if it carries one.
 pub fn sealed_sequence(summary: &str) -> Option<u64> {
     let after = summary.split("sequence: ").nth(1)?;

@@ -233,8 +233,7 @@ mod tests {
 
     #[test]
     fn hex_digits_are_the_usual_ones() {
-        // 37 bytes (0, 7, ..., 252): 74 digits.
-        let mut buffer = [0u8; 74];
+        let mut buffer = [0u8; 128];
         let mut writer = BackupWriter::new(&mut buffer);
         let bytes: Vec<u8> = (0..=255u8).step_by(7).collect();
         writer.hex(&bytes).unwrap();
@@ -270,5 +269,344 @@ mod tests {
         assert_eq!(&statement[..PROVISIONING_LABEL.len()], PROVISIONING_LABEL);
         assert_eq!(&statement[PROVISIONING_LABEL.len()..][..8], &[3; 8]);
         assert_eq!(&statement[PROVISIONING_LABEL.len() + 8..], &[4; 32]);
+    }
+}
+
+/// Why a backup's text was not accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum BackupProblem {
+    /// It does not begin with [`BACKUP_FIRST_LINE`], or a line is not one the format has.
+    NotABackup,
+    /// A line of the format whose fields are malformed; `line` counts from 1.
+    MalformedLine {
+        /// The line.
+        line: u32,
+    },
+    /// No `signature` line at the end, or it does not verify under the key the operator
+    /// pinned.
+    SignatureInvalid,
+    /// A key's secret does not give the public key on its line.
+    SecretDoesNotMatch,
+    /// A watermark line that does not follow its key's line, or belongs to a key that is not
+    /// a consensus key.
+    MarkWithoutKey,
+    /// A key with watermarks on more than one chain: restored keys get their watermarks in
+    /// the same write as the key, and that write carries one chain.
+    TooManyChains,
+}
+
+impl core::fmt::Display for BackupProblem {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BackupProblem::NotABackup => f.write_str(
+                "the decrypted file is not a keyward backup (its first line is not \
+                 `keyward-backup v1`, or a line is not one the format has)",
+            ),
+            BackupProblem::MalformedLine { line } => {
+                write!(f, "line {line} of the backup is malformed")
+            }
+            BackupProblem::SignatureInvalid => f.write_str(
+                "the backup's signature does not verify under the signing key given: it was \
+                 altered, or made by another store; check the key you pinned",
+            ),
+            BackupProblem::SecretDoesNotMatch => {
+                f.write_str("a key's secret in the backup does not give the public key on its line")
+            }
+            BackupProblem::MarkWithoutKey => f.write_str(
+                "a watermark line of the backup does not follow its consensus key's line",
+            ),
+            BackupProblem::TooManyChains => f.write_str(
+                "a consensus key of the backup has watermarks on more than one chain, which a \
+                 restore cannot yet write together with the key; import it with `keyward \
+                 import` while no validator runs, then its watermarks with `keyward watermark \
+                 import`, before the validator starts",
+            ),
+        }
+    }
+}
+
+/// One key of a backup.
+pub(crate) struct BackupKey {
+    pub(crate) local: [u8; 16],
+    pub(crate) purpose: Purpose,
+    pub(crate) algorithm: Algorithm,
+    pub(crate) public_key: [u8; 32],
+    pub(crate) secret: zeroize::Zeroizing<[u8; 32]>,
+}
+
+/// One watermark of a backup.
+pub(crate) struct BackupMark {
+    pub(crate) local: [u8; 16],
+    pub(crate) chain: crate::wire::consensus::ChainId,
+    pub(crate) kind: ConsensusKind,
+    pub(crate) mark: crate::wire::consensus::Watermark,
+}
+
+/// One record line of a backup.
+pub(crate) enum BackupLine {
+    Key(BackupKey),
+    Mark(BackupMark),
+}
+
+/// A backup's text whose signature verified: its record lines, read without allocating.
+pub(crate) struct VerifiedBackup<'a> {
+    body: &'a [u8],
+}
+
+impl<'a> VerifiedBackup<'a> {
+    /// Checks the text's shape and its signature under `signed_by`.
+    pub(crate) fn verify(
+        text: &'a [u8],
+        signed_by: &ed25519_dalek::VerifyingKey,
+    ) -> Result<Self, BackupProblem> {
+        let first = BACKUP_FIRST_LINE.as_bytes();
+        if !(text.starts_with(first) && text.get(first.len()) == Some(&b'\n')) {
+            return Err(BackupProblem::NotABackup);
+        }
+        let body = text.strip_suffix(b"\n").ok_or(BackupProblem::NotABackup)?;
+        let at = body
+            .iter()
+            .rposition(|&byte| byte == b'\n')
+            .ok_or(BackupProblem::NotABackup)?;
+        let (signed, last) = body.split_at(at + 1);
+        let signature = last
+            .strip_prefix(b"signature ")
+            .and_then(hex_array::<64>)
+            .ok_or(BackupProblem::SignatureInvalid)?;
+        signed_by
+            .verify_strict(signed, &ed25519_dalek::Signature::from_bytes(&signature))
+            .map_err(|_| BackupProblem::SignatureInvalid)?;
+        Ok(Self { body: signed })
+    }
+
+    /// The key and watermark lines, in order; the header lines are skipped (checked for
+    /// shape only).
+    pub(crate) fn lines(&self) -> impl Iterator<Item = Result<BackupLine, BackupProblem>> + '_ {
+        self.body
+            .split(|&byte| byte == b'\n')
+            .enumerate()
+            .filter(|(_, line)| !line.is_empty())
+            .skip(1)
+            .filter_map(|(index, line)| {
+                let number = u32::try_from(index + 1).unwrap_or(u32::MAX);
+                parse_line(line, number).transpose()
+            })
+    }
+}
+
+/// A record line, `None` for a header line (`store`, `made`, `signing-key`).
+fn parse_line(line: &[u8], number: u32) -> Result<Option<BackupLine>, BackupProblem> {
+    let malformed = BackupProblem::MalformedLine { line: number };
+    let mut fields = line.split(|&byte| byte == b' ');
+    let mut next = || fields.next().ok_or(malformed);
+    match next()? {
+        b"store" | b"made" | b"signing-key" => Ok(None),
+        b"key" => {
+            let (_, local) = key_id(next()?).ok_or(malformed)?;
+            let purpose = word_of(next()?, &Purpose::ALL, purpose_word).ok_or(malformed)?;
+            let algorithm = word_of(
+                next()?,
+                &[Algorithm::Ed25519, Algorithm::X25519],
+                algorithm_word,
+            )
+            .ok_or(malformed)?;
+            let expect = |got: &[u8], want: &[u8]| (got == want).then_some(()).ok_or(malformed);
+            expect(next()?, b"created")?;
+            decimal(next()?).ok_or(malformed)?;
+            expect(next()?, b"public")?;
+            let public_key = hex_array::<32>(next()?).ok_or(malformed)?;
+            expect(next()?, b"secret")?;
+            let secret = zeroize::Zeroizing::new(hex_array::<32>(next()?).ok_or(malformed)?);
+            if fields.next().is_some() || purpose.algorithm() != algorithm {
+                return Err(malformed);
+            }
+            Ok(Some(BackupLine::Key(BackupKey {
+                local,
+                purpose,
+                algorithm,
+                public_key,
+                secret,
+            })))
+        }
+        b"watermark" => {
+            let (_, local) = key_id(next()?).ok_or(malformed)?;
+            let expect = |got: &[u8], want: &[u8]| (got == want).then_some(()).ok_or(malformed);
+            expect(next()?, b"chain")?;
+            let chain = crate::wire::consensus::ChainId(hex_array::<32>(next()?).ok_or(malformed)?);
+            let kind = word_of(next()?, &ConsensusKind::ALL, kind_word).ok_or(malformed)?;
+            expect(next()?, b"epoch")?;
+            let epoch = decimal(next()?).ok_or(malformed)?;
+            expect(next()?, b"round")?;
+            let round = decimal(next()?).ok_or(malformed)?;
+            expect(next()?, b"digest")?;
+            let digest = hex_array::<32>(next()?).ok_or(malformed)?;
+            if fields.next().is_some() {
+                return Err(malformed);
+            }
+            Ok(Some(BackupLine::Mark(BackupMark {
+                local,
+                chain,
+                kind,
+                mark: crate::wire::consensus::Watermark {
+                    epoch,
+                    round,
+                    digest,
+                },
+            })))
+        }
+        _ => Err(BackupProblem::NotABackup),
+    }
+}
+
+/// A 48-hex-digit key id: its store id and its local id.
+fn key_id(field: &[u8]) -> Option<([u8; 8], [u8; 16])> {
+    let all = hex_array::<24>(field)?;
+    let mut store = [0u8; 8];
+    let mut local = [0u8; 16];
+    store.copy_from_slice(&all[..8]);
+    local.copy_from_slice(&all[8..]);
+    Some((store, local))
+}
+
+/// The value among `values` whose word is `field`.
+fn word_of<T: Copy>(field: &[u8], values: &[T], word: fn(T) -> &'static str) -> Option<T> {
+    values
+        .iter()
+        .copied()
+        .find(|value| word(*value).as_bytes() == field)
+}
+
+/// A decimal without sign or leading zeros (but `0`), within `u64`.
+fn decimal(field: &[u8]) -> Option<u64> {
+    if field.is_empty() || (field.len() > 1 && field[0] == b'0') {
+        return None;
+    }
+    field.iter().try_fold(0u64, |value, &digit| {
+        let digit = digit.checked_sub(b'0').filter(|digit| *digit < 10)?;
+        value.checked_mul(10)?.checked_add(u64::from(digit))
+    })
+}
+
+/// `N` bytes from exactly `2N` lower-case hex digits, as the backup writes them.
+fn hex_array<const N: usize>(field: &[u8]) -> Option<[u8; N]> {
+    decode_hex(field, false)
+}
+
+/// `N` bytes from exactly `2N` hex digits (upper-case ones too if `either_case`), without
+/// branching on their values: secrets are decoded with it. The result is not wiped: callers
+/// that decode a secret put it in `Zeroizing` at once.
+pub(crate) fn decode_hex<const N: usize>(field: &[u8], either_case: bool) -> Option<[u8; N]> {
+    if field.len() != 2 * N {
+        return None;
+    }
+    let case_mask = if either_case { 0x20 } else { 0 };
+    let mut bytes = [0u8; N];
+    let mut valid = true;
+    for (byte, pair) in bytes.iter_mut().zip(field.chunks_exact(2)) {
+        let (high, high_ok) = hex_value(pair[0], case_mask);
+        let (low, low_ok) = hex_value(pair[1], case_mask);
+        *byte = (high << 4) | low;
+        valid &= high_ok & low_ok;
+    }
+    valid.then_some(bytes)
+}
+
+/// A hex digit's value and whether it is one, without branching on the digit; `case_mask`
+/// 0x20 folds upper-case letters to lower case.
+fn hex_value(digit: u8, case_mask: u8) -> (u8, bool) {
+    let decimal = digit.wrapping_sub(b'0');
+    let letter = (digit | case_mask).wrapping_sub(b'a');
+    let is_decimal = decimal < 10;
+    let is_letter = letter < 6;
+    let value = (u8::from(is_decimal) * decimal) | (u8::from(is_letter) * (letter + 10));
+    (value, is_decimal | is_letter)
+}
+
+#[cfg(test)]
+mod reading_tests {
+    use super::*;
+    use ed25519_dalek::Signer as _;
+
+    fn backup(signing: &ed25519_dalek::SigningKey) -> Vec<u8> {
+        let mut buffer = vec![0u8; 4096];
+        let mut writer = BackupWriter::new(&mut buffer);
+        writer
+            .preamble(&[1; 8], 1_765_000_000, &signing.verifying_key().to_bytes())
+            .unwrap();
+        let seed = [7u8; 32];
+        let public = ed25519_dalek::SigningKey::from_bytes(&seed)
+            .verifying_key()
+            .to_bytes();
+        writer
+            .key(
+                &[1; 8],
+                &[2; 16],
+                Purpose::Consensus,
+                Algorithm::Ed25519,
+                5,
+                &public,
+                &seed,
+            )
+            .unwrap();
+        let mut marks = ChainWatermarks::empty(crate::wire::consensus::ChainId([3; 32]));
+        marks.vote = Some(crate::wire::consensus::Watermark {
+            epoch: 4,
+            round: 9,
+            digest: [5; 32],
+        });
+        writer.watermarks(&[1; 8], &[2; 16], &marks).unwrap();
+        let signature = signing.sign(writer.written()).to_bytes();
+        writer.signature(&signature).unwrap();
+        let len = writer.len();
+        buffer.truncate(len);
+        buffer
+    }
+
+    #[test]
+    fn what_the_writer_writes_the_reader_reads_back_under_the_signing_key_only() {
+        let signing = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let text = backup(&signing);
+        let verified = VerifiedBackup::verify(&text, &signing.verifying_key()).unwrap();
+        let lines: Vec<_> = verified.lines().collect::<Result<_, _>>().unwrap();
+        assert_eq!(lines.len(), 2);
+        match &lines[0] {
+            BackupLine::Key(key) => {
+                assert_eq!(key.local, [2; 16]);
+                assert_eq!(key.purpose, Purpose::Consensus);
+                assert_eq!(*key.secret, [7; 32]);
+            }
+            BackupLine::Mark(_) => panic!("a key first"),
+        }
+        match &lines[1] {
+            BackupLine::Mark(mark) => {
+                assert_eq!(mark.kind, ConsensusKind::Vote);
+                assert_eq!((mark.mark.epoch, mark.mark.round), (4, 9));
+            }
+            BackupLine::Key(_) => panic!("then its watermark"),
+        }
+        let stranger = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
+        assert!(matches!(
+            VerifiedBackup::verify(&text, &stranger.verifying_key()),
+            Err(BackupProblem::SignatureInvalid)
+        ));
+        for at in [0, 30, text.len() / 2, text.len() - 3] {
+            let mut altered = text.clone();
+            altered[at] ^= 0x01;
+            assert!(VerifiedBackup::verify(&altered, &signing.verifying_key()).is_err());
+        }
+        assert!(VerifiedBackup::verify(&text[..text.len() - 1], &signing.verifying_key()).is_err());
+    }
+
+    #[test]
+    fn decimals_and_hex_are_strict() {
+        assert_eq!(decimal(b"0"), Some(0));
+        assert_eq!(decimal(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [&b""[..], b"01", b"-1", b"1a", b"18446744073709551616"] {
+            assert_eq!(decimal(bad), None, "{bad:?}");
+        }
+        assert_eq!(hex_array::<2>(b"0aff"), Some([0x0a, 0xff]));
+        for bad in [&b"0AFF"[..], b"0af", b"0afg", b"0aff0"] {
+            assert_eq!(hex_array::<2>(bad), None, "{bad:?}");
+        }
     }
 }

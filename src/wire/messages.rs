@@ -16,6 +16,7 @@ use serde::ser::SerializeSeq;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::wire::age_format::AgeError;
+use crate::wire::backup_format::BackupProblem;
 use crate::wire::consensus::{ChainWatermarks, ConsensusMessage, GuardRule, Watermark};
 use crate::wire::key_types::{Algorithm, KeySpec, Purpose, WireKeyId};
 use crate::wire::store_format::{
@@ -107,6 +108,15 @@ pub(crate) enum Request<'a> {
     /// Every key (and every consensus key's watermarks), signed by the backup-signing key and
     /// encrypted to the X25519 age `recipient`; answered with `Backup`.
     Backup { recipient: [u8; 32] },
+    /// One step of restoring a backup re-encrypted to the provisioning recipient and signed by
+    /// `signed_by`: the signer adds the first key of it not held (with its watermarks, in one
+    /// change) or raises the first watermark held lower, or says the restore is complete.
+    /// Answered with `Restored`; the host writes its change and asks again.
+    RestoreStep {
+        signed_by: [u8; 32],
+        #[serde(borrow, serialize_with = "as_bytes")]
+        encrypted: &'a [u8],
+    },
 }
 
 /// The most bytes of an answer frame to any request but a listing or a batch: every fixed-size
@@ -148,7 +158,7 @@ impl Request<'_> {
             | Request::AttemptForbiddenSyscall { .. }
             | Request::FinishDrop { .. } => SMALL_ANSWER_FRAME,
             Request::Provisioning => PROVISIONING_ANSWER_FRAME,
-            Request::ImportKey { .. } => SEALED_ANSWER_FRAME,
+            Request::ImportKey { .. } | Request::RestoreStep { .. } => SEALED_ANSWER_FRAME,
             Request::Backup { .. } => MAX_FRAME_LEN,
         }
     }
@@ -326,6 +336,26 @@ pub(crate) enum Answer<L = Vec<KeyListing>, S = WireSecret, B = Vec<WireSignatur
     },
     /// A backup: an age file (a borrowed slice of the signer's buffer when it encodes it).
     Backup(E),
+    /// What one restore step did.
+    Restored(RestoreProgress),
+}
+
+/// What one restore step did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum RestoreProgress {
+    /// A key of the backup added, with its watermarks, in `change` (a sealed store's).
+    Added {
+        key: WireKeyId,
+        public_key: [u8; 32],
+        change: Option<StoreChange>,
+    },
+    /// A held key's watermarks raised to the backup's, in `change`.
+    Raised {
+        key: WireKeyId,
+        change: Option<StoreChange>,
+    },
+    /// Every key and watermark of the backup is held: `keys` keys and `marks` watermarks.
+    Complete { keys: u32, marks: u32 },
 }
 
 /// One write of the sealed store, as the signer hands it to the host: at most one record added
@@ -479,6 +509,10 @@ pub(crate) enum Refusal {
     },
     /// A backup recipient of low order (no key agreement is possible with it).
     BackupRecipientInvalid,
+    /// A restore's backup was refused.
+    RestoreRefused {
+        problem: BackupProblem,
+    },
 }
 
 /// Serializes a key listing from anything that can iterate it twice (once to count: postcard
@@ -711,6 +745,16 @@ mod tests {
                 }),
             ),
             (
+                "request 5: `RestoreStep`",
+                framed(&RequestFrame {
+                    id: 5,
+                    request: Request::RestoreStep {
+                        signed_by: [0x44; 32],
+                        encrypted: b"age",
+                    },
+                }),
+            ),
+            (
                 "greeting: `Ready`",
                 framed(&Greeting::Ready {
                     protocol_version: 5,
@@ -768,6 +812,13 @@ mod tests {
                     answer: Answer::Refused(Refusal::ImportUndecryptable {
                         error: AgeError::OutputTooSmall { needed: 300 },
                     }),
+                }),
+            ),
+            (
+                "answer 5: `Restored(Complete)`",
+                framed(&AnswerFrame::<(), &[u8; 32]> {
+                    id: 5,
+                    answer: Answer::Restored(RestoreProgress::Complete { keys: 2, marks: 1 }),
                 }),
             ),
             (
@@ -972,6 +1023,13 @@ mod tests {
                 keys: u32::MAX,
                 cap: u32::MAX,
             })),
+            length(Answer::Refused(Refusal::RestoreRefused {
+                problem: BackupProblem::MalformedLine { line: u32::MAX },
+            })),
+            length(Answer::Restored(RestoreProgress::Complete {
+                keys: u32::MAX,
+                marks: u32::MAX,
+            })),
         ];
         for answer_length in small {
             assert!(answer_length <= SMALL_ANSWER_FRAME, "{answer_length}");
@@ -1051,6 +1109,15 @@ mod tests {
                 change,
             },
             Answer::KeyDroppedSealed { change },
+            Answer::Restored(RestoreProgress::Added {
+                key,
+                public_key: [0xff; 32],
+                change: Some(change),
+            }),
+            Answer::Restored(RestoreProgress::Raised {
+                key,
+                change: Some(change),
+            }),
         ] {
             let answer_length = framed(&AnswerFrame::<(), &[u8; 32]> { id, answer }).len();
             assert!(answer_length <= SEALED_ANSWER_FRAME, "{answer_length}");
@@ -1099,6 +1166,11 @@ mod tests {
             encrypted: &[0xff; MAX_MESSAGE_LEN],
         };
         assert_eq!(import.largest_answer_frame(), SEALED_ANSWER_FRAME);
+        let restore = Request::RestoreStep {
+            signed_by: [0xff; 32],
+            encrypted: &[0xff; MAX_MESSAGE_LEN],
+        };
+        assert_eq!(restore.largest_answer_frame(), SEALED_ANSWER_FRAME);
         // A backup: an age file as long as a frame can carry with the largest id (its kind and
         // a 3-byte length before it). The signer writes at most a shorter one
         // (`the_largest_backup_fits_in_one_answer_frame`).

@@ -15,8 +15,8 @@ pub(crate) mod store_format;
 /// messages apart from answers, key ids with their store, message signing. Version 3: signing a
 /// batch of digests in one request (`SignMany`). Version 4: the sealed store (its settings and
 /// summary at start-up, the sealed changes that answer a generate or a drop). Version 5: fresh
-/// entropy refusal, provisioning, import and backup (`NoFreshEntropy`; `Provisioning`,
-/// `ImportKey` and `Backup`, their answers and refusals).
+/// entropy refusal, provisioning, import, backup and restore (`NoFreshEntropy`; `Provisioning`,
+/// `ImportKey`, `Backup` and `RestoreStep`, their answers and refusals).
 pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The largest frame payload either side accepts, checked before anything is allocated or

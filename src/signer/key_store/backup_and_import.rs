@@ -15,9 +15,13 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use super::{KeyStore, SecretKey};
 use crate::wire::age_format::{self, AgeError, AgeRandomness};
-use crate::wire::backup_format::{BackupWriter, provisioning_statement};
+use crate::wire::backup_format::{
+    BackupKey, BackupLine, BackupProblem, BackupWriter, VerifiedBackup, decode_hex,
+    provisioning_statement,
+};
+use crate::wire::consensus::{ChainWatermarks, ConsensusKind};
 use crate::wire::key_types::{KeySpec, Purpose, WireKeyId};
-use crate::wire::messages::{Refusal, StoreChange};
+use crate::wire::messages::{Refusal, RestoreProgress, StoreChange};
 
 /// The most bytes of backup text (or of an import's plaintext): what one answer frame can
 /// carry once encrypted, with room for the age header and the frame's own fields. About 250
@@ -50,6 +54,9 @@ impl StoreIdentity {
         self.backup_signing = *backup_signing;
     }
 }
+
+/// An Ed25519 signature as its R and S halves, as answers carry it.
+type SignatureHalves = ([u8; 32], [u8; 32]);
 
 /// Seconds since the Unix epoch, by the signer's clock (0 if it is before 1970).
 fn now() -> u64 {
@@ -84,7 +91,7 @@ impl KeyStore {
 
     /// The provisioning recipient (X25519 public key), the backup-signing public key, and that
     /// key's signature over the recipient's statement, as its two halves.
-    pub(crate) fn provisioning(&self) -> ([u8; 32], [u8; 32], ([u8; 32], [u8; 32])) {
+    pub(crate) fn provisioning(&self) -> ([u8; 32], [u8; 32], SignatureHalves) {
         let provisioning = x25519_dalek::StaticSecret::from(self.identity().provisioning);
         let recipient = x25519_dalek::PublicKey::from(&provisioning).to_bytes();
         let signing = self.backup_signing_key();
@@ -163,7 +170,7 @@ impl KeyStore {
         let keys = records.as_slice().iter().flatten().count();
         let too_large = Refusal::BackupTooLarge {
             keys: u32::try_from(keys).unwrap_or(u32::MAX),
-            cap: SCRATCH_LEN as u32,
+            cap: u32::try_from(SCRATCH_LEN).unwrap_or(u32::MAX),
         };
         let scratch = &mut scratch.as_mut_slice()[0];
         let mut writer = BackupWriter::new(scratch);
@@ -194,7 +201,10 @@ impl KeyStore {
             writer.signature(&signature)
         })();
         let len = writer.len();
+        // The answer carries the whole file: one that would not fit in a frame is refused here.
+        let fits = age_format::encrypted_len(len) <= backup_out.len() - 64;
         let encrypted = match written {
+            Ok(()) if !fits => Err(too_large),
             Ok(()) => age_format::encrypt(recipient, randomness, &scratch[..len], backup_out)
                 .map_err(|error| match error {
                     AgeError::LowOrderRecipient => Refusal::BackupRecipientInvalid,
@@ -206,10 +216,172 @@ impl KeyStore {
         encrypted
     }
 
+    /// One step of a restore (see `Request::RestoreStep`): decrypts the backup with the
+    /// provisioning key into the scratch buffer, checks its signature under `signed_by` and
+    /// every key's secret against its public key, and does the first thing not yet done.
+    pub(crate) fn restore_step(
+        &mut self,
+        signed_by: &[u8; 32],
+        encrypted: &[u8],
+    ) -> Result<RestoreProgress, Refusal> {
+        let refused = |problem| Refusal::RestoreRefused { problem };
+        let signed_by = ed25519_dalek::VerifyingKey::from_bytes(signed_by)
+            .map_err(|_| refused(BackupProblem::SignatureInvalid))?;
+        let provisioning = x25519_dalek::StaticSecret::from(self.identity().provisioning);
+        let decrypted = age_format::decrypt(
+            &provisioning,
+            encrypted,
+            &mut self.scratch.as_mut_slice()[0],
+        );
+        drop(provisioning);
+        let len = decrypted.map_err(|error| Refusal::ImportUndecryptable { error })?;
+        let action = self.next_restore_action(len, &signed_by);
+        self.scratch.as_mut_slice()[0][..len].zeroize();
+        match action? {
+            RestoreAction::Add { key, marks } => {
+                let spec = KeySpec {
+                    purpose: key.purpose,
+                    algorithm: key.algorithm,
+                };
+                let (key, public_key, change) =
+                    self.insert_with_watermarks(spec, &key.secret, marks)?;
+                Ok(RestoreProgress::Added {
+                    key,
+                    public_key,
+                    change,
+                })
+            }
+            RestoreAction::Raise { key, marks } => {
+                let change = self.raise_watermarks(&key, &marks)?;
+                Ok(RestoreProgress::Raised { key, change })
+            }
+            RestoreAction::Complete { keys, marks } => {
+                Ok(RestoreProgress::Complete { keys, marks })
+            }
+        }
+    }
+
+    /// The first thing a restore has left to do, from the backup's text in the scratch buffer.
+    fn next_restore_action(
+        &self,
+        len: usize,
+        signed_by: &ed25519_dalek::VerifyingKey,
+    ) -> Result<RestoreAction, Refusal> {
+        let refused = |problem| Refusal::RestoreRefused { problem };
+        let backup = VerifiedBackup::verify(&self.scratch.as_slice()[0][..len], signed_by)
+            .map_err(refused)?;
+        // The whole backup is checked before anything is done.
+        let (mut keys, mut marks) = (0u32, 0u32);
+        let mut pending: Option<(BackupKey, Option<ChainWatermarks>)> = None;
+        let mut first_action = None;
+        let settle = |pending: Option<(BackupKey, Option<ChainWatermarks>)>,
+                      first: &mut Option<RestoreAction>|
+         -> Result<(), Refusal> {
+            if let Some((key, key_marks)) = pending
+                && first.is_none()
+            {
+                *first = self.restore_action(key, key_marks)?;
+            }
+            Ok(())
+        };
+        for line in backup.lines() {
+            match line.map_err(refused)? {
+                BackupLine::Key(key) => {
+                    keys = keys.saturating_add(1);
+                    let (_, public_key) = SecretKey::from_bytes(key.algorithm, &key.secret);
+                    if public_key != key.public_key {
+                        return Err(refused(BackupProblem::SecretDoesNotMatch));
+                    }
+                    settle(pending.take(), &mut first_action)?;
+                    pending = Some((key, None));
+                }
+                BackupLine::Mark(mark) => {
+                    marks = marks.saturating_add(1);
+                    let Some((key, key_marks)) = pending
+                        .as_mut()
+                        .filter(|(key, _)| key.local == mark.local)
+                        .filter(|(key, _)| key.purpose == Purpose::Consensus)
+                    else {
+                        return Err(refused(BackupProblem::MarkWithoutKey));
+                    };
+                    let _ = key;
+                    let chain = key_marks.get_or_insert(ChainWatermarks::empty(mark.chain));
+                    if chain.chain != mark.chain {
+                        return Err(refused(BackupProblem::TooManyChains));
+                    }
+                    chain.set(mark.kind, Some(mark.mark));
+                }
+            }
+        }
+        settle(pending.take(), &mut first_action)?;
+        Ok(first_action.unwrap_or(RestoreAction::Complete { keys, marks }))
+    }
+
+    /// What a backup's key calls for: adding it (with its watermarks), raising the watermarks
+    /// of the held copy, or nothing.
+    fn restore_action(
+        &self,
+        key: BackupKey,
+        marks: Option<ChainWatermarks>,
+    ) -> Result<Option<RestoreAction>, Refusal> {
+        let held = self
+            .records
+            .as_slice()
+            .iter()
+            .enumerate()
+            .find_map(|(slot, record)| {
+                record
+                    .as_ref()
+                    .filter(|record| record.public_key == key.public_key)
+                    .map(|record| (slot, record.id))
+            });
+        let Some((slot, local)) = held else {
+            return Ok(Some(RestoreAction::Add { key, marks }));
+        };
+        let Some(marks) = marks else {
+            return Ok(None);
+        };
+        let held_marks = self.guards[slot]
+            .iter()
+            .flatten()
+            .find(|guard| guard.marks.chain == marks.chain)
+            .map(|guard| guard.marks);
+        let higher = ConsensusKind::ALL.iter().any(|kind| {
+            match (held_marks.and_then(|held| held.of(*kind)), marks.of(*kind)) {
+                (None, Some(_)) => true,
+                (Some(held), Some(offered)) => offered.position() > held.position(),
+                _ => false,
+            }
+        });
+        Ok(higher.then_some(RestoreAction::Raise {
+            key: WireKeyId {
+                store: self.id,
+                local,
+            },
+            marks,
+        }))
+    }
+
     /// The age file the last [`backup`](Self::backup) wrote.
     pub(crate) fn backup_bytes(&self, len: usize) -> &[u8] {
         &self.backup_out[..len.min(self.backup_out.len())]
     }
+}
+
+/// What a restore step does.
+enum RestoreAction {
+    Add {
+        key: BackupKey,
+        marks: Option<ChainWatermarks>,
+    },
+    Raise {
+        key: WireKeyId,
+        marks: ChainWatermarks,
+    },
+    Complete {
+        keys: u32,
+        marks: u32,
+    },
 }
 
 /// An imported key's 32 secret bytes from its plaintext: exactly 32 bytes, or 64 hex digits
@@ -224,27 +396,8 @@ fn parse_secret(plaintext: &[u8]) -> Option<zeroize::Zeroizing<[u8; 32]>> {
         .strip_suffix(b"\r\n")
         .or_else(|| plaintext.strip_suffix(b"\n"))
         .unwrap_or(plaintext);
-    if digits.len() != 64 {
-        return None;
-    }
-    let mut valid = true;
-    for (byte, pair) in secret.iter_mut().zip(digits.chunks_exact(2)) {
-        let (high, high_ok) = hex_value(pair[0]);
-        let (low, low_ok) = hex_value(pair[1]);
-        *byte = (high << 4) | low;
-        valid &= high_ok & low_ok;
-    }
-    valid.then_some(secret)
-}
-
-/// A hex digit's value and whether it is one, without branching on secret digits.
-fn hex_value(digit: u8) -> (u8, bool) {
-    let decimal = digit.wrapping_sub(b'0');
-    let lower = (digit | 0x20).wrapping_sub(b'a');
-    let is_decimal = decimal < 10;
-    let is_letter = lower < 6;
-    let value = (u8::from(is_decimal) * decimal) | (u8::from(is_letter) * (lower + 10));
-    (value, is_decimal | is_letter)
+    *secret = decode_hex(digits, true)?;
+    Some(secret)
 }
 
 #[cfg(test)]
@@ -278,7 +431,7 @@ mod tests {
 
     #[test]
     fn an_import_plaintext_is_raw_or_hex() {
-        let secret: [u8; 32] = std::array::from_fn(|i| (i * 37) as u8);
+        let secret: [u8; 32] = std::array::from_fn(|i| u8::try_from(i * 37 % 251).unwrap());
         let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(*parse_secret(&secret).unwrap(), secret);
         assert_eq!(*parse_secret(hex.as_bytes()).unwrap(), secret);
