@@ -507,7 +507,7 @@ impl KeyStore {
     /// Reads fresh entropy from the kernel (the `getrandom` system call, which the sandbox
     /// admits for this) and mixes it into the generator, before a key is made: a one-time read
     /// of the generator's state does not predict keys made after the next reseed.
-    fn reseed_from_the_kernel(&mut self) -> Result<(), Refusal> {
+    pub(super) fn reseed_from_the_kernel(&mut self) -> Result<(), Refusal> {
         let mut fresh = Zeroizing::new([0u8; RESEED_BYTES]);
         getrandom::fill(fresh.as_mut_slice()).map_err(|error| Refusal::NoFreshEntropy {
             errno: error.raw_os_error().unwrap_or(0),

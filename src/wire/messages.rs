@@ -95,8 +95,9 @@ pub(crate) enum Request<'a> {
     /// The signer's provisioning recipient and backup-signing key; answered with
     /// `Provisioning`.
     Provisioning,
-    /// Import a secret key for `purpose` that an operator encrypted (an age file, up to
-    /// [`MAX_MESSAGE_LEN`] bytes) to the signer's provisioning recipient; the signer decrypts
+    /// Import a secret key for `purpose` that an operator encrypted (an age file, bounded by
+    /// the frame cap; the host sends at most 4 KiB) to the signer's provisioning recipient; the
+    /// signer decrypts
     /// it, re-derives its public key and refuses it unless that is `claimed_public`. Answered
     /// like `GenerateKey`.
     ImportKey {

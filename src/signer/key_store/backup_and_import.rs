@@ -153,6 +153,9 @@ impl KeyStore {
     /// `recipient`; returns the length of the age file now at the start of
     /// [`backup_bytes`](Self::backup_bytes).
     pub(crate) fn backup(&mut self, recipient: &[u8; 32]) -> Result<usize, Refusal> {
+        // The file key and the ephemeral secret come from the generator: fresh entropy first,
+        // so that whoever once read the generator's state cannot open the next backup.
+        self.reseed_from_the_kernel()?;
         let signing = self.backup_signing_key();
         let randomness = AgeRandomness {
             ephemeral_secret: self.generator().draw::<32>(),
