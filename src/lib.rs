@@ -57,7 +57,7 @@ pub use host::interchange::{
 };
 pub use host::key_handle::KeySigner;
 pub use host::key_service::KeyService;
-pub use host::keys::{KeyId, KeyInfo, ParseKeyIdError, PublicKey, SharedSecret};
+pub use host::keys::{KeyId, KeyInfo, KeyVersion, ParseKeyIdError, PublicKey, SharedSecret};
 pub use host::machine::MachineReport;
 pub use host::provisioning::{AgeRecipient, ProvisioningRecipient, RestoreReport};
 pub use host::sandbox_policy::{

@@ -48,6 +48,9 @@ enum Command {
     /// Restore a backup, re-encrypted to the store's provisioning recipient, into the store:
     /// every key not held is added with its watermarks; refused unless --signed-by signed it.
     Restore(cli::lifecycle::RestoreArgs),
+    /// Give a key of the store a new version (a fresh secret, same key id); the previous one
+    /// stays usable for --grace seconds, then is erased.
+    Rotate(cli::lifecycle::RotateArgs),
 }
 
 fn main() -> Result<ExitCode> {
@@ -67,5 +70,6 @@ fn main() -> Result<ExitCode> {
         Command::Import(arguments) => cli::lifecycle::import(&arguments),
         Command::Backup(arguments) => cli::lifecycle::backup(&arguments),
         Command::Restore(arguments) => cli::lifecycle::restore(&arguments),
+        Command::Rotate(arguments) => cli::lifecycle::rotate(&arguments),
     }
 }

@@ -50,6 +50,20 @@ pub(crate) struct ImportArgs {
     input: PathBuf,
 }
 
+/// The options of `keyward rotate`.
+#[derive(Args, Debug)]
+pub(crate) struct RotateArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The key to rotate: its id, 48 hex digits (as `keyward status` lists it).
+    #[arg(long, value_name = "ID")]
+    key: keyward::KeyId,
+    /// How long the previous version stays usable (by the calls that name a version), in
+    /// seconds; 0 erases it at once.
+    #[arg(long, value_name = "SECONDS")]
+    grace: u64,
+}
+
 /// The options of `keyward restore`.
 #[derive(Args, Debug)]
 pub(crate) struct RestoreArgs {
@@ -229,6 +243,41 @@ pub(crate) fn backup(arguments: &BackupArgs) -> ! {
             let _ = std::fs::remove_file(&arguments.out);
         }
         written
+    })())
+}
+
+pub(crate) fn rotate(arguments: &RotateArgs) -> ! {
+    finish((|| {
+        let service = open_store(&arguments.store, LOCKED_HINT).map_err(|m| Failure(1, m))?;
+        let rotated = service
+            .rotate_key(
+                arguments.key,
+                std::time::Duration::from_secs(arguments.grace),
+            )
+            .map_err(|error| {
+                let code = match error {
+                    Error::UnknownKey(_)
+                    | Error::VersionLimit { .. }
+                    | Error::KeyLimitReached { .. } => 3,
+                    _ => 1,
+                };
+                Failure(code, because("the rotation was refused", error))
+            })?;
+        println!("{} {}", rotated.version, rotated.public_key);
+        eprintln!(
+            "key {:#} is at version {} now, durable in the store; the previous version {}",
+            arguments.key,
+            rotated.version,
+            if arguments.grace == 0 {
+                "was erased".to_owned()
+            } else {
+                format!(
+                    "stays usable by version for {} s, then is erased",
+                    arguments.grace
+                )
+            }
+        );
+        Ok(())
     })())
 }
 

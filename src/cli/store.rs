@@ -151,17 +151,30 @@ pub(crate) fn status(arguments: &StatusArgs) -> ExitCode {
     println!("  format version:  {}", listing.format_version);
     println!("  sequence number: {}", listing.sequence);
     println!("  key derivation:  {}", kdf_text(listing.kdf));
-    println!("  keys:            {}", listing.keys.len());
+    let current = listing.keys.iter().filter(|key| key.retires == 0).count();
+    println!("  keys:            {current}");
+    if listing.keys.len() > current {
+        println!(
+            "  previous versions in their grace period: {}",
+            listing.keys.len() - current
+        );
+    }
     if !listing.keys.is_empty() {
         println!(
-            "\n  {:<18} {:<48}  {:<9}  {:<64}  CREATED (UTC)",
-            "PURPOSE", "KEY ID", "ALGORITHM", "PUBLIC KEY"
+            "\n  {:<18} {:<48}  {:<7}  {:<9}  {:<64}  CREATED (UTC)",
+            "PURPOSE", "KEY ID", "VERSION", "ALGORITHM", "PUBLIC KEY"
         );
         for key in &listing.keys {
+            let retires = if key.retires == 0 {
+                String::new()
+            } else {
+                format!("  retires {}", utc(key.retires))
+            };
             println!(
-                "  {:<18} {:#}  {:<9}  {}  {}",
+                "  {:<18} {:#}  {:<7}  {:<9}  {}  {}{retires}",
                 key.purpose.to_string(),
                 key.id,
+                key.version,
                 key.algorithm.to_string(),
                 hex(&key.public_key),
                 utc(key.created)

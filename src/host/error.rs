@@ -238,6 +238,39 @@ pub enum Error {
         problem: crate::BackupProblem,
     },
 
+    /// No version of the key has that number.
+    #[error("key {key} has no version {version}; key_versions lists those it holds")]
+    UnknownVersion {
+        /// The key.
+        key: KeyId,
+        /// The version asked for.
+        version: u32,
+    },
+
+    /// The version's grace period after a rotation is over: it is erased (or about to be).
+    #[error(
+        "version {version} of key {key} was retired when its grace period after a rotation \
+         ended; use the current version"
+    )]
+    VersionRetired {
+        /// The key.
+        key: KeyId,
+        /// The retired version.
+        version: u32,
+    },
+
+    /// The key has as many previous versions in their grace period as a key may keep.
+    #[error(
+        "key {key} already keeps {cap} previous versions in their grace period; rotate it \
+         again once one has retired, or with no grace period"
+    )]
+    VersionLimit {
+        /// The key.
+        key: KeyId,
+        /// The most previous versions kept at once.
+        cap: u32,
+    },
+
     /// The keys do not fit in one backup.
     #[error(
         "{keys} keys do not fit in one backup (at most {cap} bytes of text, about 250 keys \

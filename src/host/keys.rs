@@ -156,6 +156,20 @@ pub struct KeyInfo {
     pub public_key: PublicKey,
 }
 
+/// One version of a key, as [`key_versions`](crate::SecretService::key_versions) reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyVersion {
+    /// 1 when the key was made, one more at each rotation.
+    pub version: u32,
+    /// This version's public key.
+    pub public_key: PublicKey,
+    /// When this version was made (the signer's clock, to the second).
+    pub created: std::time::SystemTime,
+    /// `None` for the current version; for a previous one, when its grace period ends (it is
+    /// refused from then on, and erased).
+    pub retires: Option<std::time::SystemTime>,
+}
+
 /// The result of an X25519 Diffie-Hellman: 32 secret bytes, wiped when dropped, redacted when
 /// printed, readable only through [`SharedSecret::expose_secret`].
 ///

@@ -72,7 +72,7 @@ fn key_added(
             Some(added)
                 if added.local == key.local
                     && added.public_key == public_key
-                    && change.removed_slot.is_none()
+                    && change.removes_nothing()
                     && change.watermark.is_none() =>
             {
                 Ok((key, public_key, Some(change)))
@@ -183,7 +183,7 @@ impl Operation for RestoreStep<'_> {
                         if !change.added.is_some_and(|added| {
                             added.local == key.local
                                 && added.public_key == public_key
-                                && change.removed_slot.is_none()
+                                && change.removes_nothing()
                                 && change
                                     .watermark
                                     .is_none_or(|watermark| watermark.slot == added.slot)
@@ -201,7 +201,7 @@ impl Operation for RestoreStep<'_> {
                 match change {
                     Some(change)
                         if change.added.is_some()
-                            || change.removed_slot.is_some()
+                            || !change.removes_nothing()
                             || change.watermark.is_none() =>
                     {
                         Err("a sealed change that does not raise one watermark record")
@@ -405,7 +405,8 @@ impl Operation for DropKey {
             Answer::KeyDropped => Ok(None),
             Answer::KeyDroppedSealed { change }
                 if change.added.is_none()
-                    && change.removed_slot.is_some()
+                    && change.replaced.is_none()
+                    && change.removed_slots.iter().any(Option::is_some)
                     && change.watermark.is_none() =>
             {
                 Ok(Some(change))
@@ -445,7 +446,7 @@ impl Operation for SignConsensus {
             Answer::Signature { r, s } => Ok(ConsensusOutcome::Signed(signature(r, s))),
             Answer::ConsensusSealed { change }
                 if change.added.is_none()
-                    && change.removed_slot.is_none()
+                    && change.removes_nothing()
                     && change
                         .watermark
                         .is_some_and(|record| record.marks.chain == self.message.chain) =>
@@ -571,6 +572,197 @@ impl Operation for AttemptForbiddenSyscall {
     fn output(&self, answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
         match answer {
             Answer::SurvivedForbiddenSyscall { result } => Ok(result),
+            _ => Err(WRONG_KIND),
+        }
+    }
+}
+
+/// Give a key a new version.
+pub(crate) struct RotateKey {
+    pub(crate) key: WireKeyId,
+    pub(crate) grace_seconds: u64,
+}
+
+impl Operation for RotateKey {
+    /// The new version, its public key, the sealed change (a sealed store only).
+    type Output = (u32, [u8; 32], Option<StoreChange>);
+
+    fn request(&self) -> Request<'_> {
+        Request::RotateKey {
+            key: self.key,
+            grace_seconds: self.grace_seconds,
+        }
+    }
+
+    fn answer_is_quick(&self) -> bool {
+        false
+    }
+
+    fn output(&self, answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
+        match answer {
+            Answer::KeyRotated {
+                version,
+                public_key,
+                change,
+            } => match change {
+                // The new version takes the key's record; a kept previous one is added.
+                Some(change)
+                    if !change.replaced.is_some_and(|replaced| {
+                        replaced.local == self.key.local
+                            && replaced.version == version
+                            && replaced.public_key == public_key
+                            && replaced.retires == 0
+                            && change.removed_slots.iter().all(Option::is_none)
+                            && change.watermark.is_none()
+                            && change.added.is_none_or(|added| {
+                                added.local == self.key.local
+                                    && added.version < version
+                                    && added.retires != 0
+                            })
+                    }) =>
+                {
+                    Err("a sealed change that does not rotate the key")
+                }
+                change => Ok((version, public_key, change)),
+            },
+            _ => Err(WRONG_KIND),
+        }
+    }
+}
+
+/// End a rotation of a sealed store.
+pub(crate) struct FinishRotation {
+    pub(crate) key: WireKeyId,
+    pub(crate) commit: bool,
+}
+
+impl Operation for FinishRotation {
+    type Output = ();
+
+    fn request(&self) -> Request<'_> {
+        Request::FinishRotation {
+            key: self.key,
+            commit: self.commit,
+        }
+    }
+
+    fn output(&self, answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
+        match answer {
+            Answer::KeyDropped => Ok(()),
+            _ => Err(WRONG_KIND),
+        }
+    }
+}
+
+/// Erase one key's versions whose grace period is over.
+pub(crate) struct PurgeRetired;
+
+impl Operation for PurgeRetired {
+    /// The key purged (none: nothing left) and the sealed change (a sealed store only).
+    type Output = Option<(WireKeyId, Option<StoreChange>)>;
+
+    fn request(&self) -> Request<'_> {
+        Request::PurgeRetired
+    }
+
+    fn output(&self, answer: Answer, store: StoreId) -> Result<Self::Output, &'static str> {
+        match answer {
+            Answer::Purged {
+                key: None,
+                change: None,
+            } => Ok(None),
+            Answer::Purged {
+                key: Some(key),
+                change,
+            } if key.store == store
+                && change.is_none_or(|change| {
+                    change.added.is_none()
+                        && change.replaced.is_none()
+                        && change.watermark.is_none()
+                        && change.removed_slots.iter().any(Option::is_some)
+                }) =>
+            {
+                Ok(Some((key, change)))
+            }
+            Answer::Purged { .. } => Err("a purge that removes no retired version"),
+            _ => Err(WRONG_KIND),
+        }
+    }
+}
+
+/// A key's versions.
+pub(crate) struct KeyVersions(pub(crate) WireKeyId);
+
+impl Operation for KeyVersions {
+    type Output = Vec<crate::wire::messages::VersionListing>;
+
+    fn request(&self) -> Request<'_> {
+        Request::KeyVersions { key: self.0 }
+    }
+
+    fn output(&self, answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
+        match answer {
+            Answer::KeyVersions(listed) => {
+                let versions: Vec<_> = listed.into_iter().flatten().collect();
+                let currents = versions
+                    .iter()
+                    .filter(|version| version.retires == 0)
+                    .count();
+                if currents == 1 {
+                    Ok(versions)
+                } else {
+                    Err("a key's versions without exactly one current one")
+                }
+            }
+            _ => Err(WRONG_KIND),
+        }
+    }
+}
+
+/// Sign a digest with one version of a key.
+pub(crate) struct SignWithVersion {
+    pub(crate) key: WireKeyId,
+    pub(crate) version: u32,
+    pub(crate) digest: [u8; 32],
+}
+
+impl Operation for SignWithVersion {
+    type Output = ed25519_dalek::Signature;
+
+    fn request(&self) -> Request<'_> {
+        Request::SignWithVersion {
+            key: self.key,
+            version: self.version,
+            digest: self.digest,
+        }
+    }
+
+    fn output(&self, answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
+        signature_from(answer)
+    }
+}
+
+/// X25519 with one version of a handshake key.
+pub(crate) struct DiffieHellmanWithVersion {
+    pub(crate) key: WireKeyId,
+    pub(crate) version: u32,
+    pub(crate) peer_public: [u8; 32],
+}
+
+impl Operation for DiffieHellmanWithVersion {
+    type Output = WireSecret;
+
+    fn request(&self) -> Request<'_> {
+        Request::DiffieHellmanWithVersion {
+            key: self.key,
+            version: self.version,
+            peer_public: self.peer_public,
+        }
+    }
+
+    fn output(&self, answer: Answer, _store: StoreId) -> Result<Self::Output, &'static str> {
+        match answer {
+            Answer::SharedSecret(secret) => Ok(secret),
             _ => Err(WRONG_KIND),
         }
     }

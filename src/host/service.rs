@@ -14,7 +14,7 @@ use crate::host::config::{Config, RestartPolicy, SpawnMode};
 use crate::host::error::{Error, Result};
 use crate::host::key_handle::KeySigner;
 use crate::host::key_service::KeyService;
-use crate::host::keys::{KeyId, KeyInfo, PublicKey, SharedSecret};
+use crate::host::keys::{KeyId, KeyInfo, KeyVersion, PublicKey, SharedSecret};
 use crate::host::operations::{self, Operation};
 use crate::host::provisioning::{AgeRecipient, ProvisioningRecipient, RestoreReport};
 use crate::host::signer_process::{CallFailure, SignerProcess};
@@ -97,7 +97,7 @@ impl SecretService {
                 (Some(store), signer)
             }
         };
-        Ok(Self {
+        let service = Self {
             core: Arc::new(ServiceCore {
                 config,
                 program,
@@ -108,7 +108,32 @@ impl SecretService {
                 ended_stores: Mutex::new(VecDeque::new()),
                 store,
             }),
-        })
+        };
+        if service.core.store.is_some() {
+            service.retire_on_time()?;
+        }
+        Ok(service)
+    }
+
+    /// For a store just opened: purges the previous versions whose grace period ended while no
+    /// service ran, and sets a purge for the end of each grace period still running.
+    fn retire_on_time(&self) -> Result<()> {
+        self.core.purge_retired()?;
+        let mut pending = Vec::new();
+        for key in self.core.list_keys()? {
+            pending.extend(
+                self.core
+                    .key_versions(key.id)?
+                    .iter()
+                    .filter_map(|version| version.retires),
+            );
+        }
+        pending.sort_unstable();
+        pending.dedup();
+        for retires in pending {
+            schedule_purge(&self.core, retires);
+        }
+        Ok(())
     }
 
     /// A [`signature::Signer`] for one Ed25519 key, for code that takes a `Signer`: it owns a
@@ -244,6 +269,53 @@ impl SecretService {
         signed_by: &ed25519_dalek::VerifyingKey,
     ) -> Result<RestoreReport> {
         self.core.restore(encrypted, signed_by)
+    }
+
+    /// Rotates `key`: a new version with a fresh secret (drawn inside the signer after fresh
+    /// kernel entropy is mixed in) under the same key id; the plain calls use it from now on.
+    /// With a sealed store it is durable before this returns. The previous version stays usable
+    /// for `grace` through [`sign_with_version`](Self::sign_with_version) and
+    /// [`diffie_hellman_with_version`](Self::diffie_hellman_with_version) (a handshake key's
+    /// peers may still use its old public key), then is erased (its record purged from the
+    /// store, its secret wiped from the signer); with no grace it is erased at once. A
+    /// consensus key keeps its watermarks: they belong to the key, not to a version. At most
+    /// two previous versions are kept at once ([`Error::VersionLimit`]).
+    pub fn rotate_key(&self, key: KeyId, grace: std::time::Duration) -> Result<KeyVersion> {
+        let rotated = self.core.rotate_key(key, grace)?;
+        if let Some(retires) = rotated.1 {
+            schedule_purge(&self.core, retires);
+        }
+        Ok(rotated.0)
+    }
+
+    /// The versions of `key` the signer holds, oldest first; the last is the current one
+    /// (`retires` is `None`). Versions whose grace period is over are purged first.
+    pub fn key_versions(&self, key: KeyId) -> Result<Vec<KeyVersion>> {
+        self.core.key_versions(key)
+    }
+
+    /// Signs a 32-byte digest with one version of `key`: the current one, or a previous one in
+    /// its grace period (blind signing: the purpose's rule applies, as for
+    /// [`sign`](KeyService::sign)).
+    pub fn sign_with_version(
+        &self,
+        key: KeyId,
+        version: u32,
+        digest: &[u8; 32],
+    ) -> Result<ed25519_dalek::Signature> {
+        self.core.sign_with_version(key, version, digest)
+    }
+
+    /// X25519 with one version of the handshake key `key`: the current one, or a previous one
+    /// in its grace period.
+    pub fn diffie_hellman_with_version(
+        &self,
+        key: KeyId,
+        version: u32,
+        peer_public: &x25519_dalek::PublicKey,
+    ) -> Result<SharedSecret> {
+        self.core
+            .diffie_hellman_with_version(key, version, peer_public)
     }
 
     /// Test builds only: makes the signer attempt a forbidden system call.
@@ -509,7 +581,167 @@ impl ServiceCore {
     }
 }
 
+/// Purges `core`'s retired versions at `retires`, from a thread that holds the service only
+/// weakly (a dropped service is not kept alive, and its thread just ends).
+fn schedule_purge(core: &Arc<ServiceCore>, retires: std::time::SystemTime) {
+    let core = Arc::downgrade(core);
+    let _ = std::thread::Builder::new()
+        .name("keyward-retire".into())
+        .spawn(move || {
+            let wait = retires
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            // A second later: retirement is to the second, by the signer's clock.
+            std::thread::sleep(wait + std::time::Duration::from_secs(1));
+            if let Some(core) = core.upgrade() {
+                let _ = core.purge_retired();
+            }
+        });
+}
+
 impl ServiceCore {
+    /// See [`SecretService::rotate_key`]; also says when the previous version retires.
+    fn rotate_key(
+        &self,
+        key: KeyId,
+        grace: std::time::Duration,
+    ) -> Result<(KeyVersion, Option<std::time::SystemTime>)> {
+        self.signer_for(key)?;
+        // Versions already retired make room first.
+        self.purge_retired()?;
+        let grace_seconds = grace
+            .as_secs()
+            .saturating_add(u64::from(grace.subsec_nanos() > 0));
+        let (signer, rotated) = self.change_durably(
+            &operations::RotateKey {
+                key: key.wire(),
+                grace_seconds,
+            },
+            true,
+            |(_, _, change)| *change,
+            |signer, _, written| {
+                // Committed once the change is on disk; otherwise the previous version is
+                // current again, as the host's copy of the file says.
+                let _ = signer.perform(&operations::FinishRotation {
+                    key: key.wire(),
+                    commit: written,
+                });
+            },
+            true,
+        )?;
+        let (version, _, _) =
+            rotated.map_err(|refusal| refusal_error(&signer, refusal, Some(key), "rotate_key"))?;
+        let versions = self.key_versions(key)?;
+        let current = versions
+            .iter()
+            .find(|listed| listed.version == version)
+            .copied()
+            .ok_or_else(|| {
+                signer.verdict(CallFailure::Misbehaved(
+                    "a rotation whose new version is not listed",
+                ))
+            })?;
+        let retires = versions
+            .iter()
+            .filter_map(|listed| listed.retires)
+            .max()
+            .filter(|_| grace_seconds > 0);
+        Ok((current, retires))
+    }
+
+    /// Erases every previous version whose grace period is over, one key at a time, each
+    /// durable before the next.
+    fn purge_retired(&self) -> Result<()> {
+        for _ in 0..=crate::wire::MAX_KEY_LIMIT {
+            let (signer, purged) = self.change_durably(
+                &operations::PurgeRetired,
+                false,
+                |purged| purged.and_then(|(_, change)| change),
+                |signer, purged, written| {
+                    if let Some((key, Some(_))) = purged {
+                        let _ = signer.perform(&operations::FinishDrop {
+                            key: *key,
+                            erase: written,
+                        });
+                    }
+                },
+                true,
+            )?;
+            match purged {
+                Ok(None) => return Ok(()),
+                Ok(Some(_)) => {}
+                Err(refusal) => return Err(refusal_error(&signer, refusal, None, "purge")),
+            }
+        }
+        Err(self
+            .signer()
+            .verdict(CallFailure::Misbehaved("a purge that never ends")))
+    }
+
+    /// See [`SecretService::key_versions`].
+    fn key_versions(&self, key: KeyId) -> Result<Vec<KeyVersion>> {
+        let signer = self.signer_for(key)?;
+        self.purge_retired()?;
+        let algorithm = self.key_info(key)?.public_key.algorithm();
+        let listed = self
+            .perform(&signer, &operations::KeyVersions(key.wire()))?
+            .map_err(|refusal| refusal_error(&signer, refusal, Some(key), "key_versions"))?;
+        let at = |seconds| std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds);
+        listed
+            .into_iter()
+            .map(|listed| {
+                Ok(KeyVersion {
+                    version: listed.version,
+                    public_key: self.public_key_from(&signer, algorithm, listed.public_key)?,
+                    created: at(listed.created),
+                    retires: (listed.retires != 0).then(|| at(listed.retires)),
+                })
+            })
+            .collect()
+    }
+
+    /// See [`SecretService::sign_with_version`].
+    fn sign_with_version(
+        &self,
+        key: KeyId,
+        version: u32,
+        digest: &[u8; 32],
+    ) -> Result<ed25519_dalek::Signature> {
+        let signer = self.signer_for(key)?;
+        let operation = operations::SignWithVersion {
+            key: key.wire(),
+            version,
+            digest: *digest,
+        };
+        self.perform(&signer, &operation)?
+            .map_err(|refusal| version_error(&signer, refusal, key, version, "sign_with_version"))
+    }
+
+    /// See [`SecretService::diffie_hellman_with_version`].
+    fn diffie_hellman_with_version(
+        &self,
+        key: KeyId,
+        version: u32,
+        peer_public: &x25519_dalek::PublicKey,
+    ) -> Result<SharedSecret> {
+        let signer = self.signer_for(key)?;
+        let operation = operations::DiffieHellmanWithVersion {
+            key: key.wire(),
+            version,
+            peer_public: peer_public.to_bytes(),
+        };
+        let secret = self.perform(&signer, &operation)?.map_err(|refusal| {
+            version_error(
+                &signer,
+                refusal,
+                key,
+                version,
+                "diffie_hellman_with_version",
+            )
+        })?;
+        Ok(SharedSecret::new(secret))
+    }
+
     /// See [`SecretService::restore`]: one signer step at a time, each step's change durable
     /// before the next.
     fn restore(
@@ -860,6 +1092,21 @@ impl KeyService for SecretService {
     }
 }
 
+/// The error for a refusal of a call that names a version.
+fn version_error(
+    signer: &SignerProcess,
+    refusal: Refusal,
+    key: KeyId,
+    version: u32,
+    operation: &'static str,
+) -> Error {
+    match refusal {
+        Refusal::UnknownVersion => Error::UnknownVersion { key, version },
+        Refusal::VersionRetired => Error::VersionRetired { key, version },
+        refusal => refusal_error(signer, refusal, Some(key), operation),
+    }
+}
+
 /// After the write of a change that added `key` (generated, imported or restored): if it is
 /// not on disk, the signer forgets the key, and the drop's own change is not written either (the
 /// host's copy went back to the state before the add).
@@ -904,6 +1151,7 @@ fn refusal_error(
         (Refusal::ChainLimit { cap }, Some(key)) => Error::ChainLimit { key, cap },
         (Refusal::KeyLimitReached { limit }, _) => Error::KeyLimitReached { limit },
         (Refusal::NoFreshEntropy { errno }, _) => Error::NoFreshEntropy { errno },
+        (Refusal::VersionLimit { cap }, Some(key)) => Error::VersionLimit { key, cap },
         (Refusal::BackupTooLarge { keys, cap }, _) => Error::BackupTooLarge { keys, cap },
         (Refusal::BackupRecipientInvalid, _) => Error::BadRecipient {
             error: crate::wire::age_format::RecipientError::LowOrder,
@@ -932,7 +1180,11 @@ fn refusal_error(
             | Refusal::ImportMalformed
             | Refusal::ImportPublicKeyMismatch
             | Refusal::KeyAlreadyHeld { .. }
-            | Refusal::RestoreRefused { .. },
+            | Refusal::RestoreRefused { .. }
+            | Refusal::UnknownVersion
+            | Refusal::VersionRetired
+            | Refusal::VersionLimit { .. }
+            | Refusal::RotationPending,
             _,
         ) => signer.verdict(CallFailure::Misbehaved(
             "a refusal that does not fit the request",

@@ -200,6 +200,53 @@ pub(crate) fn handle_frame(
             scrub_stack();
             step.map(Answer::Restored)
         }
+        Request::RotateKey { key, grace_seconds } => {
+            let rotated = write_store(store).rotate(&key, grace_seconds);
+            scrub_stack();
+            rotated.map(|(version, public_key, change)| Answer::KeyRotated {
+                version,
+                public_key,
+                change,
+            })
+        }
+        Request::FinishRotation { key, commit } => {
+            let finished = write_store(store).finish_rotation(&key, commit);
+            scrub_stack();
+            finished.map(|()| Answer::KeyDropped)
+        }
+        Request::PurgeRetired => {
+            let purged = write_store(store).purge_retired();
+            scrub_stack();
+            Ok(match purged {
+                Some((key, change)) => Answer::Purged {
+                    key: Some(key),
+                    change,
+                },
+                None => Answer::Purged {
+                    key: None,
+                    change: None,
+                },
+            })
+        }
+        Request::KeyVersions { key } => read_store(store).versions(&key).map(Answer::KeyVersions),
+        Request::SignWithVersion {
+            key,
+            version,
+            digest,
+        } => read_store(store)
+            .sign_with_version(&key, version, &digest)
+            .map(|(r, s)| Answer::Signature { r, s }),
+        Request::DiffieHellmanWithVersion {
+            key,
+            version,
+            peer_public,
+        } => {
+            let shared = read_store(store).diffie_hellman_with_version(&key, version, &peer_public);
+            return match shared {
+                Ok(shared) => encode(id, Answer::<(), &[u8; 32]>::SharedSecret(&shared), answer),
+                Err(refusal) => reply(id, Answer::Refused(refusal), answer),
+            };
+        }
         Request::Backup { recipient } => {
             let mut guard = write_store(store);
             let backed_up = guard.backup(&recipient);

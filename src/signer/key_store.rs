@@ -11,6 +11,7 @@
 //! sealed, and the change handed to the host together with the answer.
 
 mod backup_and_import;
+mod rotation;
 
 use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
@@ -34,8 +35,8 @@ use crate::wire::startup::{
     CreatedStore, SealedSummary, SignerStoreSettings, StoreProblem, TamperedPart, UnlockSource,
 };
 use crate::wire::store_format::{
-    BODY_LEN, HEADER_LEN, MAX_CHAINS_PER_KEY, ManifestFields, RECORD_LEN, RecordsDigest, Seal,
-    SealedRecord, StoreFile, StoreHeader, WATERMARK_LEN, WatermarkRecord,
+    BODY_LEN, HEADER_LEN, MAX_CHAINS_PER_KEY, MAX_VERSIONS, ManifestFields, RECORD_LEN,
+    RecordsDigest, Seal, SealedRecord, StoreFile, StoreHeader, WATERMARK_LEN, WatermarkRecord,
 };
 
 /// A secret key. No `Debug`, no `Clone`, no `Serialize`; wiped on drop by the dalek types.
@@ -70,14 +71,24 @@ struct KeyRecord {
     secret: SecretKey,
     /// Kept beside the secret: deriving an X25519 public key costs a scalar multiplication.
     public_key: [u8; 32],
-    /// Seconds since the Unix epoch when the key was generated.
+    /// Seconds since the Unix epoch when this version of the key was made.
     created: u64,
+    /// 1 when the key is made, one more at each rotation.
+    version: u32,
+    /// 0 for the current version; for a previous one, the second its grace period ends.
+    retires: u64,
     /// Its sealed secret and seal, as handed to the host (a sealed store only): the manifest
     /// binds every record's bytes, so they are kept to hash.
     sealed: Option<([u8; 32], Seal)>,
     /// Being dropped from a sealed store: out of the sealed state and unusable, but erased only
     /// once the host has written the state without it (or put back if it could not).
     dropping: bool,
+    /// A retired version whose secret is already wiped, kept (without it) until the host has
+    /// written the state without the record: the manifest still binds its sealed bytes.
+    erased: bool,
+    /// A previous version moved here by a rotation whose write is not acknowledged yet: its
+    /// sealed bytes as they were in its old slot, to put it back if the write fails.
+    undo: Option<([u8; 32], Seal)>,
 }
 
 impl KeyRecord {
@@ -100,10 +111,17 @@ impl KeyRecord {
             purpose: self.purpose,
             algorithm: self.algorithm(),
             created: self.created,
+            version: self.version,
+            retires: self.retires,
             public_key: self.public_key,
             sealed_secret,
             seal,
         })
+    }
+
+    /// Whether this is the current version of its key, usable by the plain calls.
+    fn is_current(&self) -> bool {
+        self.retires == 0 && !self.dropping
     }
 
     fn listing(&self, store: StoreId) -> KeyListing {
@@ -366,7 +384,7 @@ impl KeyStore {
                 .as_slice()
                 .iter()
                 .flatten()
-                .any(|held| held.id == record.local)
+                .any(|held| held.id == record.local && held.version == record.version)
             {
                 return Err(StoreProblem::Tampered(TamperedPart::DuplicateKey));
             }
@@ -381,14 +399,25 @@ impl KeyStore {
                     slot: record.slot,
                 }));
             }
+            // A previous version whose grace period ended while no signer ran: its secret is
+            // not kept; the record stays (the manifest binds it) until the host purges it.
+            let expired = record.retires != 0 && record.retires <= now_seconds();
             self.records.as_mut_slice()[slot] = Some(KeyRecord {
                 id: record.local,
                 purpose: record.purpose,
-                secret: key,
+                secret: if expired {
+                    SecretKey::from_bytes(record.algorithm, &[0; 32]).0
+                } else {
+                    key
+                },
                 public_key,
                 created: record.created,
+                version: record.version,
+                retires: record.retires,
                 sealed: Some((record.sealed_secret, record.seal)),
                 dropping: false,
+                erased: expired,
+                undo: None,
             });
         }
         for record in &file.watermarks {
@@ -432,12 +461,7 @@ impl KeyStore {
 
     /// Seals the state after a change: the next sequence number, the records' digest, the
     /// manifest. `None` for a memory-only store.
-    fn seal_change(
-        &mut self,
-        added: Option<SealedRecord>,
-        removed_slot: Option<u16>,
-        watermark: Option<WatermarkRecord>,
-    ) -> Option<StoreChange> {
+    fn seal_change(&mut self, edit: Edit) -> Option<StoreChange> {
         self.sealed.as_ref()?;
         let nonce = *self.generator().draw::<24>();
         let mut digest = RecordsDigest::default();
@@ -481,9 +505,10 @@ impl KeyStore {
             .sealer
             .seal_manifest(&sealed.header_checksum, &manifest, nonce);
         Some(StoreChange {
-            added,
-            removed_slot,
-            watermark,
+            added: edit.added,
+            replaced: edit.replaced,
+            removed_slots: edit.removed,
+            watermark: edit.watermark,
             manifest,
             manifest_seal,
         })
@@ -585,6 +610,8 @@ impl KeyStore {
                 purpose: spec.purpose,
                 algorithm: spec.algorithm,
                 created,
+                version: 1,
+                retires: 0,
                 public_key,
                 sealed_secret: [0; 32],
                 seal: Seal {
@@ -603,8 +630,12 @@ impl KeyStore {
             secret,
             public_key,
             created,
+            version: 1,
+            retires: 0,
             sealed: sealed_record.map(|record| (record.sealed_secret, record.seal)),
             dropping: false,
+            erased: false,
+            undo: None,
         });
         let watermark = marks.map(|marks| {
             let next = self.sealed.as_ref().map_or(0, |sealed| sealed.sequence + 1);
@@ -615,7 +646,11 @@ impl KeyStore {
             });
             WatermarkRecord { slot, marks }
         });
-        let change = self.seal_change(sealed_record, None, watermark);
+        let change = self.seal_change(Edit {
+            added: sealed_record,
+            watermark,
+            ..Edit::default()
+        });
         Ok((id, public_key, change))
     }
 
@@ -636,7 +671,7 @@ impl KeyStore {
             .iter()
             .position(|slot| {
                 slot.as_ref()
-                    .is_some_and(|record| record.id == key.local && !record.dropping)
+                    .is_some_and(|record| record.id == key.local && record.is_current())
             })
             .ok_or(Refusal::UnknownKey)
     }
@@ -644,7 +679,11 @@ impl KeyStore {
     /// A key that may sign blind (digests, arbitrary messages): any Ed25519 key but a consensus
     /// key, unless that was allowed.
     fn blind_signer(&self, id: &WireKeyId) -> Result<Ed25519Signer<'_>, Refusal> {
-        let record = self.find(id)?;
+        self.blind_signer_of(self.find(id)?)
+    }
+
+    /// [`blind_signer`](Self::blind_signer) for one version's record.
+    fn blind_signer_of<'s>(&'s self, record: &'s KeyRecord) -> Result<Ed25519Signer<'s>, Refusal> {
         if record.purpose == Purpose::Consensus && !self.blind_consensus_allowed {
             return Err(Refusal::BlindSigningRefused {
                 purpose: record.purpose,
@@ -719,9 +758,12 @@ impl KeyStore {
             slot: u16::try_from(slot).unwrap_or(u16::MAX),
             marks: guard.marks,
         };
-        self.seal_change(None, None, Some(record))
-            .map(ConsensusStep::Persist)
-            .ok_or(Refusal::NotReleasable)
+        self.seal_change(Edit {
+            watermark: Some(record),
+            ..Edit::default()
+        })
+        .map(ConsensusStep::Persist)
+        .ok_or(Refusal::NotReleasable)
     }
 
     /// Signs `message` once the host has said every change up to `sequence` is durable:
@@ -837,7 +879,10 @@ impl KeyStore {
             slot: u16::try_from(slot).unwrap_or(u16::MAX),
             marks: guard.marks,
         };
-        Ok(self.seal_change(None, None, Some(record)))
+        Ok(self.seal_change(Edit {
+            watermark: Some(record),
+            ..Edit::default()
+        }))
     }
 
     /// A key's algorithm, purpose and public key.
@@ -875,20 +920,7 @@ impl KeyStore {
         id: &WireKeyId,
         peer_public: &[u8; 32],
     ) -> Result<Zeroizing<[u8; 32]>, Refusal> {
-        let record = self.find(id)?;
-        match &record.secret {
-            SecretKey::X25519(key) => {
-                let shared = key.diffie_hellman(&x25519_dalek::PublicKey::from(*peer_public));
-                if !shared.was_contributory() {
-                    return Err(Refusal::LowOrderPoint);
-                }
-                Ok(Zeroizing::new(shared.to_bytes()))
-            }
-            SecretKey::Ed25519(_) => Err(Refusal::WrongAlgorithm {
-                algorithm: Algorithm::Ed25519,
-                needed: Algorithm::X25519,
-            }),
-        }
+        diffie_hellman_with(self.find(id)?, peer_public)
     }
 
     /// Every held key, for a listing; iterable more than once, allocating nothing.
@@ -897,24 +929,39 @@ impl KeyStore {
             .as_slice()
             .iter()
             .flatten()
-            .filter(|record| !record.dropping)
+            .filter(|record| record.is_current())
             .map(|record| record.listing(self.id))
     }
 
     /// Erases a key: its record is dropped in place (the dalek types wipe themselves) and the
     /// slot is free again. For a sealed store, returns the sealed change the host must write.
     pub(crate) fn drop_key(&mut self, key: &WireKeyId) -> Result<Option<StoreChange>, Refusal> {
-        let index = self.slot_of(key)?;
-        let slot = u16::try_from(index).unwrap_or(u16::MAX);
-        if self.sealed.is_none() {
-            self.erase(index);
-            return Ok(None);
-        }
-        // Sealed: out of the state now, erased once the host has written the state without it.
-        if let Some(record) = self.records.as_mut_slice()[index].as_mut() {
+        self.slot_of(key)?;
+        // Every version of the key goes: the current one and those in their grace period.
+        let mut removed = [None; MAX_VERSIONS];
+        let mut next = removed.iter_mut();
+        for index in 0..self.records.as_slice().len() {
+            let Some(record) = self.records.as_mut_slice()[index].as_mut() else {
+                continue;
+            };
+            if record.id != key.local || record.dropping {
+                continue;
+            }
+            if self.sealed.is_none() {
+                self.erase(index);
+                continue;
+            }
+            // Sealed: out of the state now, erased once the host has written the state
+            // without it.
             record.dropping = true;
+            if let Some(place) = next.next() {
+                *place = Some(u16::try_from(index).unwrap_or(u16::MAX));
+            }
         }
-        Ok(self.seal_change(None, Some(slot), None))
+        Ok(self.seal_change(Edit {
+            removed,
+            ..Edit::default()
+        }))
     }
 
     /// Ends a drop from a sealed store: `erase` once the host has written the state without
@@ -924,21 +971,26 @@ impl KeyStore {
         if key.store != self.id {
             return Err(Refusal::UnknownKey);
         }
-        let index = self
-            .records
-            .as_slice()
-            .iter()
-            .position(|slot| {
-                slot.as_ref()
-                    .is_some_and(|record| record.id == key.local && record.dropping)
-            })
-            .ok_or(Refusal::UnknownKey)?;
-        if erase {
-            self.erase(index);
-        } else if let Some(record) = self.records.as_mut_slice()[index].as_mut() {
-            record.dropping = false;
+        let mut found = false;
+        for index in 0..self.records.as_slice().len() {
+            let Some(record) = self.records.as_mut_slice()[index].as_mut() else {
+                continue;
+            };
+            if record.id != key.local || !record.dropping {
+                continue;
+            }
+            found = true;
+            if erase {
+                self.erase(index);
+            } else {
+                record.dropping = false;
+            }
         }
-        Ok(())
+        if found {
+            Ok(())
+        } else {
+            Err(Refusal::UnknownKey)
+        }
     }
 
     /// Erases the key in `index`: its record is dropped in place (the dalek types wipe
@@ -947,6 +999,42 @@ impl KeyStore {
         self.records.as_mut_slice()[index] = None;
         self.guards[index] = [None; MAX_CHAINS_PER_KEY];
     }
+}
+
+/// X25519 with one version's record; refuses a peer point that gives an all-zero secret.
+fn diffie_hellman_with(
+    record: &KeyRecord,
+    peer_public: &[u8; 32],
+) -> Result<Zeroizing<[u8; 32]>, Refusal> {
+    match &record.secret {
+        SecretKey::X25519(key) => {
+            let shared = key.diffie_hellman(&x25519_dalek::PublicKey::from(*peer_public));
+            if !shared.was_contributory() {
+                return Err(Refusal::LowOrderPoint);
+            }
+            Ok(Zeroizing::new(shared.to_bytes()))
+        }
+        SecretKey::Ed25519(_) => Err(Refusal::WrongAlgorithm {
+            algorithm: Algorithm::Ed25519,
+            needed: Algorithm::X25519,
+        }),
+    }
+}
+
+/// Seconds since the Unix epoch by the signer's clock (0 before 1970).
+fn now_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+/// What one sealed change does to the file, besides its manifest.
+#[derive(Default)]
+struct Edit {
+    added: Option<SealedRecord>,
+    replaced: Option<SealedRecord>,
+    removed: [Option<u16>; MAX_VERSIONS],
+    watermark: Option<WatermarkRecord>,
 }
 
 /// An Ed25519 key lent out of the store: it signs and does nothing else, so the secret still

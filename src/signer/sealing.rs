@@ -221,6 +221,8 @@ mod tests {
             purpose: Purpose::Account,
             algorithm: Algorithm::Ed25519,
             created: 42,
+            version: 1,
+            retires: 0,
             public_key: [4; 32],
             sealed_secret: [0; 32],
             seal: Seal {

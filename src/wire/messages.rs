@@ -20,7 +20,7 @@ use crate::wire::backup_format::BackupProblem;
 use crate::wire::consensus::{ChainWatermarks, ConsensusMessage, GuardRule, Watermark};
 use crate::wire::key_types::{Algorithm, KeySpec, Purpose, WireKeyId};
 use crate::wire::store_format::{
-    MAX_CHAINS_PER_KEY, ManifestFields, Seal, SealedRecord, WatermarkRecord,
+    MAX_CHAINS_PER_KEY, MAX_VERSIONS, ManifestFields, Seal, SealedRecord, WatermarkRecord,
 };
 use crate::wire::{MAX_BATCH, MAX_FRAME_LEN, MAX_KEY_LIMIT, MAX_MESSAGE_LEN};
 
@@ -118,6 +118,29 @@ pub(crate) enum Request<'a> {
         #[serde(borrow, serialize_with = "as_bytes")]
         encrypted: &'a [u8],
     },
+    /// Give `key` a new version, keeping the previous one for `grace_seconds`; answered with
+    /// `KeyRotated`. With a sealed store the host writes its change, then `FinishRotation`.
+    RotateKey { key: WireKeyId, grace_seconds: u64 },
+    /// End a rotation of a sealed store: `commit` once its change is durable, or put the
+    /// previous version back. Answered with `KeyDropped` (nothing to say).
+    FinishRotation { key: WireKeyId, commit: bool },
+    /// Erase the previous versions of one key whose grace period is over; answered with
+    /// `Purged`. With a sealed store the host writes its change, then `FinishDrop`.
+    PurgeRetired,
+    /// The versions of `key` held; answered with `KeyVersions`.
+    KeyVersions { key: WireKeyId },
+    /// Sign a 32-byte digest with one version of an Ed25519 key; answered with `Signature`.
+    SignWithVersion {
+        key: WireKeyId,
+        version: u32,
+        digest: [u8; 32],
+    },
+    /// X25519 with one version of a handshake key; answered with `SharedSecret`.
+    DiffieHellmanWithVersion {
+        key: WireKeyId,
+        version: u32,
+        peer_public: [u8; 32],
+    },
 }
 
 /// The most bytes of an answer frame to any request but a listing or a batch: every fixed-size
@@ -127,6 +150,9 @@ pub(crate) const SMALL_ANSWER_FRAME: usize = 128;
 /// The most bytes of an answer frame that carries a sealed store change (a record, a manifest
 /// and their seals, about 330 bytes at most).
 pub(crate) const SEALED_ANSWER_FRAME: usize = 768;
+
+/// The most bytes of a `KeyVersions` answer: three versions of about 60 bytes each.
+pub(crate) const VERSIONS_ANSWER_FRAME: usize = 320;
 
 /// The most bytes of a `Watermarks` answer: a key's watermarks on its most chains.
 pub(crate) const WATERMARKS_ANSWER_FRAME: usize = 1024;
@@ -159,7 +185,14 @@ impl Request<'_> {
             | Request::AttemptForbiddenSyscall { .. }
             | Request::FinishDrop { .. } => SMALL_ANSWER_FRAME,
             Request::Provisioning => PROVISIONING_ANSWER_FRAME,
-            Request::ImportKey { .. } | Request::RestoreStep { .. } => SEALED_ANSWER_FRAME,
+            Request::ImportKey { .. }
+            | Request::RestoreStep { .. }
+            | Request::RotateKey { .. }
+            | Request::PurgeRetired => SEALED_ANSWER_FRAME,
+            Request::KeyVersions { .. } => VERSIONS_ANSWER_FRAME,
+            Request::FinishRotation { .. }
+            | Request::SignWithVersion { .. }
+            | Request::DiffieHellmanWithVersion { .. } => SMALL_ANSWER_FRAME,
             Request::Backup { .. } => MAX_FRAME_LEN,
         }
     }
@@ -339,6 +372,30 @@ pub(crate) enum Answer<L = Vec<KeyListing>, S = WireSecret, B = Vec<WireSignatur
     Backup(E),
     /// What one restore step did.
     Restored(RestoreProgress),
+    /// A key's new version, its public key, and (a sealed store) the change to write.
+    KeyRotated {
+        version: u32,
+        public_key: [u8; 32],
+        change: Option<StoreChange>,
+    },
+    /// The key whose retired versions were erased (none: nothing was left to purge), and (a
+    /// sealed store) the change that removes them.
+    Purged {
+        key: Option<WireKeyId>,
+        change: Option<StoreChange>,
+    },
+    /// A key's versions, by version.
+    KeyVersions([Option<VersionListing>; MAX_VERSIONS]),
+}
+
+/// One version of a key in a `KeyVersions` answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct VersionListing {
+    pub(crate) version: u32,
+    pub(crate) public_key: [u8; 32],
+    pub(crate) created: u64,
+    /// 0 for the current version, else when its grace period ends.
+    pub(crate) retires: u64,
 }
 
 /// What one restore step did.
@@ -359,18 +416,28 @@ pub(crate) enum RestoreProgress {
     Complete { keys: u32, marks: u32 },
 }
 
-/// One write of the sealed store, as the signer hands it to the host: at most one record added
-/// and one removed, and the manifest of the state after the change, sealed. The host applies it
-/// to its copy of the file and writes the result.
+/// One write of the sealed store, as the signer hands it to the host: at most one record added,
+/// one replaced and a key's records removed, and the manifest of the state after the change,
+/// sealed. The host applies it to its copy of the file and writes the result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct StoreChange {
     pub(crate) added: Option<SealedRecord>,
-    /// A key removed, with its watermark records.
-    pub(crate) removed_slot: Option<u16>,
+    /// A record that takes the place of the one in its slot (a rotation's new version); the
+    /// slot's watermark records stay.
+    pub(crate) replaced: Option<SealedRecord>,
+    /// Records removed (a key's versions, or its retired ones), with their watermark records.
+    pub(crate) removed_slots: [Option<u16>; MAX_VERSIONS],
     /// A watermark record added or replaced (by slot and chain).
     pub(crate) watermark: Option<WatermarkRecord>,
     pub(crate) manifest: ManifestFields,
     pub(crate) manifest_seal: Seal,
+}
+
+impl StoreChange {
+    /// Whether the change takes nothing away: no record removed, none replaced.
+    pub(crate) fn removes_nothing(&self) -> bool {
+        self.replaced.is_none() && self.removed_slots.iter().all(Option::is_none)
+    }
 }
 
 /// A Diffie-Hellman result as the host receives it: decoded straight into one heap buffer,
@@ -514,6 +581,16 @@ pub(crate) enum Refusal {
     RestoreRefused {
         problem: BackupProblem,
     },
+    /// No version of the key has that number.
+    UnknownVersion,
+    /// That version's grace period is over.
+    VersionRetired,
+    /// The key already has `cap` previous versions in their grace period.
+    VersionLimit {
+        cap: u32,
+    },
+    /// A rotation of the key is waiting for its write to be acknowledged.
+    RotationPending,
 }
 
 /// Serializes a key listing from anything that can iterate it twice (once to count: postcard
@@ -859,6 +936,8 @@ mod tests {
                                 purpose: Purpose::Consensus,
                                 algorithm: Algorithm::Ed25519,
                                 created: 1_700_000_000,
+                                version: 1,
+                                retires: 0,
                                 public_key: [0x33; 32],
                                 sealed_secret: [0x44; 32],
                                 seal: Seal {
@@ -866,7 +945,8 @@ mod tests {
                                     tag: [0x66; 16],
                                 },
                             }),
-                            removed_slot: None,
+                            replaced: None,
+                            removed_slots: [None; MAX_VERSIONS],
                             watermark: None,
                             manifest,
                             manifest_seal,
@@ -881,7 +961,8 @@ mod tests {
                     answer: Answer::KeyDroppedSealed {
                         change: StoreChange {
                             added: None,
-                            removed_slot: Some(3),
+                            replaced: None,
+                            removed_slots: [Some(3), None, None],
                             watermark: None,
                             manifest,
                             manifest_seal,
@@ -1068,6 +1149,8 @@ mod tests {
             purpose: Purpose::NetworkHandshake,
             algorithm: Algorithm::X25519,
             created: u64::MAX,
+            version: u32::MAX,
+            retires: u64::MAX,
             public_key: [0xff; 32],
             sealed_secret: [0xff; 32],
             seal: Seal {
@@ -1082,7 +1165,8 @@ mod tests {
         };
         let change = StoreChange {
             added: Some(record),
-            removed_slot: Some(u16::MAX),
+            replaced: Some(record),
+            removed_slots: [Some(u16::MAX); MAX_VERSIONS],
             watermark: Some(WatermarkRecord {
                 slot: u16::MAX,
                 marks: ChainWatermarks {

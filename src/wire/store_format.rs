@@ -32,10 +32,11 @@ pub(crate) const HEADER_LEN: usize = CHECKED_LEN + 32;
 /// The body before the records: sequence number, key and watermark record counts, manifest
 /// nonce and tag.
 pub(crate) const BODY_LEN: usize = 8 + 4 + 4 + 24 + 16;
-/// One record: slot, id, purpose, algorithm, creation time, public key, nonce, sealed secret, tag.
-pub(crate) const RECORD_LEN: usize = 2 + 16 + 1 + 1 + 8 + 32 + 24 + 32 + 16;
+/// One record: slot, id, purpose, algorithm, creation time, version, retirement time, public
+/// key, nonce, sealed secret, tag.
+pub(crate) const RECORD_LEN: usize = 2 + 16 + 1 + 1 + 8 + 4 + 8 + 32 + 24 + 32 + 16;
 /// The part of a record in the clear, bound into its seal as associated data.
-const RECORD_CLEAR_LEN: usize = 2 + 16 + 1 + 1 + 8 + 32;
+const RECORD_CLEAR_LEN: usize = 2 + 16 + 1 + 1 + 8 + 4 + 8 + 32;
 /// One watermark of a watermark record: signed (1) or not (0), epoch, round, digest.
 const MARK_LEN: usize = 1 + 8 + 8 + 32;
 /// One watermark record: the key's slot, the chain, a watermark per kind (proposal, vote,
@@ -43,6 +44,9 @@ const MARK_LEN: usize = 1 + 8 + 8 + 32;
 pub(crate) const WATERMARK_LEN: usize = 2 + 32 + 3 * MARK_LEN;
 /// The most chains one consensus key keeps watermarks for.
 pub(crate) const MAX_CHAINS_PER_KEY: usize = 4;
+/// The most versions of one key held at once: the current one and two previous ones in their
+/// grace period after rotations.
+pub(crate) const MAX_VERSIONS: usize = 3;
 
 /// Domain labels of the three seals; each seal's associated data starts with its own.
 pub(crate) const VERIFIER_LABEL: &[u8] = b"keyward-store/v1 verifier";
@@ -157,8 +161,13 @@ pub(crate) struct SealedRecord {
     pub(crate) local: LocalKeyId,
     pub(crate) purpose: Purpose,
     pub(crate) algorithm: Algorithm,
-    /// Seconds since the Unix epoch when the key was generated (the signer's clock).
+    /// Seconds since the Unix epoch when this version of the key was made (the signer's clock).
     pub(crate) created: u64,
+    /// The key's version: 1 when it is made, one more at each rotation.
+    pub(crate) version: u32,
+    /// 0 for the key's current version; for a previous one, kept through its grace period
+    /// after a rotation, the second (since the Unix epoch) at which it is erased.
+    pub(crate) retires: u64,
     pub(crate) public_key: [u8; 32],
     pub(crate) sealed_secret: [u8; 32],
     pub(crate) seal: Seal,
@@ -172,7 +181,9 @@ impl SealedRecord {
         bytes[18] = purpose_code(self.purpose);
         bytes[19] = algorithm_code(self.algorithm);
         bytes[20..28].copy_from_slice(&self.created.to_le_bytes());
-        bytes[28..60].copy_from_slice(&self.public_key);
+        bytes[28..32].copy_from_slice(&self.version.to_le_bytes());
+        bytes[32..40].copy_from_slice(&self.retires.to_le_bytes());
+        bytes[40..72].copy_from_slice(&self.public_key);
         bytes
     }
 
@@ -194,9 +205,9 @@ impl SealedRecord {
     pub(crate) fn to_bytes(self) -> [u8; RECORD_LEN] {
         let mut bytes = [0u8; RECORD_LEN];
         bytes[..RECORD_CLEAR_LEN].copy_from_slice(&self.clear_bytes());
-        bytes[60..84].copy_from_slice(&self.seal.nonce);
-        bytes[84..116].copy_from_slice(&self.sealed_secret);
-        bytes[116..132].copy_from_slice(&self.seal.tag);
+        bytes[72..96].copy_from_slice(&self.seal.nonce);
+        bytes[96..128].copy_from_slice(&self.sealed_secret);
+        bytes[128..144].copy_from_slice(&self.seal.tag);
         bytes
     }
 
@@ -209,12 +220,17 @@ impl SealedRecord {
             algorithm: algorithm_from(bytes[19])
                 .ok_or(FormatError::Corrupt(CorruptField::RecordAlgorithm))?,
             created: u64::from_le_bytes(array(&bytes[20..28])),
-            public_key: array(&bytes[28..60]),
-            seal: Seal {
-                nonce: array(&bytes[60..84]),
-                tag: array(&bytes[116..132]),
+            version: match u32::from_le_bytes(array(&bytes[28..32])) {
+                0 => return Err(FormatError::Corrupt(CorruptField::RecordVersion)),
+                version => version,
             },
-            sealed_secret: array(&bytes[84..116]),
+            retires: u64::from_le_bytes(array(&bytes[32..40])),
+            public_key: array(&bytes[40..72]),
+            seal: Seal {
+                nonce: array(&bytes[72..96]),
+                tag: array(&bytes[128..144]),
+            },
+            sealed_secret: array(&bytes[96..128]),
         })
     }
 }
@@ -422,6 +438,11 @@ pub enum CorruptField {
     Watermark,
     /// The watermark records are not in strictly increasing (slot, chain) order.
     WatermarkOrder,
+    /// A record's version is 0, or a key's versions do not fit together: not exactly one
+    /// current version, a previous version not older than the current one, a version twice.
+    RecordVersion,
+    /// A watermark record's slot holds no current consensus key.
+    WatermarkSlot,
 }
 
 impl std::fmt::Display for CorruptField {
@@ -436,8 +457,40 @@ impl std::fmt::Display for CorruptField {
             CorruptField::RecordAlgorithm => "a record's algorithm",
             CorruptField::Watermark => "a watermark record",
             CorruptField::WatermarkOrder => "the order of the watermark records",
+            CorruptField::RecordVersion => "a key's versions",
+            CorruptField::WatermarkSlot => "the key of a watermark record",
         })
     }
+}
+
+/// Each key id has exactly one current version (retirement 0), and every previous version of
+/// it is older than the current one and appears once.
+fn check_versions(records: &[SealedRecord]) -> Result<(), FormatError> {
+    let corrupt = FormatError::Corrupt(CorruptField::RecordVersion);
+    for record in records {
+        let lineage = || records.iter().filter(|other| other.local == record.local);
+        if lineage().count() > MAX_VERSIONS {
+            return Err(corrupt);
+        }
+        let mut current = lineage().filter(|other| other.retires == 0);
+        let (Some(current), None) = (current.next(), current.next()) else {
+            return Err(corrupt);
+        };
+        if record.retires != 0 && record.version >= current.version {
+            return Err(corrupt);
+        }
+        if lineage()
+            .filter(|other| other.version == record.version)
+            .count()
+            != 1
+        {
+            return Err(corrupt);
+        }
+        if current.purpose != record.purpose || current.algorithm != record.algorithm {
+            return Err(corrupt);
+        }
+    }
+    Ok(())
 }
 
 impl StoreFile {
@@ -562,6 +615,17 @@ impl StoreFile {
             digest.add_watermark(&record);
             watermarks.push(record);
         }
+        check_versions(&records)?;
+        for watermark in &watermarks {
+            let held = records.iter().any(|record| {
+                record.slot == watermark.slot
+                    && record.retires == 0
+                    && record.purpose == Purpose::Consensus
+            });
+            if !held {
+                return Err(FormatError::Corrupt(CorruptField::WatermarkSlot));
+            }
+        }
         let (_, _, records_digest) = digest.finish();
         Ok(Self {
             header,
@@ -675,6 +739,8 @@ mod tests {
                 purpose: Purpose::Consensus,
                 algorithm: Algorithm::Ed25519,
                 created: 1_700_000_000,
+                version: 1,
+                retires: 0,
                 public_key: [0x66; 32],
                 sealed_secret: [0x77; 32],
                 seal: Seal {
@@ -688,6 +754,8 @@ mod tests {
                 purpose: Purpose::NetworkHandshake,
                 algorithm: Algorithm::X25519,
                 created: 1_700_000_001,
+                version: 1,
+                retires: 0,
                 public_key: [0xbb; 32],
                 sealed_secret: [0xcc; 32],
                 seal: Seal {

@@ -46,8 +46,14 @@ pub struct ListedKey {
     pub algorithm: Algorithm,
     /// Its public key's 32 bytes, as the file has them (not checked against the secret).
     pub public_key: [u8; 32],
-    /// When it was generated: seconds since the Unix epoch, by the signer's clock.
+    /// When this version was made: seconds since the Unix epoch, by the signer's clock.
     pub created: u64,
+    /// Its version: 1 when made, one more at each rotation. A rotated key has one entry per
+    /// version kept.
+    pub version: u32,
+    /// 0 for the current version; for a previous one, when its grace period ends (seconds
+    /// since the Unix epoch).
+    pub retires: u64,
 }
 
 impl StoreListing {
@@ -85,6 +91,8 @@ impl StoreListing {
                     algorithm: record.algorithm,
                     public_key: record.public_key,
                     created: record.created,
+                    version: record.version,
+                    retires: record.retires,
                 })
                 .collect(),
         })

@@ -294,13 +294,20 @@ impl HostStore {
         }
         let mut records = file.records.clone();
         let mut watermarks = file.watermarks.clone();
-        if let Some(slot) = change.removed_slot {
+        for slot in change.removed_slots.iter().flatten() {
             let index = records
                 .iter()
-                .position(|record| record.slot == slot)
+                .position(|record| record.slot == *slot)
                 .ok_or("a sealed change that removes a record the store does not hold")?;
             records.remove(index);
-            watermarks.retain(|record| record.slot != slot);
+            watermarks.retain(|record| record.slot != *slot);
+        }
+        if let Some(replaced) = change.replaced {
+            let held = records
+                .iter_mut()
+                .find(|record| record.slot == replaced.slot)
+                .ok_or("a sealed change that replaces a record the store does not hold")?;
+            *held = replaced;
         }
         if let Some(watermark) = change.watermark {
             let index = watermarks.partition_point(|record| record.order() < watermark.order());
