@@ -3,12 +3,19 @@
 //! version at once; the previous version still signs and agrees (through `*_with_version`) as
 //! its old public key says for exactly its grace period, then is refused and erased, on disk
 //! too; a consensus key keeps its watermarks across the rotation; at most two previous versions
-//! are held; and a rotation whose write fails changes nothing.
+//! are held in their grace; and a rotation whose write fails changes nothing.
+//!
+//! And what a rotation must not break elsewhere: a `KeySigner` signs as the key it reports; a
+//! backup made during the grace restores each key once, as its current version (never the
+//! previous one as a key of its own, with no watermarks); a store with a version to purge
+//! still opens on a full disk, and a backup made after a purge that could not be written
+//! restores; an absurd grace is no panic and leaves a store that opens.
 //!
 //! Each test runs in both spawn modes where that is cheap (the grace waits are a second or two
 //! per mode). Times in the store are whole seconds, so a time is checked to within a second.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod age_util;
 mod common;
 mod store_util;
 
@@ -151,6 +158,19 @@ fn wait_past_grace(rotated: SystemTime, grace: Duration, retires: SystemTime) {
     if let Ok(left) = until.duration_since(SystemTime::now()) {
         std::thread::sleep(left);
     }
+}
+
+/// Waits for the start of the next second. The store keeps whole seconds and rounds a
+/// retirement time down (see `a_grace_is_never_shorter_than_asked`), so a grace begun late in a
+/// second is cut short by up to that second; begun at its start, a 1 s grace lasts about one.
+fn start_of_a_second() {
+    let into = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    std::thread::sleep(
+        Duration::from_nanos(u64::from(1_000_000_000 - into)) + Duration::from_millis(5),
+    );
 }
 
 /// The error of a call that must fail, or a panic naming `what`.
@@ -352,6 +372,7 @@ fn after_the_grace_the_old_version_is_refused_and_then_gone() {
             .generate_key(KeySpec::new(Purpose::Account))
             .unwrap();
         let old = service.public_key(key).unwrap();
+        start_of_a_second();
         let rotated = SystemTime::now();
         let new = service.rotate_key(key, SHORT).unwrap();
         // Control: within the grace, version 1 signs.
@@ -509,20 +530,23 @@ fn a_third_version_in_grace_is_refused_and_changes_nothing() {
             version.version
         );
     }
-    // A zero grace is a rotation too: refused the same while two versions are in grace.
-    let error = refused(
-        service.rotate_key(key, Duration::ZERO),
-        &format!("{what}: a rotation with no grace"),
-    );
-    assert!(
-        matches!(error, Error::VersionLimit { .. }),
-        "{what}: {error:?}"
-    );
+    // A rotation with no grace adds no version in grace, so the limit allows it (as the
+    // error's message says): version 3 is erased at once, 1 and 2 stay in their grace.
+    let fourth = service.rotate_key(key, Duration::ZERO).unwrap();
+    assert_eq!(fourth.version, 4, "{what}");
+    let after = service.key_versions(key).unwrap();
     assert_eq!(
-        service.public_key(key).unwrap(),
-        current.public_key,
-        "{what}"
+        after.iter().map(|v| v.version).collect::<Vec<_>>(),
+        [1, 2, 4],
+        "{what}: {}",
+        describe(&after)
     );
+    let error = refused(
+        service.sign_with_version(key, 3, &[0x0a; 32]),
+        &format!("{what}: version 3 after a rotation with no grace"),
+    );
+    assert!(is_retired_or_unknown(&error, key, 3), "{what}: {error:?}");
+    assert_eq!(fixture.records_on_disk(), 3, "{what}: records on disk");
 }
 
 /// The limit counts versions in grace: once one retires, the next rotation (which purges
@@ -534,6 +558,7 @@ fn the_limit_frees_up_when_a_previous_version_retires() {
     let key = service
         .generate_key(KeySpec::new(Purpose::Account))
         .unwrap();
+    start_of_a_second();
     let rotated = SystemTime::now();
     service.rotate_key(key, SHORT).unwrap();
     let retires = service.key_versions(key).unwrap()[0].retires.unwrap();
@@ -570,6 +595,8 @@ fn unknown_versions_and_unknown_keys_are_refused() {
         .unwrap();
     service.rotate_key(key, LONG).unwrap();
     let peer = x25519_dalek::PublicKey::from([0x0b; 32]);
+    // The brief's 7, and the edges: 0 (never a version), 3 (one past the last), u32::MAX;
+    // the handshake key, not rotated, has only version 1.
     for version in [0, 3, 7, u32::MAX] {
         let error = refused(
             service.sign_with_version(key, version, &[0x0c; 32]),
@@ -580,11 +607,11 @@ fn unknown_versions_and_unknown_keys_are_refused() {
             "{what}: version {version}: {error:?}"
         );
         let error = refused(
-            service.diffie_hellman_with_version(handshake, version.max(2), &peer),
+            service.diffie_hellman_with_version(handshake, version, &peer),
             &format!("{what}: handshake version {version}"),
         );
         assert!(
-            matches!(error, Error::UnknownVersion { key: k, .. } if k == handshake),
+            matches!(error, Error::UnknownVersion { key: k, version: v } if k == handshake && v == version),
             "{what}: handshake version {version}: {error:?}"
         );
     }
@@ -608,7 +635,6 @@ fn unknown_versions_and_unknown_keys_are_refused() {
     assert_ne!(never, key);
     for missing in [dropped, never] {
         let unknown = |error: Error, call: &str| {
-            println!("{what}: {call} of a missing key: {error}");
             assert!(
                 matches!(error, Error::UnknownKey(k) if k == missing),
                 "{what}: {call}: {error:?}"
@@ -616,7 +642,10 @@ fn unknown_versions_and_unknown_keys_are_refused() {
         };
         let state = fixture.scratch.state();
         unknown(
-            refused(service.rotate_key(missing, LONG), "rotate"),
+            refused(
+                service.rotate_key(missing, LONG),
+                &format!("{what}: rotate_key of a missing key"),
+            ),
             "rotate_key",
         );
         assert!(
@@ -624,15 +653,24 @@ fn unknown_versions_and_unknown_keys_are_refused() {
             "{what}: a refused rotation wrote the store"
         );
         unknown(
-            refused(service.key_versions(missing), "versions"),
+            refused(
+                service.key_versions(missing),
+                &format!("{what}: key_versions of a missing key"),
+            ),
             "key_versions",
         );
         unknown(
-            refused(service.sign_with_version(missing, 1, &[0x0d; 32]), "sign"),
+            refused(
+                service.sign_with_version(missing, 1, &[0x0d; 32]),
+                &format!("{what}: sign_with_version of a missing key"),
+            ),
             "sign_with_version",
         );
         unknown(
-            refused(service.diffie_hellman_with_version(missing, 1, &peer), "dh"),
+            refused(
+                service.diffie_hellman_with_version(missing, 1, &peer),
+                &format!("{what}: diffie_hellman_with_version of a missing key"),
+            ),
             "diffie_hellman_with_version",
         );
     }
@@ -801,6 +839,7 @@ fn a_version_whose_grace_ended_while_the_store_was_closed_is_gone_after_a_reopen
         let key = service
             .generate_key(KeySpec::new(Purpose::Account))
             .unwrap();
+        start_of_a_second();
         let rotated = SystemTime::now();
         let new = service.rotate_key(key, SHORT).unwrap();
         let retires = service.key_versions(key).unwrap()[0].retires.unwrap();
@@ -962,4 +1001,417 @@ fn a_rotation_whose_write_fails_changes_nothing() {
     let service = spawn(StoreCreation::OpenExisting);
     assert_eq!(service.public_key(key).unwrap(), new.public_key);
     assert_eq!(service.key_versions(key).unwrap().len(), 2);
+}
+
+#[test]
+fn dropping_a_rotated_key_drops_every_version() {
+    let mut fixture = Fixture::new("drop", "fork", SpawnMode::Fork);
+    let what = fixture.what.clone();
+    let service = fixture.service();
+    let key = service
+        .generate_key(KeySpec::new(Purpose::Account))
+        .unwrap();
+    let other = service
+        .generate_key(KeySpec::new(Purpose::Account))
+        .unwrap();
+    service.rotate_key(key, LONG).unwrap();
+    service.rotate_key(key, LONG).unwrap();
+    assert_eq!(fixture.records_on_disk(), 4, "{what}: control: records");
+    service.drop_key(key).unwrap();
+    for version in 1..=3 {
+        let error = refused(
+            service.sign_with_version(key, version, &[0x13; 32]),
+            &format!("{what}: version {version} of a dropped key"),
+        );
+        assert!(
+            matches!(error, Error::UnknownKey(k) if k == key),
+            "{what}: {error:?}"
+        );
+    }
+    assert!(matches!(
+        service.key_versions(key),
+        Err(Error::UnknownKey(_))
+    ));
+    assert_eq!(
+        fixture.records_on_disk(),
+        1,
+        "{what}: records after the drop"
+    );
+    fixture.reopen();
+    let service = fixture.service();
+    assert_eq!(
+        service
+            .list_keys()
+            .unwrap()
+            .iter()
+            .map(|info| info.id)
+            .collect::<Vec<_>>(),
+        [other],
+        "{what}: reopened"
+    );
+    assert!(matches!(
+        service.sign_with_version(key, 1, &[0x14; 32]),
+        Err(Error::UnknownKey(_))
+    ));
+}
+
+/// A memory-only service (no store) rotates the same way, and erases on time.
+#[test]
+fn without_a_store_a_rotation_works_the_same() {
+    for (mode, config) in common::spawn_modes() {
+        let service = SecretService::spawn(config).unwrap();
+        let key = service
+            .generate_key(KeySpec::new(Purpose::Account))
+            .unwrap();
+        let old = service.public_key(key).unwrap();
+        start_of_a_second();
+        let rotated = SystemTime::now();
+        let new = service.rotate_key(key, SHORT).unwrap();
+        assert_eq!(new.version, 2, "{mode}");
+        assert_eq!(service.public_key(key).unwrap(), new.public_key, "{mode}");
+        let signature = service.sign_with_version(key, 1, &[0x15; 32]).unwrap();
+        assert!(verifies(old, &[0x15; 32], &signature), "{mode}");
+        let retires = service.key_versions(key).unwrap()[0].retires.unwrap();
+        wait_past_grace(rotated, SHORT, retires);
+        let error = refused(
+            service.sign_with_version(key, 1, &[0x16; 32]),
+            &format!("{mode}, no store: version 1 after its grace"),
+        );
+        assert!(is_retired_or_unknown(&error, key, 1), "{mode}: {error:?}");
+        assert_eq!(
+            service
+                .key_versions(key)
+                .unwrap()
+                .iter()
+                .map(|v| v.version)
+                .collect::<Vec<_>>(),
+            [2],
+            "{mode}"
+        );
+        // With no grace, at once.
+        service.rotate_key(key, Duration::ZERO).unwrap();
+        let error = refused(
+            service.sign_with_version(key, 2, &[0x17; 32]),
+            &format!("{mode}, no store: version 2 after a rotation with no grace"),
+        );
+        assert!(is_retired_or_unknown(&error, key, 2), "{mode}: {error:?}");
+    }
+}
+
+/// A `KeySigner` (RustCrypto's `Signer` + `Keypair`) made before a rotation: what it signs must
+/// verify under the verifying key it reports, whichever version it uses.
+#[test]
+fn a_key_signer_made_before_a_rotation_signs_as_the_key_it_reports() {
+    use signature::{Keypair, Signer};
+    let fixture = Fixture::new("key-signer", "fork", SpawnMode::Fork);
+    let service = fixture.service();
+    let key = service
+        .generate_key(KeySpec::new(Purpose::Account))
+        .unwrap();
+    let signer = service.signing_key(key).unwrap();
+    let message = b"signed through a KeySigner";
+    // Control: before the rotation they agree.
+    signer
+        .verifying_key()
+        .verify_strict(message, &signer.sign(message))
+        .unwrap();
+    let new = service.rotate_key(key, LONG).unwrap();
+    let signature = signer.sign(message);
+    let reported = signer.verifying_key();
+    let signed_as = if verifies(new.public_key, message, &signature) {
+        "the new version"
+    } else {
+        "the old version"
+    };
+    assert!(
+        reported.verify_strict(message, &signature).is_ok(),
+        "a KeySigner made before the rotation reports the verifying key {} ({}) but signs \
+         with {signed_as}: its signatures do not verify under its own verifying_key()",
+        common::hex(reported.as_bytes()),
+        if PublicKey::Ed25519(reported) == new.public_key {
+            "the new version's"
+        } else {
+            "the old version's"
+        },
+    );
+}
+
+/// A backup made while a rotated key's previous version is in its grace period, restored into
+/// a new store: each key comes back once, as its current version (with a consensus key's
+/// watermarks); the previous version, which the source erases when its grace ends, does not
+/// come back as a key of its own (a consensus one would have no watermarks).
+#[test]
+fn a_backup_made_during_the_grace_restores_each_key_once_as_its_current_version() {
+    if !age_util::age_is_installed() {
+        return;
+    }
+    let fixture = Fixture::new("backup", "fork", SpawnMode::Fork);
+    let what = fixture.what.clone();
+    let source = fixture.service();
+    let consensus = source
+        .generate_key(KeySpec::new(Purpose::Consensus))
+        .unwrap();
+    let account = source.generate_key(KeySpec::new(Purpose::Account)).unwrap();
+    source
+        .sign_consensus(consensus, &ConsensusMessage::vote(CHAIN, 1, 10, [0xaa; 32]))
+        .unwrap();
+    let old_publics = [
+        source.public_key(consensus).unwrap(),
+        source.public_key(account).unwrap(),
+    ];
+    let new_publics = [
+        source.rotate_key(consensus, LONG).unwrap().public_key,
+        source.rotate_key(account, LONG).unwrap().public_key,
+    ];
+    let operator = age_util::age_keygen(&fixture.scratch.base, "operator.txt");
+    let backup_file = fixture.scratch.base.join("backup.age");
+    std::fs::write(
+        &backup_file,
+        source.backup(&operator.recipient.parse().unwrap()).unwrap(),
+    )
+    .unwrap();
+    let pinned = source.provisioning_recipient().unwrap().signing_key;
+    let text = String::from_utf8(age_util::age_decrypt(&operator, &backup_file).unwrap()).unwrap();
+    // What the backup lists (ids and public keys only: the text holds secrets).
+    for line in text.lines().filter(|line| line.starts_with("key ")) {
+        let fields: Vec<&str> = line.split(' ').collect();
+        println!("{what}: backup: key {} public {}", fields[1], fields[7]);
+    }
+
+    let target_dir = Scratch::new("rotation-backup-target");
+    let unlock = target_dir.unlock_file("unlock", b"restore target\n");
+    let target = SecretService::spawn(
+        create_config(&target_dir.store(), &unlock).with_spawn_mode(SpawnMode::Fork),
+    )
+    .unwrap();
+    let recipient = target
+        .provisioning_recipient()
+        .unwrap()
+        .recipient
+        .to_string();
+    let file = age_util::age_reencrypt(&operator, &backup_file, &recipient);
+    let report = target.restore(&file, &pinned).unwrap();
+    let restored: Vec<PublicKey> = target
+        .list_keys()
+        .unwrap()
+        .iter()
+        .map(|info| info.public_key)
+        .collect();
+    // What a previous version restored as a key of its own can do: the old consensus key,
+    // which signed round 10 with block A, sign round 10 with block B.
+    let equivocation = target
+        .list_keys()
+        .unwrap()
+        .iter()
+        .find(|info| info.public_key == old_publics[0])
+        .map(|info| {
+            let conflicting = ConsensusMessage::vote(CHAIN, 1, 10, [0xbb; 32]);
+            match target.sign_consensus(info.id, &conflicting) {
+                Ok(signature)
+                    if verifies(old_publics[0], &conflicting.signing_bytes(), &signature) =>
+                {
+                    "; the restored old consensus version signed round 10 with another block, \
+                     under the old public key (a double sign)"
+                        .to_owned()
+                }
+                other => {
+                    format!("; the restored old consensus version, round 10 block B: {other:?}")
+                }
+            }
+        })
+        .unwrap_or_default();
+    let resurrected: Vec<&PublicKey> = old_publics
+        .iter()
+        .filter(|public| restored.contains(public))
+        .collect();
+    assert!(
+        resurrected.is_empty(),
+        "{what}: the restore brought back previous versions as keys of their own: {resurrected:?} \
+         (restored {restored:?}; report {report:?}){equivocation}"
+    );
+    assert_eq!(restored, new_publics, "{what}: the keys restored");
+    let restored_consensus = target.list_keys().unwrap()[0].id;
+    assert!(
+        matches!(
+            target.sign_consensus(
+                restored_consensus,
+                &ConsensusMessage::vote(CHAIN, 1, 10, [0xbb; 32])
+            ),
+            Err(Error::WouldDoubleSign { .. })
+        ),
+        "{what}: the restored consensus key lost its watermark"
+    );
+}
+
+/// A store whose previous version's grace ended while it was closed, reopened on a full disk
+/// (the purge at spawn cannot be written): it still opens, as a store on a full or read-only
+/// disk does, its current version signs, and the previous one is refused.
+#[test]
+fn a_store_with_a_version_to_purge_still_opens_on_a_full_disk() {
+    let base = StoreBase::new("rotation-full-reopen");
+    let Some(disk) = Tmpfs::mount(&base, "64k") else {
+        return;
+    };
+    let spawn = |creation| SecretService::spawn(base.config_at(&disk.path, creation));
+    let service = spawn(StoreCreation::CreateNew).unwrap();
+    let key = service
+        .generate_key(KeySpec::new(Purpose::Account))
+        .unwrap();
+    start_of_a_second();
+    let rotated = SystemTime::now();
+    let new = service.rotate_key(key, SHORT).unwrap();
+    let retires = service.key_versions(key).unwrap()[0].retires.unwrap();
+    drop(service);
+    let filler = fill(&disk.path);
+    wait_past_grace(rotated, SHORT, retires);
+    let service = spawn(StoreCreation::OpenExisting).unwrap_or_else(|error| {
+        panic!(
+            "a store whose previous version retired while it was closed does not open on a \
+             full disk: {error}"
+        )
+    });
+    assert_eq!(service.public_key(key).unwrap(), new.public_key);
+    let signature = service.sign(key, &[0x18; 32]).unwrap();
+    assert!(verifies(new.public_key, &[0x18; 32], &signature));
+    let error = refused(
+        service.sign_with_version(key, 1, &[0x18; 32]),
+        "version 1 on a full disk",
+    );
+    assert!(is_retired_or_unknown(&error, key, 1), "{error:?}");
+    // Room again: the purge is done at the next chance, and lasts.
+    std::fs::remove_file(filler).unwrap();
+    assert_eq!(service.key_versions(key).unwrap().len(), 1);
+    drop(service);
+    assert_eq!(
+        record_count(&std::fs::read(disk.path.join("keyward-store")).unwrap()),
+        1
+    );
+}
+
+/// A previous version retired while the disk is full (its purge cannot be written): a backup
+/// made then still restores, bringing the key back as its current version.
+#[test]
+fn a_backup_made_after_a_purge_that_could_not_be_written_restores() {
+    if !age_util::age_is_installed() {
+        return;
+    }
+    let base = StoreBase::new("rotation-full-backup");
+    let Some(disk) = Tmpfs::mount(&base, "64k") else {
+        return;
+    };
+    let service =
+        SecretService::spawn(base.config_at(&disk.path, StoreCreation::CreateNew)).unwrap();
+    let key = service
+        .generate_key(KeySpec::new(Purpose::Account))
+        .unwrap();
+    start_of_a_second();
+    let rotated = SystemTime::now();
+    let new = service.rotate_key(key, SHORT).unwrap();
+    let retires = service.key_versions(key).unwrap()[0].retires.unwrap();
+    let _filler = fill(&disk.path);
+    wait_past_grace(rotated, SHORT, retires);
+    // The purge, which cannot be written (key_versions purges first).
+    match service.key_versions(key) {
+        Ok(versions) => println!("key_versions on a full disk: {}", describe(&versions)),
+        Err(error) => println!("key_versions on a full disk: {error}"),
+    }
+    let operator = age_util::age_keygen(&base.base, "operator.txt");
+    let backup_file = base.base.join("backup.age");
+    std::fs::write(
+        &backup_file,
+        service
+            .backup(&operator.recipient.parse().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let pinned = service.provisioning_recipient().unwrap().signing_key;
+
+    let target_dir = Scratch::new("rotation-full-backup-target");
+    let unlock = target_dir.unlock_file("unlock", b"restore target\n");
+    let target = SecretService::spawn(
+        create_config(&target_dir.store(), &unlock).with_spawn_mode(SpawnMode::Fork),
+    )
+    .unwrap();
+    let recipient = target
+        .provisioning_recipient()
+        .unwrap()
+        .recipient
+        .to_string();
+    let file = age_util::age_reencrypt(&operator, &backup_file, &recipient);
+    let report = target
+        .restore(&file, &pinned)
+        .unwrap_or_else(|error| panic!("the backup does not restore: {error}"));
+    assert!(
+        report
+            .added
+            .iter()
+            .any(|(_, public)| *public == new.public_key),
+        "{report:?}"
+    );
+}
+
+/// The grace is the caller's number: an absurd one (longer than any clock can count) is
+/// refused or clamped with no panic in the caller's thread, and never leaves a store that no
+/// service can open.
+#[test]
+fn an_absurd_grace_is_no_panic_and_the_store_still_opens() {
+    let mut fixture = Fixture::new("absurd-grace", "fork", SpawnMode::Fork);
+    let what = fixture.what.clone();
+    let key = fixture
+        .service()
+        .generate_key(KeySpec::new(Purpose::Account))
+        .unwrap();
+    for grace in [Duration::from_secs(u64::MAX), Duration::MAX] {
+        let rotated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            fixture.service().rotate_key(key, grace)
+        }));
+        match rotated {
+            Ok(result) => println!(
+                "{what}: a grace of {grace:?}: {:?}",
+                result.map(|v| v.version)
+            ),
+            Err(_) => panic!("{what}: rotate_key with a grace of {grace:?} panicked"),
+        }
+        let listed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            fixture.service().key_versions(key)
+        }));
+        assert!(
+            listed.is_ok(),
+            "{what}: key_versions after a rotation with a grace of {grace:?} panicked"
+        );
+    }
+    fixture.close();
+    let reopened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fixture.open()));
+    assert!(reopened.is_ok(), "{what}: the store no longer opens");
+}
+
+/// A grace is a promise to the caller: the previous version stays usable for at least that
+/// long. A rotation made late in a second (here, 0.9 s into it) with a grace of 1 s: version 1
+/// still signs right after `rotate_key` returns, and its retirement time is no earlier than the
+/// call plus the grace.
+#[test]
+fn a_grace_is_never_shorter_than_asked() {
+    let fixture = Fixture::new("grace-rounding", "fork", SpawnMode::Fork);
+    let (what, service) = (&fixture.what, fixture.service());
+    let key = service
+        .generate_key(KeySpec::new(Purpose::Account))
+        .unwrap();
+    start_of_a_second();
+    std::thread::sleep(Duration::from_millis(900));
+    let rotated = SystemTime::now();
+    service.rotate_key(key, SHORT).unwrap();
+    let signed = service.sign_with_version(key, 1, &[0x19; 32]);
+    let returned = SystemTime::now();
+    let versions = service.key_versions(key).unwrap();
+    let retires = versions
+        .iter()
+        .find(|v| v.version == 1)
+        .and_then(|v| v.retires);
+    assert!(
+        signed.is_ok() && retires.is_some_and(|retires| retires >= rotated + SHORT),
+        "{what}: a rotation at {rotated:?} with a grace of {SHORT:?}: {:?} after it returned \
+         (at {returned:?}), and version 1 retires at {retires:?}: the grace was cut short \
+         (the retirement second is rounded down)",
+        signed.map(|_| "version 1 signed")
+    );
 }

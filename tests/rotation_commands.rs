@@ -1,13 +1,15 @@
 //! The operator's `rotate` command, run as the built `keyward` binary: it rotates a key of a
 //! closed store and prints the new version and public key (exit 0), which the library then
 //! reports too; an unknown key exits 3 and a bad argument exits 2, each leaving the store file
-//! as it was; `status` lists the versions held.
+//! as it was; `status` lists the versions held; a grace no clock can count is no panic and
+//! leaves a store that opens.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 mod store_util;
 
 use std::ffi::OsStr;
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use keyward::{KeyService, KeySpec, Purpose, SecretService};
@@ -40,9 +42,9 @@ fn rotate(scratch: &Scratch, unlock: &std::path::Path, key: &str, grace: &str) -
     ])
 }
 
-#[test]
-fn rotate_prints_the_new_version_and_public_key() {
-    let scratch = Scratch::new("rotate-command");
+/// A store made by `keyward init`, with no service on it.
+fn initialized(name: &str) -> (Scratch, PathBuf) {
+    let scratch = Scratch::new(name);
     let unlock = scratch.unlock_file("unlock", b"rotate command\n");
     let created = keyward(&[
         "init".as_ref(),
@@ -52,6 +54,12 @@ fn rotate_prints_the_new_version_and_public_key() {
         unlock.as_os_str(),
     ]);
     assert!(created.status.success(), "{}", text(&created.stderr));
+    (scratch, unlock)
+}
+
+#[test]
+fn rotate_prints_the_new_version_and_public_key() {
+    let (scratch, unlock) = initialized("rotate-command");
     let service = SecretService::spawn(open_config(&scratch.store(), &unlock)).unwrap();
     let key = service
         .generate_key(KeySpec::new(Purpose::Account))
@@ -142,5 +150,40 @@ fn rotate_prints_the_new_version_and_public_key() {
     assert!(
         listing.contains(&old.to_string()),
         "status does not show version 1, still in its grace:\n{listing}"
+    );
+}
+
+#[test]
+fn rotate_with_a_grace_no_clock_can_count_is_no_panic() {
+    let (scratch, unlock) = initialized("rotate-absurd-grace");
+    let service = SecretService::spawn(open_config(&scratch.store(), &unlock)).unwrap();
+    let key = service
+        .generate_key(KeySpec::new(Purpose::Account))
+        .unwrap();
+    drop(service);
+    let id = format!("{key:#}");
+    // A grace no clock can count: refused as a bad argument or done, never a panic (exit 101),
+    // and the store still opens.
+    let output = rotate(&scratch, &unlock, &id, &u64::MAX.to_string());
+    println!(
+        "grace u64::MAX: exit {:?}: {}{}",
+        output.status.code(),
+        text(&output.stdout).trim(),
+        text(&output.stderr).trim()
+    );
+    assert!(
+        matches!(output.status.code(), Some(0 | 2 | 3)),
+        "rotate --grace {}: exit {:?}: {}",
+        u64::MAX,
+        output.status.code(),
+        text(&output.stderr)
+    );
+    let reopened = std::panic::catch_unwind(|| {
+        SecretService::spawn(open_config(&scratch.store(), &unlock)).map(|_| ())
+    });
+    assert!(
+        matches!(reopened, Ok(Ok(()))),
+        "the store does not open after rotate --grace {}",
+        u64::MAX
     );
 }

@@ -2,10 +2,11 @@
 //! as behaviour. The test imports an Ed25519 seed it drew itself (encrypted by the stock `age`
 //! tool to the store's provisioning recipient), so it knows a secret the signer holds; the
 //! signer keeps its keys in locked anonymous memory, which root reads through
-//! `/proc/<pid>/mem`. Controls: before the rotation and during the grace, the same scan of the
-//! signer finds the seed. After the grace (and `key_versions`, which purges), neither the seed
-//! nor any half of its SHA-512 expansion (the scalar, clamped or not, and the nonce prefix) is
-//! anywhere in the signer's readable memory.
+//! `/proc/<pid>/mem`. Controls: before the rotation the same scan of the signer's whole memory
+//! finds the seed, and during the grace a scan of its locked key pages still does. After the
+//! grace (and `key_versions`, which purges), neither the seed nor any half of its SHA-512
+//! expansion (the scalar, clamped or not, and the nonce prefix) is anywhere in the signer's
+//! readable memory.
 //!
 //! Needs root (CI runs as root) and `age` (Debian's `age` package): without `age` the test says
 //! so loudly and passes, except under CI (`CI` set), where it fails.
@@ -22,7 +23,9 @@ use keyward::{KeyService, PublicKey, Purpose, SecretMemory, SecretService, Spawn
 use sha2::{Digest, Sha512};
 use store_util::{Scratch, create_config, record_count};
 
-const GRACE: Duration = Duration::from_secs(1);
+/// Two seconds, not one: the control during the grace must end before the grace does, and on
+/// a loaded machine (two shared cores) a second was seen not to be enough.
+const GRACE: Duration = Duration::from_secs(2);
 
 /// The seed and every 32-byte value its SHA-512 expansion gives that would betray it, named.
 fn secret_forms(seed: &[u8; 32]) -> Vec<([u8; 32], &'static str)> {
@@ -41,12 +44,16 @@ fn secret_forms(seed: &[u8; 32]) -> Vec<([u8; 32], &'static str)> {
     ]
 }
 
-/// Where each needle occurs in the readable memory of `pid`: (needle index, place), and how
-/// many bytes were searched.
-fn scan(pid: u32, needles: &[[u8; 32]]) -> (Vec<(usize, String)>, usize) {
+/// Where each needle occurs in the readable memory of `pid` (the mappings `only` keeps):
+/// (needle index, place), and how many bytes were searched.
+fn scan(
+    pid: u32,
+    needles: &[[u8; 32]],
+    only: impl Fn(&common::Mapping) -> bool,
+) -> (Vec<(usize, String)>, usize) {
     let mut hits = Vec::new();
     let mut searched = 0;
-    for (mapping, bytes) in common::readable_memory(pid, |_| true) {
+    for (mapping, bytes) in common::readable_memory(pid, only) {
         searched += bytes.len();
         for (index, offset) in common::occurrences(&bytes, needles) {
             hits.push((
@@ -123,13 +130,22 @@ fn a_retired_version_leaves_no_copy_of_its_secret_in_the_signer() {
         };
 
         // Control: the scan finds the seed the signer holds.
-        let (hits, searched) = scan(signer, &needles);
+        let (hits, searched) = scan(signer, &needles, |_| true);
         report("before the rotation", &hits, searched);
         assert!(
             hits.iter().any(|(index, _)| *index == 0),
             "{mode}: control failed: the imported seed was not found in the signer"
         );
 
+        // At the start of a second: the signer keeps whole seconds and rounds a retirement
+        // time down, so a grace begun late in a second could end before the control's scan.
+        let into = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        std::thread::sleep(
+            Duration::from_nanos(u64::from(1_000_000_000 - into)) + Duration::from_millis(5),
+        );
         let rotated = SystemTime::now();
         let new = service.rotate_key(key, GRACE).unwrap();
         assert_eq!(new.version, 2);
@@ -141,9 +157,10 @@ fn a_retired_version_leaves_no_copy_of_its_secret_in_the_signer() {
         );
 
         // Control during the grace: version 1 signs as the imported key, and the scan still
-        // finds the seed (checked to be held through the whole scan).
+        // finds the seed (checked to be held through the whole scan). Only the locked key
+        // pages, where the scan before found it: the whole memory takes seconds under load.
         let started = Instant::now();
-        let (hits, searched) = scan(signer, &needles);
+        let (hits, searched) = scan(signer, &needles, |mapping| mapping.has_flag("lo"));
         let took = started.elapsed();
         report("during the grace", &hits, searched);
         let still_held = service.sign_with_version(key, 1, &digest);
@@ -178,7 +195,7 @@ fn a_retired_version_leaves_no_copy_of_its_secret_in_the_signer() {
             1,
             "{mode}: version 1's record is still in the store file"
         );
-        let (hits, searched) = scan(signer, &needles);
+        let (hits, searched) = scan(signer, &needles, |_| true);
         report("after the grace", &hits, searched);
         let found: Vec<String> = hits
             .iter()
