@@ -174,8 +174,8 @@ fn read_as_documented(file: &[u8], unlock_secret: &[u8]) -> Read {
     let sequence = u64_at(file, 119);
     let count = u32_at(file, 127) as usize;
     let watermark_count = u32_at(file, 131) as usize;
-    assert_eq!(file.len(), 175 + 132 * count + 181 * watermark_count);
-    let (key_records, watermark_records) = file[175..].split_at(132 * count);
+    assert_eq!(file.len(), 175 + 144 * count + 181 * watermark_count);
+    let (key_records, watermark_records) = file[175..].split_at(144 * count);
     // Step 3: the key-encryption key.
     let kek = kek_of(file, unlock_secret);
     // Step 4: the verifier.
@@ -188,7 +188,7 @@ fn read_as_documented(file: &[u8], unlock_secret: &[u8]) -> Read {
     assert!(manifest_opens(&kek, file), "manifest");
     // Step 6: each key record.
     let mut keys: Vec<Found> = Vec::new();
-    for record in key_records.chunks_exact(132) {
+    for record in key_records.chunks_exact(144) {
         let slot = u16_at(record, 0);
         assert!(
             keys.last().is_none_or(|last| last.slot < slot),
@@ -198,18 +198,18 @@ fn read_as_documented(file: &[u8], unlock_secret: &[u8]) -> Read {
             &b"keyward-store/v1 record"[..],
             store_id,
             &[1, 0],
-            &record[0..60],
+            &record[0..72],
         ]
         .concat();
-        assert_eq!(record_data.len(), 93);
-        let mut secret: [u8; 32] = record[84..116].try_into().unwrap();
+        assert_eq!(record_data.len(), 105);
+        let mut secret: [u8; 32] = record[96..128].try_into().unwrap();
         assert!(
             opens(
                 &kek,
-                &record[60..84],
+                &record[72..96],
                 &record_data,
                 &mut secret,
-                &record[116..132]
+                &record[128..144]
             ),
             "record in slot {slot}"
         );
@@ -223,7 +223,7 @@ fn read_as_documented(file: &[u8], unlock_secret: &[u8]) -> Read {
             }
             other => panic!("algorithm {other}"),
         };
-        assert_eq!(public_key[..], record[28..60], "public key of slot {slot}");
+        assert_eq!(public_key[..], record[40..72], "public key of slot {slot}");
         assert!(
             !file.windows(32).any(|window| window == secret),
             "the secret of slot {slot} is in the file in the clear"
@@ -393,7 +393,7 @@ fn watermark_records_follow_the_key_records_and_the_manifest_covers_them() {
     // Created at 0, three generates, four votes each in a new round.
     assert_eq!(read.sequence, 7);
     assert_eq!(read.keys.len(), 3);
-    assert_eq!(state.len(), 175 + 3 * 132 + 3 * 181);
+    assert_eq!(state.len(), 175 + 3 * 144 + 3 * 181);
     let vote_mark = |round, digest: u8| [None, Some((1, round, [digest; 32])), None];
     assert_eq!(
         read.watermarks,
@@ -434,7 +434,7 @@ fn watermark_records_follow_the_key_records_and_the_manifest_covers_them() {
     let kek = kek_of(&state, secret);
     let mut forged = state.clone();
     // The first watermark record's vote round: after slot, chain, the proposal, flag and epoch.
-    let round_at = 175 + 3 * 132 + 2 + 32 + 49 + 1 + 8;
+    let round_at = 175 + 3 * 144 + 2 + 32 + 49 + 1 + 8;
     assert_eq!(forged[round_at], 2);
     forged[round_at] = 1;
     assert!(!manifest_opens(&kek, &forged));

@@ -685,11 +685,23 @@ fn record_form_error(file: &[u8]) -> Option<FormatError> {
         if record[19] > 1 {
             return Some(FormatError::Corrupt(CorruptField::RecordAlgorithm));
         }
+        if record[28..32] == [0; 4] {
+            return Some(FormatError::Corrupt(CorruptField::RecordVersion));
+        }
         let slot = u16::from_le_bytes([record[0], record[1]]);
         if last_slot.is_some_and(|last| last >= slot) {
             return Some(FormatError::Corrupt(CorruptField::RecordOrder));
         }
         last_slot = Some(slot);
+    }
+    // Every record here is its key's only version: one with a retirement time set leaves its
+    // key without a current version; a purpose or algorithm changed under a watermark record
+    // leaves the watermark without its consensus key.
+    for index in 0..store_util::record_count(file) {
+        let record = &file[record_range(index)];
+        if record[32..40] != [0; 8] {
+            return Some(FormatError::Corrupt(CorruptField::RecordVersion));
+        }
     }
     None
 }
@@ -892,12 +904,24 @@ fn a_record_that_does_not_check_out_is_refused_even_under_a_valid_manifest() {
     bytes[at(2) + 2..at(2) + 18].copy_from_slice(&id);
     store_util::reseal_record(&kek, &mut bytes, 2, &secret(2));
     store_util::reseal_manifest(&kek, &mut bytes);
-    check(&bytes, TamperedPart::DuplicateKey, "a key id twice");
+    // Two current versions of one key: the host refuses the file for its form before any
+    // signer sees it (the signer's own duplicate check stays, behind it).
+    let error = attempt(&store, &bytes, store.config(), "a key id twice").unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            StoreError::Format {
+                error: FormatError::Corrupt(CorruptField::RecordVersion),
+                ..
+            }
+        ),
+        "a key id twice: {error:?}"
+    );
 
     // Another record's sealed secret, nonce and tag pasted into a record.
     let mut bytes = original.clone();
-    let sealed = original[at(0) + 60..at(0) + 132].to_vec();
-    bytes[at(2) + 60..at(2) + 132].copy_from_slice(&sealed);
+    let sealed = original[at(0) + 72..at(0) + 144].to_vec();
+    bytes[at(2) + 72..at(2) + 144].copy_from_slice(&sealed);
     store_util::reseal_manifest(&kek, &mut bytes);
     check(
         &bytes,

@@ -165,7 +165,7 @@ fn the_store_files_hold_no_key_byte_in_the_clear() {
                 let record = &bytes[record_range(index)];
                 let secret = record_secret(&kek, bytes, index)
                     .unwrap_or_else(|| panic!("{mode}: {name}: record {index} does not open"));
-                let public: [u8; 32] = record[28..60].try_into().unwrap();
+                let public: [u8; 32] = record[40..72].try_into().unwrap();
                 assert_eq!(
                     public_of(record[19], &secret),
                     public,

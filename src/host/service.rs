@@ -279,7 +279,9 @@ impl SecretService {
     /// peers may still use its old public key), then is erased (its record purged from the
     /// store, its secret wiped from the signer); with no grace it is erased at once. A
     /// consensus key keeps its watermarks: they belong to the key, not to a version. At most
-    /// two previous versions are kept at once ([`Error::VersionLimit`]).
+    /// two previous versions are kept at once ([`Error::VersionLimit`]), and each takes a place
+    /// of the key limit until it is erased (with a sealed store, so does the previous version
+    /// of a rotation with no grace period, until the rotation's write is done).
     pub fn rotate_key(&self, key: KeyId, grace: std::time::Duration) -> Result<KeyVersion> {
         let rotated = self.core.rotate_key(key, grace)?;
         if let Some(retires) = rotated.1 {

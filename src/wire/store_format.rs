@@ -799,7 +799,7 @@ mod tests {
     fn a_file_parses_back_to_itself_and_has_the_documented_length() {
         let file = sample();
         let bytes = file.to_bytes();
-        assert_eq!(bytes.len(), 119 + 56 + 2 * 132 + 181);
+        assert_eq!(bytes.len(), 119 + 56 + 2 * 144 + 181);
         assert_eq!(StoreFile::parse(&bytes), Ok(file));
     }
 

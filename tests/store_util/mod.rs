@@ -29,7 +29,7 @@ pub(crate) const TEST_KDF: KdfParameters = KdfParameters {
 // The layout (all integers little-endian).
 pub(crate) const HEADER_LEN: usize = 119;
 pub(crate) const BODY_LEN: usize = 56;
-pub(crate) const RECORD_LEN: usize = 132;
+pub(crate) const RECORD_LEN: usize = 144;
 pub(crate) const WATERMARK_LEN: usize = 181;
 /// Where the records start.
 pub(crate) const RECORDS_AT: usize = HEADER_LEN + BODY_LEN;
@@ -59,16 +59,18 @@ pub(crate) const BODY_FIELDS: [(&str, std::ops::Range<usize>); 5] = [
 ];
 
 /// A record's fields, as offsets in the record.
-pub(crate) const RECORD_FIELDS: [(&str, std::ops::Range<usize>); 9] = [
+pub(crate) const RECORD_FIELDS: [(&str, std::ops::Range<usize>); 11] = [
     ("slot", 0..2),
     ("key id", 2..18),
     ("purpose", 18..19),
     ("algorithm", 19..20),
     ("created", 20..28),
-    ("public key", 28..60),
-    ("nonce", 60..84),
-    ("sealed secret", 84..116),
-    ("tag", 116..132),
+    ("version", 28..32),
+    ("retires", 32..40),
+    ("public key", 40..72),
+    ("nonce", 72..96),
+    ("sealed secret", 96..128),
+    ("tag", 128..144),
 ];
 
 /// The state file's name in a store directory.
@@ -297,7 +299,7 @@ fn record_associated_data(store_id: &[u8], record: &[u8]) -> Vec<u8> {
     let mut associated = b"keyward-store/v1 record".to_vec();
     associated.extend_from_slice(store_id);
     associated.extend_from_slice(&1u16.to_le_bytes());
-    associated.extend_from_slice(&record[..60]);
+    associated.extend_from_slice(&record[..72]);
     associated
 }
 
@@ -311,13 +313,13 @@ pub(crate) fn record_secret(
     let record = &file[record_range(index)];
     let associated = record_associated_data(&file[10..18], record);
     let mut secret = Zeroizing::new([0u8; 32]);
-    secret.copy_from_slice(&record[84..116]);
+    secret.copy_from_slice(&record[96..128]);
     open(
         kek,
-        &record[60..84],
+        &record[72..96],
         &associated,
         secret.as_mut_slice(),
-        &record[116..132],
+        &record[128..144],
     )
     .then_some(secret)
 }
@@ -329,12 +331,12 @@ pub(crate) fn reseal_record(kek: &[u8; 32], file: &mut [u8], index: usize, secre
     let mut sealed = *secret;
     let tag = seal(
         kek,
-        &file[range.start + 60..range.start + 84],
+        &file[range.start + 72..range.start + 96],
         &associated,
         &mut sealed,
     );
-    file[range.start + 84..range.start + 116].copy_from_slice(&sealed);
-    file[range.start + 116..range.end].copy_from_slice(&tag);
+    file[range.start + 96..range.start + 128].copy_from_slice(&sealed);
+    file[range.start + 128..range.end].copy_from_slice(&tag);
 }
 
 /// Sets the record count from the file's length and re-seals the manifest over the header

@@ -180,7 +180,8 @@ impl KeyStore {
         let written = (|| {
             writer.preamble(id, now(), &signing.verifying_key().to_bytes())?;
             for (record, chains) in records.as_slice().iter().zip(guards.iter()) {
-                let Some(record) = record.as_ref().filter(|record| !record.dropping) else {
+                // Current versions only: a previous one is in its grace period, on its way out.
+                let Some(record) = record.as_ref().filter(|record| record.is_current()) else {
                     continue;
                 };
                 let (algorithm, secret) = match &record.secret {
@@ -335,13 +336,15 @@ impl KeyStore {
             .find_map(|(slot, record)| {
                 record
                     .as_ref()
-                    .filter(|record| record.public_key == key.public_key)
-                    .map(|record| (slot, record.id))
+                    .filter(|record| record.public_key == key.public_key && !record.dropping)
+                    .map(|record| (slot, record.id, record.is_current()))
             });
-        let Some((slot, local)) = held else {
+        let Some((slot, local, current)) = held else {
             return Ok(Some(RestoreAction::Add { key, marks }));
         };
-        let Some(marks) = marks else {
+        // Held as a previous version of another key: not restored again, and its watermarks
+        // are that key's (its current version's slot).
+        let (Some(marks), true) = (marks, current) else {
             return Ok(None);
         };
         let held_marks = self.guards[slot]
