@@ -259,6 +259,27 @@ pub enum Error {
         version: u32,
     },
 
+    /// A rotation's grace period longer than keyward keeps a previous version.
+    #[error(
+        "a grace period longer than {} days: keep a second key instead",
+        max.as_secs() / 86_400
+    )]
+    GraceTooLong {
+        /// The longest grace period.
+        max: std::time::Duration,
+    },
+
+    /// The key was rotated after this handle read its public key: a signature from it would
+    /// not verify under the public key the handle reports.
+    #[error(
+        "key {key} was rotated after this signer was made: make a new one (its public key is \
+         the new version's)"
+    )]
+    KeyRotated {
+        /// The key.
+        key: KeyId,
+    },
+
     /// The key has as many previous versions in their grace period as a key may keep.
     #[error(
         "key {key} already keeps {cap} previous versions in their grace period; rotate it \

@@ -25,6 +25,13 @@ pub trait KeyService: Send + Sync + std::fmt::Debug {
         Ok(self.key_info(key)?.public_key)
     }
 
+    /// How many key rotations this service has begun: a handle that keeps a key's public key
+    /// (a [`KeySigner`](crate::KeySigner)) checks it again when this has changed. A service
+    /// that never rotates keys may keep the default, 0.
+    fn rotations_begun(&self) -> u64 {
+        0
+    }
+
     /// Every key the service holds: id, purpose, public key.
     fn list_keys(&self) -> Result<Vec<KeyInfo>>;
 

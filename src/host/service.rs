@@ -56,6 +56,9 @@ pub(crate) struct ServiceCore {
     ended_stores: Mutex<VecDeque<(StoreId, u32)>>,
     /// The sealed store, if the keys are kept on disk.
     store: Option<HostStore>,
+    /// Rotations begun (counted before the request is sent): see
+    /// [`KeyService::rotations_begun`].
+    rotations: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for SecretService {
@@ -107,6 +110,7 @@ impl SecretService {
                 generations: AtomicU32::new(1),
                 ended_stores: Mutex::new(VecDeque::new()),
                 store,
+                rotations: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         if service.core.store.is_some() {
@@ -118,7 +122,9 @@ impl SecretService {
     /// For a store just opened: purges the previous versions whose grace period ended while no
     /// service ran, and sets a purge for the end of each grace period still running.
     fn retire_on_time(&self) -> Result<()> {
-        self.core.purge_retired()?;
+        // Best effort: on a full or read-only disk the retired versions stay refused and
+        // wiped in the signer, and the store still opens; a later purge removes their records.
+        let _ = self.core.purge_retired();
         let mut pending = Vec::new();
         for key in self.core.list_keys()? {
             pending.extend(
@@ -609,11 +615,16 @@ impl ServiceCore {
         grace: std::time::Duration,
     ) -> Result<(KeyVersion, Option<std::time::SystemTime>)> {
         self.signer_for(key)?;
-        // Versions already retired make room first.
-        self.purge_retired()?;
+        if grace > MAX_GRACE {
+            return Err(Error::GraceTooLong { max: MAX_GRACE });
+        }
+        // Versions already retired make room first (best effort: a purge that cannot be
+        // written leaves them refused and wiped, and the rotation says what it needs).
+        let _ = self.purge_retired();
         let grace_seconds = grace
             .as_secs()
             .saturating_add(u64::from(grace.subsec_nanos() > 0));
+        self.rotations.fetch_add(1, Ordering::SeqCst);
         let (signer, rotated) = self.change_durably(
             &operations::RotateKey {
                 key: key.wire(),
@@ -683,20 +694,33 @@ impl ServiceCore {
     /// See [`SecretService::key_versions`].
     fn key_versions(&self, key: KeyId) -> Result<Vec<KeyVersion>> {
         let signer = self.signer_for(key)?;
-        self.purge_retired()?;
+        // Best effort: a retired version is not listed whether or not its record could be
+        // removed yet (a full disk), so a listing does not fail for a write.
+        let _ = self.purge_retired();
         let algorithm = self.key_info(key)?.public_key.algorithm();
         let listed = self
             .perform(&signer, &operations::KeyVersions(key.wire()))?
             .map_err(|refusal| refusal_error(&signer, refusal, Some(key), "key_versions"))?;
-        let at = |seconds| std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds);
+        let at = |seconds| {
+            std::time::UNIX_EPOCH
+                .checked_add(std::time::Duration::from_secs(seconds))
+                .ok_or_else(|| {
+                    signer.verdict(CallFailure::Misbehaved(
+                        "a version's time that no clock can hold",
+                    ))
+                })
+        };
         listed
             .into_iter()
             .map(|listed| {
                 Ok(KeyVersion {
                     version: listed.version,
                     public_key: self.public_key_from(&signer, algorithm, listed.public_key)?,
-                    created: at(listed.created),
-                    retires: (listed.retires != 0).then(|| at(listed.retires)),
+                    created: at(listed.created)?,
+                    retires: match listed.retires {
+                        0 => None,
+                        retires => Some(at(retires)?),
+                    },
                 })
             })
             .collect()
@@ -863,6 +887,10 @@ impl ServiceCore {
 }
 
 impl KeyService for ServiceCore {
+    fn rotations_begun(&self) -> u64 {
+        self.rotations.load(Ordering::SeqCst)
+    }
+
     fn generate_key(&self, spec: KeySpec) -> Result<KeyId> {
         self.check_process()?;
         let (signer, generated) = self.change_durably(
@@ -1049,6 +1077,10 @@ impl KeyService for ServiceCore {
 
 /// The service's API, served by its signer process.
 impl KeyService for SecretService {
+    fn rotations_begun(&self) -> u64 {
+        self.core.rotations_begun()
+    }
+
     fn generate_key(&self, spec: KeySpec) -> Result<KeyId> {
         self.core.generate_key(spec)
     }
@@ -1121,6 +1153,10 @@ fn forget_unless_written(signer: &SignerProcess, key: &WireKeyId, written: bool)
         });
     }
 }
+
+/// The longest grace period a rotation may give the previous version: ten years (a longer one
+/// is no grace period but a second key).
+pub(crate) const MAX_GRACE: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 86_400);
 
 /// The largest age file an import takes: one key's file is a few hundred bytes (the header, a
 /// stanza a recipient, 32 to 66 bytes of payload).

@@ -128,8 +128,10 @@ impl KeyStore {
         self.records.as_mut_slice()[current] = Some(fresh);
         let mut added = None;
         if let Some(moved_to) = moved_to {
+            // The clock's second has begun already: one more, so that a grace period is never
+            // shorter than asked (it may be up to a second longer).
             old.retires = if keep {
-                now.saturating_add(grace_seconds)
+                now.saturating_add(grace_seconds).saturating_add(1)
             } else {
                 now
             };
