@@ -175,16 +175,17 @@ fn status_lists_the_keys_generated_through_the_library_with_their_public_keys() 
             .filter(|c| !c.is_empty())
             .collect();
         assert_eq!(
-            columns[..4],
+            columns[..5],
             [
                 purpose.to_string(),
                 id.clone(),
+                "1".to_owned(),
                 public.algorithm().to_string(),
                 public.to_string()
             ],
             "{row}"
         );
-        assert!(columns[4].ends_with('Z') && columns[4].len() == 20, "{row}");
+        assert!(columns[5].ends_with('Z') && columns[5].len() == 20, "{row}");
     }
     // The same keys open again: the listing named what the store holds.
     let service = SecretService::spawn(config).unwrap();

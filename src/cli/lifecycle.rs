@@ -256,6 +256,7 @@ pub(crate) fn rotate(arguments: &RotateArgs) -> ! {
             )
             .map_err(|error| {
                 let code = match error {
+                    Error::GraceTooLong { .. } => 2,
                     Error::UnknownKey(_)
                     | Error::VersionLimit { .. }
                     | Error::KeyLimitReached { .. } => 3,
