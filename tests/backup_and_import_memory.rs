@@ -1,7 +1,8 @@
-//! Property: the host's memory never holds a plaintext key while it imports a key or makes a
-//! backup. A subprocess host opens a sealed store, makes a key of every purpose, imports a key
-//! the scanner encrypted with the stock `age` tool to its provisioning recipient, makes a
-//! backup to the scanner's age recipient, and waits; the scanner (root) reads the host's whole
+//! Property: the host's memory never holds a plaintext key while it imports a key, makes a
+//! backup or restores one. A subprocess host opens a sealed store, makes a key of every
+//! purpose, imports a key the scanner encrypted with the stock `age` tool to its provisioning
+//! recipient, makes a backup to the scanner's age recipient, restores that backup (re-encrypted
+//! by the scanner to the host's recipient), and waits; the scanner (root) reads the host's whole
 //! memory through `/proc/<pid>/mem` and looks for every key's secret, raw and as the hex the
 //! backup's text carries, taking the secrets from the backup itself (decrypted here with `age`).
 //! Control: the host's canary is found by the same scan.
@@ -16,7 +17,7 @@ use common::RoleCommand;
 use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
 
-use age_util::{age_decrypt, age_encrypt, age_is_installed, age_keygen};
+use age_util::{age_decrypt, age_encrypt, age_is_installed, age_keygen, age_reencrypt};
 use keyward::{
     AgeRecipient, Config, KeyService, KeySpec, PublicKey, Purpose, SecretMemory, SecretService,
     SpawnMode, StoreConfig, UnlockSecret,
@@ -80,6 +81,19 @@ fn play_host() {
     let recipient: AgeRecipient = backup_to.parse().unwrap();
     let backup = service.backup(&recipient).unwrap();
     std::fs::write(backup_out, &backup).unwrap();
+    // Then a restore of that backup, re-encrypted by the scanner to this store's recipient
+    // (every key is held already: the signer decrypts and checks it all, and adds nothing).
+    println!("KW backup-written");
+    line.clear();
+    stdin.read_line(&mut line).unwrap();
+    let mut words = line.split_whitespace();
+    let (restore_file, signed_by) = (words.next().unwrap(), words.next().unwrap());
+    let restore = std::fs::read(restore_file).unwrap();
+    let signed_by =
+        ed25519_dalek::VerifyingKey::from_bytes(&common::unhex(signed_by).try_into().unwrap())
+            .unwrap();
+    let report = service.restore(&restore, &signed_by).unwrap();
+    assert!(report.added.is_empty(), "{report:?}");
     println!("KW canary {}", common::hex(canary.as_slice()));
     println!("KW ready");
     line.clear();
@@ -150,6 +164,21 @@ fn the_host_never_holds_a_plaintext_key_during_import_or_backup() {
             backup_file.display()
         )
         .unwrap();
+        said("backup-written");
+        let restore_file = scratch.base.join("restore.age");
+        std::fs::write(
+            &restore_file,
+            age_reencrypt(&operator, &backup_file, &recipient),
+        )
+        .unwrap();
+        let signed_by = {
+            let text = String::from_utf8(age_decrypt(&operator, &backup_file).unwrap()).unwrap();
+            text.lines()
+                .find_map(|line| line.strip_prefix("signing-key "))
+                .unwrap()
+                .to_owned()
+        };
+        writeln!(stdin, "{} {signed_by}", restore_file.display()).unwrap();
         let canary: [u8; 32] = common::unhex(&said("canary")).try_into().unwrap();
         said("ready");
 
