@@ -234,7 +234,7 @@ fn undecodable_bodies_are_refused_and_the_signer_carries_on() {
         let cases: Vec<(&str, Vec<u8>)> = vec![
             ("garbage after the id", vec![0xFF; 9]),
             ("an unterminated variant varint", vec![0x80]),
-            ("an unknown variant index (one past the last)", varint(18)),
+            ("an unknown variant index (one past the last)", varint(24)),
             ("an unknown variant index (large)", varint(1000)),
             (
                 "a request with trailing bytes",

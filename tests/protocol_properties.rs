@@ -5,12 +5,13 @@
 use ed25519_dalek::{Signature, VerifyingKey};
 use keyward::testing::{
     DispatchResult, Dispatcher, FRAME_CAP, arbitrary_request_frame, backup_frame,
-    diffie_hellman_frame, drop_key_frame, finish_drop_frame, generate_key_frame,
-    generated_key_from_summary, import_key_frame, is_test_hook_request, is_valid_request,
-    key_id_bytes, key_id_from_bytes, list_keys_frame, provisioning_frame, public_key_frame,
-    raise_watermarks_frame, release_consensus_frame, restore_step_frame, sign_consensus_frame,
-    sign_frame, sign_many_frame, sign_message_frame, signatures_from_summary, split_frames,
-    test_hook_frame, watermarks_frame,
+    diffie_hellman_frame, diffie_hellman_with_version_frame, drop_key_frame, finish_drop_frame,
+    finish_rotation_frame, generate_key_frame, generated_key_from_summary, import_key_frame,
+    is_test_hook_request, is_valid_request, key_id_bytes, key_id_from_bytes, key_versions_frame,
+    list_keys_frame, provisioning_frame, public_key_frame, purge_retired_frame,
+    raise_watermarks_frame, release_consensus_frame, restore_step_frame, rotate_key_frame,
+    sign_consensus_frame, sign_frame, sign_many_frame, sign_message_frame, sign_with_version_frame,
+    signatures_from_summary, split_frames, test_hook_frame, watermarks_frame,
 };
 use keyward::{Algorithm, ForbiddenSyscall, KeyId, KeySpec, MAX_BATCH, MAX_MESSAGE_LEN, Purpose};
 use proptest::collection::vec;
@@ -21,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// How many kinds of request the protocol has (variant indexes `0..REQUEST_KINDS`). A new kind
 /// fails `every_arbitrary_request_decodes_and_is_answered_with_its_id` until it is counted here
 /// and checked for its meaning in `every_request_kind_is_served_correctly_in_process`.
-const REQUEST_KINDS: usize = 18;
+const REQUEST_KINDS: usize = 24;
 
 /// A signer with live test hooks makes a forbidden system call (fork, execve, ptrace ...) for a
 /// test-hook request. The in-process dispatcher refuses it, as
@@ -219,11 +220,74 @@ fn assert_agrees(dispatcher: &mut Dispatcher, id: u64, key: &Generated, peer_see
     }
 }
 
+/// Signs a digest with version `version` of a key and verifies the signature with
+/// `verify_strict` under `key.public`, that version's public key.
+fn assert_signs_with_version(
+    dispatcher: &mut Dispatcher,
+    id: u64,
+    key: &Generated,
+    version: u32,
+    digest: [u8; 32],
+) -> Signature {
+    let frame = sign_with_version_frame(id, key.key, version, digest);
+    let summary = dispatch(dispatcher, payload_of(&frame)).unwrap();
+    assert!(
+        summary.starts_with("Signature {"),
+        "version {version}: {summary}"
+    );
+    let signature = signature_in(&summary);
+    VerifyingKey::from_bytes(&key.public)
+        .unwrap()
+        .verify_strict(&digest, &signature)
+        .unwrap_or_else(|e| panic!("a wrong signature by version {version}: {e}"));
+    signature
+}
+
+/// The number after `label` in a Debug summary.
+fn number_after(summary: &str, label: &str) -> u64 {
+    let start = summary
+        .find(label)
+        .unwrap_or_else(|| panic!("no {label} in {summary}"))
+        + label.len();
+    summary[start..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The versions in a `KeyVersions` answer, in its order: each one's number, public key and
+/// retirement time (0 for the current version).
+fn versions_in(summary: &str) -> Vec<(u32, [u8; 32], u64)> {
+    assert!(summary.starts_with("KeyVersions(["), "{summary}");
+    summary
+        .split("VersionListing {")
+        .skip(1)
+        .map(|listing| {
+            (
+                u32::try_from(number_after(listing, "version: ")).unwrap(),
+                array(bytes_after(listing, "public_key: [")),
+                number_after(listing, "retires: "),
+            )
+        })
+        .collect()
+}
+
+/// Seconds since the Unix epoch by the clock the in-process signer reads.
+fn now_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
 // ---- strategies ----
 
 /// Bytes for `arbitrary` to draw one request from: enough for every kind (the longest fixed-size
-/// one takes 4 bytes for its kind, 24 for the key and 32 for the digest or the peer's key), and
-/// for messages to sign of up to about a hundred bytes.
+/// ones, `SignWithVersion` and `DiffieHellmanWithVersion`, take 4 bytes for their kind, 24 for
+/// the key, 4 for the version and 32 for the digest or the peer's key: 64), and for messages to
+/// sign of up to about a hundred bytes.
 fn request_bytes() -> impl Strategy<Value = Vec<u8>> {
     vec(any::<u8>(), 0..160)
 }
@@ -288,7 +352,7 @@ fn payload() -> impl Strategy<Value = Vec<u8>> {
         // No id: nothing, or a varint that never ends (or runs past 10 bytes).
         1 => vec(0x80u8..=0xFF, 0..14),
         // Kinds 0..REQUEST_KINDS exist, the two after them do not.
-        3 => (0u8..0x80, 0u8..20, vec(any::<u8>(), 0..80)).prop_map(|(id, kind, rest)| [
+        3 => (0u8..0x80, 0u8..26, vec(any::<u8>(), 0..80)).prop_map(|(id, kind, rest)| [
             vec![id, kind],
             rest
         ]
@@ -1020,6 +1084,274 @@ fn every_request_kind_is_served_correctly_in_process() {
         import_key_frame(9, Purpose::Account, claimed, &to_itself),
     );
     assert_eq!(summary, "Refused(KeyLimitReached { limit: 3 })");
+
+    rotation_requests_are_served_correctly_in_process();
+}
+
+/// The rotation requests (`RotateKey`, `FinishRotation`, `PurgeRetired`, `KeyVersions`,
+/// `SignWithVersion`, `DiffieHellmanWithVersion`) on a memory-only store: a rotation is done at
+/// once (nothing to write, so no rotation to finish), a previous version in its grace period
+/// takes a slot of its own.
+fn rotation_requests_are_served_correctly_in_process() {
+    let mut dispatcher = Dispatcher::new(8).unwrap();
+    let d = &mut dispatcher;
+    let ask = |d: &mut Dispatcher, frame: Vec<u8>| dispatch(d, payload_of(&frame)).unwrap();
+    let account = generate(d, 1, Purpose::Account);
+    let handshake = generate(d, 2, Purpose::NetworkHandshake);
+    let consensus = generate(d, 3, Purpose::Consensus);
+    // KeyVersions of a key never rotated: version 1, current.
+    let summary = ask(d, key_versions_frame(4, account.key));
+    assert_eq!(versions_in(&summary), [(1, account.public, 0)], "{summary}");
+    // RotateKey with a grace of an hour: version 2, under the same id, with a new public key.
+    let before = now_seconds();
+    let summary = ask(d, rotate_key_frame(5, account.key, 3600));
+    let after = now_seconds();
+    assert!(
+        summary.starts_with("KeyRotated { version: 2, public_key: [")
+            && summary.ends_with("change: None }"),
+        "{summary}"
+    );
+    let rotated = Generated {
+        key: account.key,
+        public: array(bytes_after(&summary, "public_key: [")),
+    };
+    assert_ne!(rotated.public, account.public);
+    // KeyVersions: 1, retiring an hour after the rotation, and 2, current.
+    let summary = ask(d, key_versions_frame(6, account.key));
+    let listed = versions_in(&summary);
+    assert_eq!(listed.len(), 2, "{summary}");
+    assert_eq!((listed[0].0, listed[0].1), (1, account.public), "{summary}");
+    assert!(
+        (before + 3600..=after + 3600).contains(&listed[0].2),
+        "{summary}"
+    );
+    assert_eq!(listed[1], (2, rotated.public, 0), "{summary}");
+    // The calls that name no version use the new one; the key is listed once.
+    let summary = ask(d, public_key_frame(7, account.key));
+    assert_eq!(bytes_after(&summary, "public_key: ["), rotated.public);
+    let current = assert_signs(d, 8, &rotated, [5; 32]);
+    let summary = ask(d, list_keys_frame(9));
+    assert_eq!(summary.matches("KeyListing").count(), 3, "{summary}");
+    assert!(
+        !summary.contains(&format!("public_key: {:?}", account.public)),
+        "a previous version is listed: {summary}"
+    );
+    // SignWithVersion: version 1 verifies under the old public key (and not the new), version 2
+    // under the new, as SignDigest signs.
+    let old = assert_signs_with_version(d, 10, &account, 1, [5; 32]);
+    assert!(
+        VerifyingKey::from_bytes(&rotated.public)
+            .unwrap()
+            .verify_strict(&[5; 32], &old)
+            .is_err()
+    );
+    assert_eq!(
+        assert_signs_with_version(d, 11, &rotated, 2, [5; 32]),
+        current
+    );
+    // Versions never held: 9, 0 and the largest.
+    for (id, version) in [(12, 9), (13, 0), (14, u32::MAX)] {
+        let summary = ask(
+            d,
+            sign_with_version_frame(id, account.key, version, [5; 32]),
+        );
+        assert_eq!(summary, "Refused(UnknownVersion)", "version {version}");
+    }
+    // DiffieHellmanWithVersion on a rotated handshake key: version 1 agrees with the peer's
+    // side computed with the old public key, version 2 (and DiffieHellman) with the new one.
+    let summary = ask(d, rotate_key_frame(15, handshake.key, 3600));
+    assert!(summary.starts_with("KeyRotated { version: 2,"), "{summary}");
+    let handshake_rotated = Generated {
+        key: handshake.key,
+        public: array(bytes_after(&summary, "public_key: [")),
+    };
+    let peer = x25519_dalek::StaticSecret::from([2; 32]);
+    let peer_public = x25519_dalek::PublicKey::from(&peer).to_bytes();
+    for (id, version, public) in [(16, 1, handshake.public), (17, 2, handshake_rotated.public)] {
+        let frame = diffie_hellman_with_version_frame(id, handshake.key, version, peer_public);
+        let summary = ask(d, frame);
+        let expected = peer.diffie_hellman(&x25519_dalek::PublicKey::from(public));
+        assert_eq!(
+            bytes_after(&summary, "SharedSecret(["),
+            expected.as_bytes(),
+            "version {version}"
+        );
+    }
+    assert_agrees(d, 18, &handshake_rotated, [2; 32]);
+    let summary = ask(
+        d,
+        diffie_hellman_with_version_frame(19, handshake.key, 9, peer_public),
+    );
+    assert_eq!(summary, "Refused(UnknownVersion)");
+    let summary = ask(
+        d,
+        diffie_hellman_with_version_frame(20, handshake.key, 1, [0; 32]),
+    );
+    assert_eq!(summary, "Refused(LowOrderPoint)");
+    // The wrong algorithm, either way round, for a previous version too.
+    let summary = ask(
+        d,
+        diffie_hellman_with_version_frame(21, account.key, 1, peer_public),
+    );
+    assert!(summary.contains("WrongAlgorithm"), "{summary}");
+    let summary = ask(d, sign_with_version_frame(22, handshake.key, 1, [5; 32]));
+    assert!(summary.contains("WrongAlgorithm"), "{summary}");
+    // A second rotation with a grace period makes version 3; a third is refused (two previous
+    // versions in their grace period at most) and changes nothing.
+    let summary = ask(d, rotate_key_frame(23, account.key, 3600));
+    assert!(summary.starts_with("KeyRotated { version: 3,"), "{summary}");
+    let third = Generated {
+        key: account.key,
+        public: array(bytes_after(&summary, "public_key: [")),
+    };
+    let summary = ask(d, rotate_key_frame(24, account.key, 3600));
+    assert_eq!(summary, "Refused(VersionLimit { cap: 2 })");
+    let summary = ask(d, key_versions_frame(25, account.key));
+    let numbers: Vec<u32> = versions_in(&summary).iter().map(|v| v.0).collect();
+    assert_eq!(numbers, [1, 2, 3], "{summary}");
+    assert_signs(d, 26, &third, [6; 32]);
+    // With no grace period it is not refused: version 4 replaces 3 at once, and 1 and 2 keep
+    // their grace period.
+    let summary = ask(d, rotate_key_frame(27, account.key, 0));
+    assert!(summary.starts_with("KeyRotated { version: 4,"), "{summary}");
+    let summary = ask(d, key_versions_frame(28, account.key));
+    let numbers: Vec<u32> = versions_in(&summary).iter().map(|v| v.0).collect();
+    assert_eq!(numbers, [1, 2, 4], "{summary}");
+    let summary = ask(d, sign_with_version_frame(29, account.key, 3, [5; 32]));
+    assert_eq!(summary, "Refused(UnknownVersion)");
+    assert_signs_with_version(d, 30, &account, 1, [7; 32]);
+    // A rotation with no grace period of a key never rotated leaves one version, the new one.
+    let single = generate(d, 31, Purpose::NetworkDiscovery);
+    let summary = ask(d, rotate_key_frame(32, single.key, 0));
+    assert!(summary.starts_with("KeyRotated { version: 2,"), "{summary}");
+    let single_rotated = Generated {
+        key: single.key,
+        public: array(bytes_after(&summary, "public_key: [")),
+    };
+    let summary = ask(d, key_versions_frame(33, single.key));
+    assert_eq!(
+        versions_in(&summary),
+        [(2, single_rotated.public, 0)],
+        "{summary}"
+    );
+    let summary = ask(d, sign_with_version_frame(34, single.key, 1, [5; 32]));
+    assert_eq!(summary, "Refused(UnknownVersion)");
+    assert_signs(d, 35, &single_rotated, [5; 32]);
+    // PurgeRetired with nothing retired (every grace period runs for an hour yet): no key.
+    assert_eq!(
+        ask(d, purge_retired_frame(36)),
+        "Purged { key: None, change: None }"
+    );
+    assert_signs_with_version(d, 37, &rotated, 2, [5; 32]);
+    // FinishRotation: a memory-only store has no rotation waiting for a write, either way; the
+    // key is as it was.
+    for (id, commit) in [(38, true), (39, false)] {
+        let summary = ask(d, finish_rotation_frame(id, account.key, commit));
+        assert_eq!(summary, "Refused(NotReleasable)", "commit {commit}");
+    }
+    let summary = ask(d, key_versions_frame(40, account.key));
+    let numbers: Vec<u32> = versions_in(&summary).iter().map(|v| v.0).collect();
+    assert_eq!(numbers, [1, 2, 4], "{summary}");
+    let unknown: KeyId = "ee".repeat(24).parse().unwrap();
+    for frame in [
+        rotate_key_frame(41, unknown, 0),
+        finish_rotation_frame(42, unknown, true),
+        key_versions_frame(43, unknown),
+        sign_with_version_frame(44, unknown, 1, [5; 32]),
+        diffie_hellman_with_version_frame(45, unknown, 1, peer_public),
+    ] {
+        assert_eq!(ask(d, frame), "Refused(UnknownKey)");
+    }
+    // A consensus key rotated keeps its watermarks (they stay with its slot): the conflicting
+    // vote at its watermark is still refused; a vote above it is signed by the new version.
+    let chain = keyward::ChainId([7; 32]);
+    let vote = keyward::ConsensusMessage::vote(chain, 1, 4, [3; 32]);
+    let summary = ask(d, sign_consensus_frame(46, consensus.key, vote));
+    VerifyingKey::from_bytes(&consensus.public)
+        .unwrap()
+        .verify_strict(&vote.signing_bytes(), &signature_in(&summary))
+        .unwrap();
+    let summary = ask(d, rotate_key_frame(47, consensus.key, 60));
+    assert!(summary.starts_with("KeyRotated { version: 2,"), "{summary}");
+    let consensus_rotated: [u8; 32] = array(bytes_after(&summary, "public_key: ["));
+    let conflicting = keyward::ConsensusMessage::vote(chain, 1, 4, [4; 32]);
+    let summary = ask(d, sign_consensus_frame(48, consensus.key, conflicting));
+    assert!(
+        summary.starts_with("Refused(WouldDoubleSign { rule: ConflictingDigest"),
+        "{summary}"
+    );
+    let summary = ask(d, sign_consensus_frame(49, consensus.key, vote));
+    VerifyingKey::from_bytes(&consensus_rotated)
+        .unwrap()
+        .verify_strict(&vote.signing_bytes(), &signature_in(&summary))
+        .unwrap();
+    let above = keyward::ConsensusMessage::vote(chain, 1, 5, [4; 32]);
+    let summary = ask(d, sign_consensus_frame(50, consensus.key, above));
+    VerifyingKey::from_bytes(&consensus_rotated)
+        .unwrap()
+        .verify_strict(&above.signing_bytes(), &signature_in(&summary))
+        .unwrap();
+    // SignWithVersion is blind signing: refused for either version of a consensus key.
+    for (id, version) in [(51, 1), (52, 2)] {
+        let summary = ask(
+            d,
+            sign_with_version_frame(id, consensus.key, version, [5; 32]),
+        );
+        assert!(
+            summary.starts_with("Refused(BlindSigningRefused"),
+            "{summary}"
+        );
+    }
+    // The store is full (4 keys, 4 previous versions): a rotation that keeps the previous
+    // version needs a slot of its own and is refused; one that does not is served.
+    let summary = ask(d, rotate_key_frame(53, handshake.key, 3600));
+    assert_eq!(summary, "Refused(KeyLimitReached { limit: 8 })");
+    let summary = ask(d, rotate_key_frame(54, handshake.key, 0));
+    assert!(summary.starts_with("KeyRotated { version: 3,"), "{summary}");
+
+    // A grace period that ends: the previous version is refused as retired, is no longer
+    // listed, and PurgeRetired erases it (naming its key) and frees its slot.
+    let mut dispatcher = Dispatcher::new(2).unwrap();
+    let d = &mut dispatcher;
+    let key = generate(d, 1, Purpose::Account);
+    let summary = ask(d, rotate_key_frame(2, key.key, 1));
+    assert!(summary.starts_with("KeyRotated { version: 2,"), "{summary}");
+    let summary = ask(d, key_versions_frame(3, key.key));
+    let retires = versions_in(&summary)[0].2;
+    // Retired at `retires` by the signer's clock, which is this process's.
+    let waited = std::time::Instant::now();
+    while now_seconds() < retires {
+        assert!(
+            waited.elapsed() < std::time::Duration::from_secs(10),
+            "the clock did not reach {retires}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let summary = ask(d, sign_with_version_frame(4, key.key, 1, [5; 32]));
+    assert_eq!(summary, "Refused(VersionRetired)");
+    let summary = ask(d, key_versions_frame(5, key.key));
+    let numbers: Vec<u32> = versions_in(&summary).iter().map(|v| v.0).collect();
+    assert_eq!(numbers, [2], "{summary}");
+    let summary = ask(d, generate_key_frame(6, KeySpec::new(Purpose::Account)));
+    assert_eq!(summary, "Refused(KeyLimitReached { limit: 2 })");
+    let summary = ask(d, purge_retired_frame(7));
+    assert!(
+        summary.starts_with("Purged { key: Some(") && summary.ends_with("change: None }"),
+        "{summary}"
+    );
+    let named = [
+        bytes_after(&summary, "store: ["),
+        bytes_after(&summary, "local: ["),
+    ]
+    .concat();
+    assert_eq!(named, key_id_bytes(key.key));
+    let summary = ask(d, sign_with_version_frame(8, key.key, 1, [5; 32]));
+    assert_eq!(summary, "Refused(UnknownVersion)");
+    assert_eq!(
+        ask(d, purge_retired_frame(9)),
+        "Purged { key: None, change: None }"
+    );
+    generate(d, 10, Purpose::Account);
 }
 
 /// The provisioning recipient and backup-signing key of the signer holding `held`, after

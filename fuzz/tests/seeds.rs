@@ -14,11 +14,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use keyward::testing::{
-    FRAME_CAP, arbitrary_request_frame, backup_frame, diffie_hellman_frame, drop_key_frame,
-    finish_drop_frame, generate_key_frame, import_key_frame, key_id_from_bytes, list_keys_frame,
-    provisioning_frame, public_key_frame, raise_watermarks_frame, release_consensus_frame,
-    restore_step_frame, sign_consensus_frame, sign_frame, sign_many_frame, sign_message_frame,
-    test_hook_frame, watermarks_frame,
+    FRAME_CAP, arbitrary_request_frame, backup_frame, diffie_hellman_frame,
+    diffie_hellman_with_version_frame, drop_key_frame, finish_drop_frame, finish_rotation_frame,
+    generate_key_frame, import_key_frame, key_id_from_bytes, key_versions_frame, list_keys_frame,
+    provisioning_frame, public_key_frame, purge_retired_frame, raise_watermarks_frame,
+    release_consensus_frame, restore_step_frame, rotate_key_frame, sign_consensus_frame,
+    sign_frame, sign_many_frame, sign_message_frame, sign_with_version_frame, test_hook_frame,
+    watermarks_frame,
 };
 use keyward::{
     Algorithm, ChainId, ChainWatermarks, ConsensusMessage, ForbiddenSyscall, KeyId, KeySpec,
@@ -141,7 +143,7 @@ fn variant(index: u64, count: u64) -> [u8; 4] {
 
 /// The request kinds, in their order in the request type.
 mod kind {
-    pub(super) const COUNT: u64 = 18;
+    pub(super) const COUNT: u64 = 24;
     pub(super) const GENERATE_KEY: u64 = 0;
     pub(super) const PUBLIC_KEY: u64 = 1;
     pub(super) const SIGN_DIGEST: u64 = 2;
@@ -159,7 +161,16 @@ mod kind {
     pub(super) const IMPORT_KEY: u64 = 15;
     pub(super) const BACKUP: u64 = 16;
     pub(super) const RESTORE_STEP: u64 = 17;
+    pub(super) const ROTATE_KEY: u64 = 18;
+    pub(super) const FINISH_ROTATION: u64 = 19;
+    pub(super) const PURGE_RETIRED: u64 = 20;
+    pub(super) const KEY_VERSIONS: u64 = 21;
+    pub(super) const SIGN_WITH_VERSION: u64 = 22;
+    pub(super) const DIFFIE_HELLMAN_WITH_VERSION: u64 = 23;
 }
+
+/// A grace period for the rotations that keep the previous version: an hour.
+const GRACE: u64 = 3600;
 
 /// The bytes from which `arbitrary` draws `message` (its fields in order: chain, epoch and
 /// round little-endian, kind, digest).
@@ -273,6 +284,18 @@ fn sequence(first: u64) -> Vec<u8> {
         Box::new(|id| import_key_frame(id, Purpose::Account, CLAIMED, GARBAGE)),
         Box::new(|id| import_key_frame(id, Purpose::Consensus, CLAIMED, TRUNCATED_HEADER)),
         Box::new(|id| restore_step_frame(id, SIGNED_BY, GARBAGE)),
+        // Rotations: the account key's with a grace period, so version 1 still signs and a
+        // version never held is refused; the handshake key's with none, so version 1 is gone;
+        // a rotation to finish that a memory-only signer never began; a purge of nothing.
+        Box::new(|id| rotate_key_frame(id, ed25519(), GRACE)),
+        Box::new(|id| key_versions_frame(id, ed25519())),
+        Box::new(|id| sign_with_version_frame(id, ed25519(), 1, digest())),
+        Box::new(|id| sign_with_version_frame(id, ed25519(), 9, digest())),
+        Box::new(|id| rotate_key_frame(id, x25519(), 0)),
+        Box::new(|id| diffie_hellman_with_version_frame(id, x25519(), 1, [9; 32])),
+        Box::new(|id| diffie_hellman_with_version_frame(id, x25519(), 2, [9; 32])),
+        Box::new(|id| finish_rotation_frame(id, ed25519(), true)),
+        Box::new(purge_retired_frame),
         Box::new(|id| drop_key_frame(id, ed25519())),
         Box::new(|id| test_hook_frame(id, ForbiddenSyscall::Open)),
         // A key listing with a byte after it.
@@ -463,6 +486,88 @@ fn corpora() -> Corpora {
             .concat(),
             |id| restore_step_frame(id, SIGNED_BY, TRUNCATED_HEADER),
         ),
+        // Rotations: the account key's with no grace period, so version 1 is never held
+        // again, and the handshake key's kept for ever; versions 0 and the largest refused;
+        // the versions held; a rotation to finish never begun; a purge of nothing.
+        drawn(
+            1,
+            &[
+                &variant(kind::ROTATE_KEY, kind::COUNT)[..],
+                &k,
+                &0u64.to_le_bytes(),
+            ]
+            .concat(),
+            |id| rotate_key_frame(id, ed25519(), 0),
+        ),
+        drawn(
+            1,
+            &[
+                &variant(kind::ROTATE_KEY, kind::COUNT)[..],
+                &x,
+                &u64::MAX.to_le_bytes(),
+            ]
+            .concat(),
+            |id| rotate_key_frame(id, x25519(), u64::MAX),
+        ),
+        drawn(
+            1,
+            &[&variant(kind::KEY_VERSIONS, kind::COUNT)[..], &x].concat(),
+            |id| key_versions_frame(id, x25519()),
+        ),
+        drawn(
+            1,
+            &[
+                &variant(kind::SIGN_WITH_VERSION, kind::COUNT)[..],
+                &k,
+                &0u32.to_le_bytes(),
+                &digest(),
+            ]
+            .concat(),
+            |id| sign_with_version_frame(id, ed25519(), 0, digest()),
+        ),
+        drawn(
+            1,
+            &[
+                &variant(kind::SIGN_WITH_VERSION, kind::COUNT)[..],
+                &k,
+                &2u32.to_le_bytes(),
+                &digest(),
+            ]
+            .concat(),
+            |id| sign_with_version_frame(id, ed25519(), 2, digest()),
+        ),
+        drawn(
+            1,
+            &[
+                &variant(kind::DIFFIE_HELLMAN_WITH_VERSION, kind::COUNT)[..],
+                &x,
+                &1u32.to_le_bytes(),
+                &[9; 32],
+            ]
+            .concat(),
+            |id| diffie_hellman_with_version_frame(id, x25519(), 1, [9; 32]),
+        ),
+        drawn(
+            1,
+            &[
+                &variant(kind::DIFFIE_HELLMAN_WITH_VERSION, kind::COUNT)[..],
+                &x,
+                &u32::MAX.to_le_bytes(),
+                &[9; 32],
+            ]
+            .concat(),
+            |id| diffie_hellman_with_version_frame(id, x25519(), u32::MAX, [9; 32]),
+        ),
+        drawn(
+            1,
+            &[&variant(kind::FINISH_ROTATION, kind::COUNT)[..], &k, &[1]].concat(),
+            |id| finish_rotation_frame(id, ed25519(), true),
+        ),
+        drawn(
+            1,
+            &variant(kind::PURGE_RETIRED, kind::COUNT),
+            purge_retired_frame,
+        ),
         // The account key dropped last, so the requests before reach it.
         drawn(
             1,
@@ -647,6 +752,100 @@ fn corpora() -> Corpora {
                     TRUNCATED_HEADER,
                 )),
             ),
+            (
+                // Version 2, then 1 (old) and 2 signing, a version never held, the versions.
+                "rotate",
+                [
+                    raw(&rotate_key_frame(3, ed25519(), GRACE)),
+                    raw(&sign_with_version_frame(4, ed25519(), 1, digest())),
+                    raw(&sign_with_version_frame(5, ed25519(), 2, digest())),
+                    raw(&sign_with_version_frame(6, ed25519(), 9, digest())),
+                    raw(&key_versions_frame(7, ed25519())),
+                ]
+                .concat(),
+            ),
+            (
+                // No grace period: version 1 is gone at once.
+                "rotate_no_grace",
+                [
+                    raw(&rotate_key_frame(3, x25519(), 0)),
+                    raw(&diffie_hellman_with_version_frame(4, x25519(), 1, [9; 32])),
+                    raw(&diffie_hellman_with_version_frame(5, x25519(), 2, [9; 32])),
+                    raw(&key_versions_frame(6, x25519())),
+                ]
+                .concat(),
+            ),
+            (
+                // A grace period that never ends (its end saturates at the largest second).
+                "rotate_grace_max",
+                [
+                    raw(&rotate_key_frame(3, x25519(), u64::MAX)),
+                    raw(&diffie_hellman_with_version_frame(4, x25519(), 1, [9; 32])),
+                    raw(&key_versions_frame(5, x25519())),
+                    raw(&purge_retired_frame(6)),
+                ]
+                .concat(),
+            ),
+            (
+                // Two previous versions kept, a third refused; then one with no grace period.
+                "rotate_version_limit",
+                [
+                    raw(&rotate_key_frame(3, ed25519(), GRACE)),
+                    raw(&rotate_key_frame(4, ed25519(), GRACE)),
+                    raw(&rotate_key_frame(5, ed25519(), GRACE)),
+                    raw(&rotate_key_frame(6, ed25519(), 0)),
+                    raw(&key_versions_frame(7, ed25519())),
+                ]
+                .concat(),
+            ),
+            (
+                // A vote, the key rotated, another digest at the vote's round (refused: the
+                // watermark stays with the key), a versioned blind signature (refused).
+                "rotate_consensus_then_conflict",
+                [
+                    raw(&sign_consensus_frame(3, consensus(), vote(5, 0xa1))),
+                    raw(&rotate_key_frame(4, consensus(), GRACE)),
+                    raw(&sign_consensus_frame(5, consensus(), vote(5, 0xb2))),
+                    raw(&sign_consensus_frame(6, consensus(), vote(6, 0xa1))),
+                    raw(&sign_with_version_frame(7, consensus(), 1, digest())),
+                ]
+                .concat(),
+            ),
+            (
+                "finish_rotation",
+                raw(&finish_rotation_frame(3, ed25519(), true)),
+            ),
+            ("purge", raw(&purge_retired_frame(3))),
+            ("key_versions", raw(&key_versions_frame(3, ed25519()))),
+            (
+                "sign_with_version",
+                raw(&sign_with_version_frame(3, ed25519(), 1, digest())),
+            ),
+            (
+                "sign_with_version_0_and_max",
+                [
+                    raw(&sign_with_version_frame(3, ed25519(), 0, digest())),
+                    raw(&sign_with_version_frame(4, ed25519(), u32::MAX, digest())),
+                ]
+                .concat(),
+            ),
+            (
+                "dh_with_version",
+                raw(&diffie_hellman_with_version_frame(3, x25519(), 1, [9; 32])),
+            ),
+            (
+                "dh_with_version_0_and_max",
+                [
+                    raw(&diffie_hellman_with_version_frame(3, x25519(), 0, [9; 32])),
+                    raw(&diffie_hellman_with_version_frame(
+                        4,
+                        x25519(),
+                        u32::MAX,
+                        [9; 32],
+                    )),
+                ]
+                .concat(),
+            ),
             ("list", raw(&list_keys_frame(3))),
             (
                 "test_hook",
@@ -656,8 +855,8 @@ fn corpora() -> Corpora {
                 "trailing",
                 raw(&frame(&[payload(&list_keys_frame(3)), &[0]].concat())),
             ),
-            // Id 3, then kind 18: one past the last kind.
-            ("unknown_kind", raw(&frame(&[3, 18]))),
+            // Id 3, then kind 24: one past the last kind.
+            ("unknown_kind", raw(&frame(&[3, 24]))),
             (
                 "id_not_increasing",
                 [raw(&list_keys_frame(3)), raw(&list_keys_frame(3))].concat(),

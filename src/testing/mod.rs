@@ -315,6 +315,71 @@ pub fn restore_step_frame(id: u64, signed_by: [u8; 32], encrypted: &[u8]) -> Vec
     )
 }
 
+/// A frame asking to give `key` a new version, keeping the previous one for `grace_seconds`
+/// (0: not kept).
+pub fn rotate_key_frame(id: u64, key: KeyId, grace_seconds: u64) -> Vec<u8> {
+    request_frame(
+        id,
+        &Request::RotateKey {
+            key: key.wire(),
+            grace_seconds,
+        },
+    )
+}
+
+/// A frame ending a rotation of a sealed store (`commit` once its change is durable, or put the
+/// previous version back).
+pub fn finish_rotation_frame(id: u64, key: KeyId, commit: bool) -> Vec<u8> {
+    request_frame(
+        id,
+        &Request::FinishRotation {
+            key: key.wire(),
+            commit,
+        },
+    )
+}
+
+/// A frame asking to erase the previous versions of one key whose grace period is over.
+pub fn purge_retired_frame(id: u64) -> Vec<u8> {
+    request_frame(id, &Request::PurgeRetired)
+}
+
+/// A frame asking for the versions of `key` held.
+pub fn key_versions_frame(id: u64, key: KeyId) -> Vec<u8> {
+    request_frame(id, &Request::KeyVersions { key: key.wire() })
+}
+
+/// A frame asking to sign a 32-byte `digest` with version `version` of `key` (any number: the
+/// signer refuses a version it does not hold).
+pub fn sign_with_version_frame(id: u64, key: KeyId, version: u32, digest: [u8; 32]) -> Vec<u8> {
+    request_frame(
+        id,
+        &Request::SignWithVersion {
+            key: key.wire(),
+            version,
+            digest,
+        },
+    )
+}
+
+/// A frame asking for X25519 between version `version` of `key` and the peer's public key
+/// `peer_public`.
+pub fn diffie_hellman_with_version_frame(
+    id: u64,
+    key: KeyId,
+    version: u32,
+    peer_public: [u8; 32],
+) -> Vec<u8> {
+    request_frame(
+        id,
+        &Request::DiffieHellmanWithVersion {
+            key: key.wire(),
+            version,
+            peer_public,
+        },
+    )
+}
+
 /// The sequence number of the sealed change in an answer's `Debug` form, if it carries one.
 pub fn sealed_sequence(summary: &str) -> Option<u64> {
     let after = summary.split("sequence: ").nth(1)?;

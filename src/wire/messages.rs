@@ -147,11 +147,13 @@ pub(crate) enum Request<'a> {
 /// answer and every refusal, with the largest id, is well under it.
 pub(crate) const SMALL_ANSWER_FRAME: usize = 128;
 
-/// The most bytes of an answer frame that carries a sealed store change (a record, a manifest
-/// and their seals, about 330 bytes at most).
+/// The most bytes of an answer frame that carries a sealed store change (two records, three
+/// removed slots, a watermark record, a manifest and their seals: 601 bytes at most, 674 with
+/// the largest answer around it and the largest id).
 pub(crate) const SEALED_ANSWER_FRAME: usize = 768;
 
-/// The most bytes of a `KeyVersions` answer: three versions of about 60 bytes each.
+/// The most bytes of a `KeyVersions` answer: three versions of at most 58 bytes each (189 bytes
+/// with the largest id).
 pub(crate) const VERSIONS_ANSWER_FRAME: usize = 320;
 
 /// The most bytes of a `Watermarks` answer: a key's watermarks on its most chains.
@@ -1112,6 +1114,16 @@ mod tests {
                 keys: u32::MAX,
                 marks: u32::MAX,
             })),
+            length(Answer::Refused(Refusal::VersionLimit { cap: u32::MAX })),
+            length(Answer::Purged {
+                key: Some(key),
+                change: None,
+            }),
+            length(Answer::KeyRotated {
+                version: u32::MAX,
+                public_key: [0xff; 32],
+                change: None,
+            }),
         ];
         for answer_length in small {
             assert!(answer_length <= SMALL_ANSWER_FRAME, "{answer_length}");
@@ -1203,10 +1215,55 @@ mod tests {
                 key,
                 change: Some(change),
             }),
+            Answer::KeyRotated {
+                version: u32::MAX,
+                public_key: [0xff; 32],
+                change: Some(change),
+            },
+            Answer::Purged {
+                key: Some(key),
+                change: Some(change),
+            },
         ] {
             let answer_length = framed(&AnswerFrame::<(), &[u8; 32]> { id, answer }).len();
             assert!(answer_length <= SEALED_ANSWER_FRAME, "{answer_length}");
         }
+        for request in [
+            Request::RotateKey {
+                key,
+                grace_seconds: u64::MAX,
+            },
+            Request::PurgeRetired,
+        ] {
+            assert_eq!(request.largest_answer_frame(), SEALED_ANSWER_FRAME);
+        }
+        for request in [
+            Request::FinishRotation { key, commit: true },
+            Request::SignWithVersion {
+                key,
+                version: u32::MAX,
+                digest: [0xff; 32],
+            },
+            Request::DiffieHellmanWithVersion {
+                key,
+                version: u32::MAX,
+                peer_public: [0xff; 32],
+            },
+        ] {
+            assert_eq!(request.largest_answer_frame(), SMALL_ANSWER_FRAME);
+        }
+        // A key's versions at their largest: three, every varint at its widest.
+        let listing = VersionListing {
+            version: u32::MAX,
+            public_key: [0xff; 32],
+            created: u64::MAX,
+            retires: u64::MAX,
+        };
+        let versions = length(Answer::KeyVersions([Some(listing); MAX_VERSIONS]));
+        assert!(
+            versions <= Request::KeyVersions { key }.largest_answer_frame(),
+            "{versions}"
+        );
         assert_eq!(
             Request::GenerateKey { spec }.largest_answer_frame(),
             SEALED_ANSWER_FRAME

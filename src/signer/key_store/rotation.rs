@@ -224,7 +224,11 @@ impl KeyStore {
             let Some(record) = self.records.as_mut_slice()[index].as_mut() else {
                 continue;
             };
-            if record.id != local || !record.retired_at(now) || record.dropping {
+            if record.id != local
+                || !record.retired_at(now)
+                || record.dropping
+                || record.undo.is_some()
+            {
                 continue;
             }
             if self.sealed.is_none() {
