@@ -123,7 +123,7 @@ fn a_purge_never_wipes_the_version_a_pending_rotation_would_put_back() {
         raw.write(&frame).unwrap();
         raw.read_answer(timeout).unwrap().1
     };
-    // Version 2, committed: version 1 retires a second later.
+    // Version 2, committed: version 1 retires one to two seconds later.
     let summary = ask(rotate_key_frame(1, key, 1));
     assert!(summary.starts_with("KeyRotated { version: 2,"), "{summary}");
     let start = summary.find("public_key: [").unwrap() + "public_key: [".len();
@@ -138,8 +138,9 @@ fn a_purge_never_wipes_the_version_a_pending_rotation_would_put_back() {
     // Version 3, not finished: version 2 waits, kept for a second, to be put back.
     let summary = ask(rotate_key_frame(3, key, 1));
     assert!(summary.starts_with("KeyRotated { version: 3,"), "{summary}");
+    // A grace period ends at the second after the next one (never shorter than asked).
     let rotated = now();
-    while now() <= rotated {
+    while now() <= rotated + 1 {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     // Both grace periods are over; the purge erases version 1 only.
