@@ -205,17 +205,7 @@ fn the_host_never_holds_a_plaintext_key_during_import_or_backup() {
                 names.push(format!("secret {index} as hex, half {half}"));
             }
         }
-        let mut found = Vec::new();
-        let mut searched = 0;
-        for (mapping, bytes) in common::readable_memory(child.id(), |_| true) {
-            searched += bytes.len();
-            for (index, offset) in common::occurrences(&bytes, &needles) {
-                found.push((
-                    index,
-                    format!("{} {} +{offset:#x}", mapping.range(), mapping.path),
-                ));
-            }
-        }
+        let (found, searched) = common::scan_memory(child.id(), &needles, |_| true);
         println!("{mode}: searched {} MiB of the host", searched >> 20);
         writeln!(stdin, "exit").unwrap();
         drop(stdin);

@@ -19,9 +19,7 @@ mod age_util;
 mod common;
 mod store_util;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use ed25519_dalek::{Signature, VerifyingKey};
@@ -879,63 +877,7 @@ fn a_version_whose_grace_ended_while_the_store_was_closed_is_gone_after_a_reopen
 // A rotation whose write fails: a small tmpfs as the store directory, filled (as
 // tests/store_full_disk.rs does; root, as CI runs).
 
-/// A tmpfs mounted on a directory of the test's base, the store directory itself; unmounted
-/// when dropped, also when the test fails.
-struct Tmpfs {
-    path: PathBuf,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size` with mode 0700 (the store refuses a 1777 directory). `None`,
-    /// said loudly, if this process may not mount.
-    fn mount(base: &StoreBase, size: &str) -> Option<Self> {
-        let path = base.base.join("disk");
-        std::fs::create_dir(&path).unwrap();
-        let mounted = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(&path)
-            .output()
-            .unwrap();
-        if !mounted.status.success() {
-            eprintln!(
-                "\n!!!!! SKIPPED: cannot mount a tmpfs ({}); this test needs root, as CI has !!!!!\n",
-                String::from_utf8_lossy(&mounted.stderr).trim()
-            );
-            return None;
-        }
-        Some(Self { path })
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.path).output();
-        let _ = Command::new("umount").arg("-l").arg(&self.path).output();
-    }
-}
-
-/// Fills the file system at `directory` with one file until a write fails with ENOSPC.
-fn fill(directory: &Path) -> PathBuf {
-    let path = directory.join("filler");
-    let mut file = std::fs::File::create(&path).unwrap();
-    let chunk = [0xa5u8; 4096];
-    loop {
-        match file.write(&chunk) {
-            Ok(0) => panic!("a write of nothing while filling {}", path.display()),
-            Ok(_) => {}
-            Err(error) if error.raw_os_error() == Some(libc::ENOSPC) => break,
-            Err(error) => panic!("filling {}: {error}", path.display()),
-        }
-    }
-    file.sync_all().unwrap();
-    path
-}
+use store_util::tmpfs::{Tmpfs, fill};
 
 #[test]
 fn a_rotation_whose_write_fails_changes_nothing() {

@@ -44,32 +44,6 @@ fn secret_forms(seed: &[u8; 32]) -> Vec<([u8; 32], &'static str)> {
     ]
 }
 
-/// Where each needle occurs in the readable memory of `pid` (the mappings `only` keeps):
-/// (needle index, place), and how many bytes were searched.
-fn scan(
-    pid: u32,
-    needles: &[[u8; 32]],
-    only: impl Fn(&common::Mapping) -> bool,
-) -> (Vec<(usize, String)>, usize) {
-    let mut hits = Vec::new();
-    let mut searched = 0;
-    for (mapping, bytes) in common::readable_memory(pid, only) {
-        searched += bytes.len();
-        for (index, offset) in common::occurrences(&bytes, needles) {
-            hits.push((
-                index,
-                format!(
-                    "{} {} +{offset:#x} [{}]",
-                    mapping.range(),
-                    mapping.path,
-                    mapping.flags.join(" ")
-                ),
-            ));
-        }
-    }
-    (hits, searched)
-}
-
 #[test]
 fn a_retired_version_leaves_no_copy_of_its_secret_in_the_signer() {
     assert!(
@@ -130,7 +104,7 @@ fn a_retired_version_leaves_no_copy_of_its_secret_in_the_signer() {
         };
 
         // Control: the scan finds the seed the signer holds.
-        let (hits, searched) = scan(signer, &needles, |_| true);
+        let (hits, searched) = common::scan_memory(signer, &needles, |_| true);
         report("before the rotation", &hits, searched);
         assert!(
             hits.iter().any(|(index, _)| *index == 0),
@@ -160,7 +134,8 @@ fn a_retired_version_leaves_no_copy_of_its_secret_in_the_signer() {
         // finds the seed (checked to be held through the whole scan). Only the locked key
         // pages, where the scan before found it: the whole memory takes seconds under load.
         let started = Instant::now();
-        let (hits, searched) = scan(signer, &needles, |mapping| mapping.has_flag("lo"));
+        let (hits, searched) =
+            common::scan_memory(signer, &needles, |mapping| mapping.has_flag("lo"));
         let took = started.elapsed();
         report("during the grace", &hits, searched);
         let still_held = service.sign_with_version(key, 1, &digest);
@@ -195,7 +170,7 @@ fn a_retired_version_leaves_no_copy_of_its_secret_in_the_signer() {
             1,
             "{mode}: version 1's record is still in the store file"
         );
-        let (hits, searched) = scan(signer, &needles, |_| true);
+        let (hits, searched) = common::scan_memory(signer, &needles, |_| true);
         report("after the grace", &hits, searched);
         let found: Vec<String> = hits
             .iter()

@@ -351,27 +351,6 @@ impl Drop for Host {
     }
 }
 
-/// Where each needle occurs in the readable memory of `pid`: (needle index, place).
-fn scan(pid: u32, needles: &[[u8; 32]]) -> (Vec<(usize, String)>, usize) {
-    let mut hits = Vec::new();
-    let mut searched = 0;
-    for (mapping, bytes) in common::readable_memory(pid, |_| true) {
-        searched += bytes.len();
-        for (index, offset) in common::occurrences(&bytes, needles) {
-            hits.push((
-                index,
-                format!(
-                    "{} {} +{offset:#x} [{}]",
-                    mapping.range(),
-                    mapping.path,
-                    mapping.flags.join(" ")
-                ),
-            ));
-        }
-    }
-    (hits, searched)
-}
-
 /// What one scanned host showed: its needles' names, and where each was found in the host and
 /// in its signer.
 struct Scanned {
@@ -428,7 +407,7 @@ fn run_and_scan(source: &str, mode: &str) -> Scanned {
         names.push(format!("the secret of record {index}"));
     }
 
-    let (host_hits, searched) = scan(host.child.id(), &needles);
+    let (host_hits, searched) = common::scan_memory(host.child.id(), &needles, |_| true);
     println!(
         "{what}: searched {} MiB of the host's memory",
         searched >> 20
@@ -436,7 +415,7 @@ fn run_and_scan(source: &str, mode: &str) -> Scanned {
     for (index, place) in &host_hits {
         println!("{what}: host: {} at {place}", names[*index]);
     }
-    let (signer_hits, searched) = scan(signer, &needles[..CANARY]);
+    let (signer_hits, searched) = common::scan_memory(signer, &needles[..CANARY], |_| true);
     println!(
         "{what}: searched {} MiB of the signer's memory",
         searched >> 20

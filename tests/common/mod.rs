@@ -401,3 +401,29 @@ pub(crate) fn run_role(
         elapsed,
     }
 }
+
+/// Where each needle occurs in the readable memory of `pid` (the mappings `only` keeps):
+/// (needle index, place), and how many bytes were searched.
+pub(crate) fn scan_memory(
+    pid: u32,
+    needles: &[[u8; 32]],
+    only: impl Fn(&Mapping) -> bool,
+) -> (Vec<(usize, String)>, usize) {
+    let mut hits = Vec::new();
+    let mut searched = 0;
+    for (mapping, bytes) in readable_memory(pid, only) {
+        searched += bytes.len();
+        for (index, offset) in occurrences(&bytes, needles) {
+            hits.push((
+                index,
+                format!(
+                    "{} {} +{offset:#x} [{}]",
+                    mapping.range(),
+                    mapping.path,
+                    mapping.flags.join(" ")
+                ),
+            ));
+        }
+    }
+    (hits, searched)
+}

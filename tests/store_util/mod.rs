@@ -5,6 +5,8 @@
 //! secrets, or re-seal a manifest the way only a holder of the unlock secret could.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub(crate) mod tmpfs;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
