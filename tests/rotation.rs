@@ -411,6 +411,34 @@ fn after_the_grace_the_old_version_is_refused_and_then_gone() {
     }
 }
 
+/// The purge at the end of a grace period runs by itself: with no call made after the
+/// rotation, the previous version's record leaves the store file soon after it retires (the
+/// service's timer; every other purge is triggered by a call, so none of them can be the one
+/// that did it here).
+#[test]
+fn a_retired_version_is_purged_on_time_with_no_call() {
+    let fixture = Fixture::new("timer", "fork", SpawnMode::Fork);
+    let service = fixture.service();
+    let key = service
+        .generate_key(KeySpec::new(Purpose::Account))
+        .unwrap();
+    service.rotate_key(key, SHORT).unwrap();
+    assert_eq!(
+        fixture.records_on_disk(),
+        2,
+        "control: version 1 is on disk"
+    );
+    // Retired within two seconds (rounded up); the timer wakes a second after that.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fixture.records_on_disk() != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "version 1's record is still in the store file 10 s after its grace"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn with_no_grace_the_old_version_is_gone_at_once() {
     for (mode, spawn_mode) in modes() {

@@ -596,9 +596,7 @@ impl KeyStore {
             }
         };
         let (secret, public_key) = SecretKey::from_bytes(spec.algorithm, seed);
-        let created = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_secs());
+        let created = now_seconds();
         // Slots are below the key limit, at most 1024.
         let slot = u16::try_from(free).unwrap_or(u16::MAX);
         let mut sealed_record = None;

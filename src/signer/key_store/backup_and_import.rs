@@ -13,7 +13,7 @@
 use ed25519_dalek::Signer as _;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use super::{KeyStore, SecretKey};
+use super::{KeyStore, SecretKey, now_seconds};
 use crate::wire::age_format::{self, AgeError, AgeRandomness};
 use crate::wire::backup_format::{
     BackupKey, BackupLine, BackupProblem, BackupWriter, VerifiedBackup, decode_hex,
@@ -57,13 +57,6 @@ impl StoreIdentity {
 
 /// An Ed25519 signature as its R and S halves, as answers carry it.
 type SignatureHalves = ([u8; 32], [u8; 32]);
-
-/// Seconds since the Unix epoch, by the signer's clock (0 if it is before 1970).
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs())
-}
 
 impl KeyStore {
     pub(super) fn identity_mut(&mut self) -> &mut StoreIdentity {
@@ -178,7 +171,7 @@ impl KeyStore {
         let scratch = &mut scratch.as_mut_slice()[0];
         let mut writer = BackupWriter::new(scratch);
         let written = (|| {
-            writer.preamble(id, now(), &signing.verifying_key().to_bytes())?;
+            writer.preamble(id, now_seconds(), &signing.verifying_key().to_bytes())?;
             for (record, chains) in records.as_slice().iter().zip(guards.iter()) {
                 // Current versions only: a previous one is in its grace period, on its way out.
                 let Some(record) = record.as_ref().filter(|record| record.is_current()) else {
