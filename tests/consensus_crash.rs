@@ -35,13 +35,7 @@ use sha2::{Digest, Sha256};
 use store_util::StoreBase;
 
 /// Every point of a durable write, in the order the write reaches them.
-const POINTS: [StoreWritePoint; 5] = [
-    StoreWritePoint::BeforeTemporary,
-    StoreWritePoint::AfterTemporaryWrite,
-    StoreWritePoint::AfterTemporarySync,
-    StoreWritePoint::AfterRename,
-    StoreWritePoint::AfterDirectorySync,
-];
+const POINTS: [StoreWritePoint; 5] = StoreWritePoint::ALL;
 
 const CHAIN: ChainId = ChainId([0x5c; 32]);
 const EPOCH: u64 = 1;

@@ -9,18 +9,11 @@ mod common;
 mod store_util;
 
 use std::ffi::OsStr;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use age_util::{age_decrypt, age_encrypt, age_is_installed, age_keygen};
 use keyward::{KeyService, PublicKey, SecretService};
 use store_util::{Scratch, open_config};
-
-fn keyward(arguments: &[&OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .args(arguments)
-        .output()
-        .unwrap()
-}
 
 /// `keyward <command> --store DIR --unlock-file FILE <more>`.
 fn on_store(command: &str, scratch: &Scratch, unlock: &std::path::Path, more: &[&OsStr]) -> Output {
@@ -33,7 +26,7 @@ fn on_store(command: &str, scratch: &Scratch, unlock: &std::path::Path, more: &[
         unlock.as_os_str(),
     ];
     arguments.extend_from_slice(more);
-    keyward(&arguments)
+    common::run_keyward(&arguments)
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -47,7 +40,7 @@ fn provision_import_and_backup_from_the_command_line() {
     }
     let scratch = Scratch::new("lifecycle-commands");
     let unlock = scratch.unlock_file("unlock", b"lifecycle commands\n");
-    let created = keyward(&[
+    let created = common::run_keyward(&[
         "init".as_ref(),
         "--store".as_ref(),
         scratch.store().as_os_str(),

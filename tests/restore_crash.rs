@@ -25,13 +25,8 @@ use store_util::{Scratch, create_config, open_config};
 
 const CHAIN: ChainId = ChainId([0x31; 32]);
 
-const POINTS: [StoreWritePoint; 5] = [
-    StoreWritePoint::BeforeTemporary,
-    StoreWritePoint::AfterTemporaryWrite,
-    StoreWritePoint::AfterTemporarySync,
-    StoreWritePoint::AfterRename,
-    StoreWritePoint::AfterDirectorySync,
-];
+/// Every point of a durable write, in the order the write reaches them.
+const POINTS: [StoreWritePoint; 5] = StoreWritePoint::ALL;
 
 /// The host: opens the target store, arms the crash hook, restores.
 #[test]

@@ -8,19 +8,11 @@
 mod common;
 mod store_util;
 
-use std::ffi::OsStr;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use keyward::{KeyService, KeySpec, Purpose, SecretService};
 use store_util::{Scratch, open_config};
-
-fn keyward(arguments: &[&OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .args(arguments)
-        .output()
-        .unwrap()
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -29,7 +21,7 @@ fn text(bytes: &[u8]) -> String {
 /// `keyward rotate --store DIR --unlock-file FILE --key KEY --grace GRACE`.
 fn rotate(scratch: &Scratch, unlock: &std::path::Path, key: &str, grace: &str) -> Output {
     let store = scratch.store();
-    keyward(&[
+    common::run_keyward(&[
         "rotate".as_ref(),
         "--store".as_ref(),
         store.as_os_str(),
@@ -46,7 +38,7 @@ fn rotate(scratch: &Scratch, unlock: &std::path::Path, key: &str, grace: &str) -
 fn initialized(name: &str) -> (Scratch, PathBuf) {
     let scratch = Scratch::new(name);
     let unlock = scratch.unlock_file("unlock", b"rotate command\n");
-    let created = keyward(&[
+    let created = common::run_keyward(&[
         "init".as_ref(),
         "--store".as_ref(),
         scratch.store().as_os_str(),
@@ -138,7 +130,7 @@ fn rotate_prints_the_new_version_and_public_key() {
     drop(service);
 
     // status lists the key's versions (its exact layout is status's own business).
-    let listed = keyward(&[
+    let listed = common::run_keyward(&[
         "status".as_ref(),
         "--store".as_ref(),
         scratch.store().as_os_str(),

@@ -29,13 +29,7 @@ use rand_core::{Rng, SeedableRng};
 use store_util::{KeySet, StoreBase, assert_all_sign, assert_signs_as, describe, key_set};
 
 /// Every point of a durable write, in the order the write reaches them.
-const POINTS: [StoreWritePoint; 5] = [
-    StoreWritePoint::BeforeTemporary,
-    StoreWritePoint::AfterTemporaryWrite,
-    StoreWritePoint::AfterTemporarySync,
-    StoreWritePoint::AfterRename,
-    StoreWritePoint::AfterDirectorySync,
-];
+const POINTS: [StoreWritePoint; 5] = StoreWritePoint::ALL;
 
 /// The points at which the new state is in place (the rename is done): a host killed there has
 /// changed the store, one killed earlier has not. A process crash (unlike a power cut) loses

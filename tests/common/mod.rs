@@ -427,3 +427,11 @@ pub(crate) fn scan_memory(
     }
     (hits, searched)
 }
+
+/// Runs the built `keyward` binary with `arguments` and waits for it.
+pub(crate) fn run_keyward(arguments: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(arguments)
+        .output()
+        .unwrap()
+}

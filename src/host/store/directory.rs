@@ -54,6 +54,25 @@ pub enum WritePoint {
     AfterDirectorySync = 5,
 }
 
+impl WritePoint {
+    /// Every point of a durable write, in the order the write reaches them.
+    #[cfg_attr(
+        not(feature = "test-support"),
+        allow(
+            dead_code,
+            unreachable_pub,
+            reason = "the crash tests' list, exported only with test-support"
+        )
+    )]
+    pub const ALL: [WritePoint; 5] = [
+        WritePoint::BeforeTemporary,
+        WritePoint::AfterTemporaryWrite,
+        WritePoint::AfterTemporarySync,
+        WritePoint::AfterRename,
+        WritePoint::AfterDirectorySync,
+    ];
+}
+
 /// A store directory, locked for this service.
 #[derive(Debug)]
 pub(crate) struct StoreDirectory {
