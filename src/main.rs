@@ -51,6 +51,9 @@ enum Command {
     /// Give a key of the store a new version (a fresh secret, same key id); the previous one
     /// stays usable for --grace seconds, then is erased.
     Rotate(cli::lifecycle::RotateArgs),
+    /// `keyward bench`'s pipe-floor child (a plain signer over pipes, no sandbox).
+    #[command(name = "bench-pipe-floor-child", hide = true)]
+    BenchPipeFloorChild(cli::bench::PipeFloorChildArgs),
 }
 
 fn main() -> Result<ExitCode> {
@@ -71,5 +74,8 @@ fn main() -> Result<ExitCode> {
         Command::Backup(arguments) => cli::lifecycle::backup(&arguments),
         Command::Restore(arguments) => cli::lifecycle::restore(&arguments),
         Command::Rotate(arguments) => cli::lifecycle::rotate(&arguments),
+        Command::BenchPipeFloorChild(arguments) => {
+            cli::bench::run_pipe_floor_child(&arguments).map(|()| ExitCode::SUCCESS)
+        }
     }
 }

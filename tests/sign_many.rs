@@ -19,7 +19,7 @@ fn a_batch_is_signed_as_sign_signs_each_digest_at_every_size_up_to_the_cap() {
     for (mode, config) in common::spawn_modes() {
         let service = SecretService::spawn(config).unwrap();
         let (key, public) = ed25519_key(&service, Purpose::NetworkDiscovery);
-        for (salt, count) in [1, 2, 100, MAX_BATCH].into_iter().enumerate() {
+        for (salt, count) in [1, 2, 9, 100, MAX_BATCH].into_iter().enumerate() {
             let batch = common::numbered_digests(count, u8::try_from(salt).unwrap());
             let signatures = service
                 .sign_many(key, &batch)

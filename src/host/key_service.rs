@@ -52,6 +52,9 @@ pub trait KeyService: Send + Sync + std::fmt::Debug {
     /// round trip: the signatures come back in the order of the digests, each exactly what
     /// [`sign`](KeyService::sign) gives for its digest. For a caller holding several digests at
     /// once (a batch of votes or attestations), it saves a request and an answer per signature.
+    /// With more than one signer worker free, [`SecretService`](crate::SecretService) splits a
+    /// batch of 8 or more digests among the free workers, which sign the parts side by side (each
+    /// part at least 4 digests); a refusal of any part is the refusal of the batch.
     /// A batch of none or of more than [`MAX_BATCH`](crate::MAX_BATCH) digests is refused with
     /// [`Error::BatchSize`](crate::Error) before anything is sent.
     fn sign_many(&self, key: KeyId, digests: &[[u8; 32]]) -> Result<Vec<ed25519_dalek::Signature>>;

@@ -49,6 +49,8 @@ pub(crate) struct ServiceCore {
     /// The process that spawned the service. A copy of the service in a process forked from it
     /// refuses every call: its pipes and request ids are the original's.
     creator: u32,
+    /// Tells a forked copy apart without a system call a request.
+    fork_sentinel: crate::sys::ForkSentinel,
     current: RwLock<Arc<SignerProcess>>,
     respawning: Mutex<()>,
     generations: AtomicU32,
@@ -105,6 +107,7 @@ impl SecretService {
                 config,
                 program,
                 creator: std::process::id(),
+                fork_sentinel: crate::sys::ForkSentinel::new(),
                 current: RwLock::new(Arc::new(signer)),
                 respawning: Mutex::new(()),
                 generations: AtomicU32::new(1),
@@ -353,15 +356,13 @@ impl ServiceCore {
 
     /// Refuses a call from a process forked from the one that spawned the service.
     fn check_process(&self) -> Result<()> {
-        let this = std::process::id();
-        if this == self.creator {
-            Ok(())
-        } else {
-            Err(Error::ForkedProcess {
-                creator: self.creator,
-                this,
-            })
+        if !self.fork_sentinel.in_a_forked_copy() {
+            return Ok(());
         }
+        Err(Error::ForkedProcess {
+            creator: self.creator,
+            this: std::process::id(),
+        })
     }
 
     fn replace_signer(&self) -> Result<u32> {
@@ -561,6 +562,20 @@ impl ServiceCore {
         result
     }
 
+    /// [`SignerProcess::perform_spread`], with the same restart as [`Self::perform`].
+    fn perform_spread<O: Operation>(
+        &self,
+        signer: &Arc<SignerProcess>,
+        operations: &[O],
+    ) -> Result<Vec<Result<O::Output, Refusal>>> {
+        let result = signer.perform_spread(operations);
+        if result.is_err() && self.config.restart == RestartPolicy::Automatic && signer.has_ended()
+        {
+            self.restart_after(signer);
+        }
+        result
+    }
+
     /// Automatic restart: replace `ended` unless another caller already did.
     fn restart_after(&self, ended: &Arc<SignerProcess>) {
         let _respawning = self
@@ -587,6 +602,16 @@ impl ServiceCore {
             ))
         })
     }
+}
+
+/// The fewest digests worth a part of their own: below this, a second round trip costs more
+/// than signing them beside the rest saves.
+const DIGESTS_PER_PART: usize = 4;
+
+/// Into how many parts a batch of `digests` is split, with `idle_lanes` workers free: one per
+/// idle worker, each of at least [`DIGESTS_PER_PART`] digests; one if only one worker is free.
+fn spread_parts(digests: usize, idle_lanes: usize) -> usize {
+    idle_lanes.min(digests / DIGESTS_PER_PART).max(1)
 }
 
 /// Purges `core`'s retired versions at `retires`, from a thread that holds the service only
@@ -998,12 +1023,31 @@ impl KeyService for ServiceCore {
             });
         }
         let signer = self.signer_for(key)?;
-        let operation = operations::SignMany {
-            key: key.wire(),
-            digests,
-        };
-        self.perform(&signer, &operation)?
-            .map_err(|refusal| refusal_error(&signer, refusal, Some(key), "sign_many"))
+        let parts = spread_parts(digests.len(), signer.idle_lanes());
+        if parts <= 1 {
+            let operation = operations::SignMany {
+                key: key.wire(),
+                digests,
+            };
+            return self
+                .perform(&signer, &operation)?
+                .map_err(|refusal| refusal_error(&signer, refusal, Some(key), "sign_many"));
+        }
+        // Idle workers sign parts of the batch side by side.
+        let operations: Vec<operations::SignMany<'_>> = digests
+            .chunks(digests.len().div_ceil(parts))
+            .map(|part| operations::SignMany {
+                key: key.wire(),
+                digests: part,
+            })
+            .collect();
+        let mut signatures = Vec::with_capacity(digests.len());
+        for part in self.perform_spread(&signer, &operations)? {
+            signatures.extend(
+                part.map_err(|refusal| refusal_error(&signer, refusal, Some(key), "sign_many"))?,
+            );
+        }
+        Ok(signatures)
     }
 
     fn sign_consensus(

@@ -7,6 +7,7 @@
 #![allow(unsafe_code)]
 
 mod descriptors;
+mod fork_sentinel;
 mod privileges;
 mod process;
 mod seccomp_check;
@@ -21,6 +22,7 @@ pub(crate) use descriptors::{
     duplicate_clear_of_standard_streams, duplicate_onto, fixed_descriptor,
     pipe_clear_of_standard_streams,
 };
+pub(crate) use fork_sentinel::ForkSentinel;
 pub(crate) use privileges::{drop_all_capabilities, reset_signal_handlers};
 #[cfg(test)]
 pub(crate) use process::pidfd_open;

@@ -29,6 +29,8 @@ pub(super) struct LatencyRow<'a> {
     /// The row this one is compared with; `None` for a baseline.
     baseline: Option<usize>,
     per_chunk: usize,
+    /// Operations run untimed at the start of each turn (see `run_turn`).
+    warm_up: usize,
     /// Sleep this long before each operation (not counted).
     gap: Option<Duration>,
     /// Measure this process's CPU time across each turn.
@@ -57,6 +59,7 @@ impl<'a> LatencyRow<'a> {
             name: name.into(),
             baseline,
             per_chunk,
+            warm_up: (per_chunk / 10).max(1),
             gap: None,
             watch_cpu: None,
             operation,
@@ -76,8 +79,22 @@ impl<'a> LatencyRow<'a> {
         self
     }
 
-    /// One turn: `per_chunk` operations, each timed on its own.
+    /// One turn: a tenth of `per_chunk` operations untimed, then `per_chunk` operations, each
+    /// timed on its own.
+    ///
+    /// The untimed start is there because the scenarios take turns: a turn begins after the
+    /// other scenarios' turns, with this scenario's signer asleep and its threads wherever the
+    /// scheduler left them, and its first requests pay for that switch (a run with one turn per
+    /// round showed back-to-back p99 at 1.10x in-process, where turns of 500 without this start
+    /// showed 8.62x). What a row shows is its own steady state; the cost of a request that finds
+    /// the signer asleep is the idle-gap row's.
     pub(super) fn run_turn(&mut self, record: bool) -> Result<()> {
+        for _ in 0..self.warm_up {
+            if let Some(gap) = self.gap {
+                std::thread::sleep(gap);
+            }
+            (self.operation)()?;
+        }
         let watched = self
             .watch_cpu
             .filter(|_| record)
@@ -214,6 +231,7 @@ impl<'a> ThroughputRow<'a> {
             callers: self.callers,
             workers: self.target.workers(),
             counts_for_targets: self.counts_for_targets,
+            batched: self.target.is_batched(),
             caller_cpu_us_per_signature: micros_per_signature(self.caller_cpu_ns),
             signer_cpu_us_per_signature: micros_per_signature(self.signer_cpu_ns),
             name: self.name,
@@ -229,8 +247,10 @@ pub(super) struct ThroughputResult {
     /// Signer workers; `None` for in-process.
     pub(super) workers: Option<usize>,
     pub(super) rates: Vec<f64>,
-    /// False for the rows of `--also-spin` settings.
+    /// False for the rows of `--also-spin` settings and for batches.
     pub(super) counts_for_targets: bool,
+    /// Signatures asked for 16 digests a request (`sign_many`).
+    pub(super) batched: bool,
     /// CPU each signature cost the calling threads (the signing itself, for in-process rows).
     pub(super) caller_cpu_us_per_signature: f64,
     /// CPU each signature cost the signer process (0 for in-process rows).

@@ -12,10 +12,12 @@
 //! killed and the directory removed when the benchmark ends, also on a panic.
 //!
 //! Rooms: `scenarios` (what is measured), `measure` (timing, statistics, CPU clocks), `procfs`
-//! (what /proc says), `ssh_agent`, `progress` (the bar on stderr) and `report` (the tables and
-//! the target lines on stdout).
+//! (what /proc says), `ssh_agent`, `pipe_floor` (the cheapest pipe signer this machine allows,
+//! the floor each latency target is shown beside), `progress` (the bar on stderr) and `report`
+//! (the tables and the target lines on stdout).
 
 mod measure;
+mod pipe_floor;
 mod procfs;
 mod progress;
 mod report;
@@ -30,6 +32,8 @@ use clap::Args;
 use keyward::{Config, Latency};
 
 use measure::{LatencyResult, LatencyRow, ThroughputResult, ThroughputRow};
+use pipe_floor::PipeFloor;
+pub(crate) use pipe_floor::{PipeFloorChildArgs, run_child as run_pipe_floor_child};
 use progress::Progress;
 use report::Report;
 use scenarios::{Local, Signers};
@@ -166,6 +170,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     };
 
     let local = Local::new()?;
+    let floor = PipeFloor::start(latency)?;
     let store_bench = store::StoreBench::new(main_workers, latency)?;
     let load_before = procfs::load_average();
     println!(
@@ -185,8 +190,15 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         latency.signer_spin
     );
 
-    let (mut latency_rows, row_index) =
-        scenarios::latency_scenarios(&plan, main, &signers, &local, agent.as_mut(), &store_bench)?;
+    let (mut latency_rows, row_index) = scenarios::latency_scenarios(
+        &plan,
+        main,
+        &signers,
+        &local,
+        &floor,
+        agent.as_mut(),
+        &store_bench,
+    )?;
     let (mut throughput_rows, worker_rows) =
         scenarios::throughput_scenarios(&signers, &local, cores)?;
     // Two steps after the rounds: the idle second and the memory readings.

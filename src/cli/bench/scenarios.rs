@@ -2,8 +2,8 @@
 //! keys.
 //!
 //! Latency: the in-process Ed25519 and X25519 baselines, keyward sign back to back (with the
-//! chosen worker count and with 1 worker), keyward sign after idle gaps, keyward X25519, and
-//! ssh-agent. Throughput: in-process threads against keyward with 1 worker and with one worker
+//! chosen worker count and with 1 worker), keyward sign after idle gaps, the pipe floor (a plain
+//! child over pipes) back to back and after idle gaps, keyward X25519, and ssh-agent. Throughput: in-process threads against keyward with 1 worker and with one worker
 //! per core, and one caller signing in batches (`sign_many`). Then the signer's CPU over an idle
 //! second and its resident memory.
 
@@ -15,6 +15,7 @@ use keyward::{Config, KeyId, KeyService, KeySpec, Latency, Purpose, SecretServic
 
 use super::Plan;
 use super::measure::{LatencyRow, ThroughputRow, process_cpu_ns};
+use super::pipe_floor::PipeFloor;
 use super::procfs::{IdleCpu, Memory, ProcessCpu};
 use super::report::{RowIndex, format_gap, plural, spin_label};
 use super::ssh_agent::SshAgent;
@@ -166,6 +167,7 @@ pub(super) fn latency_scenarios<'a>(
     main: &'a Service,
     signers: &'a Signers,
     local: &'a Local,
+    floor: &'a PipeFloor,
     agent: Option<&'a mut SshAgent>,
     store: &'a StoreBench,
 ) -> Result<(Vec<LatencyRow<'a>>, RowIndex)> {
@@ -213,6 +215,30 @@ pub(super) fn latency_scenarios<'a>(
             Box::new(|| main.sign(&DIGEST)),
         )?
         .with_idle_gaps(gap, main.pid()),
+    );
+    // The floor: the same two waits with nothing of keyward's between them.
+    let floor_sign = rows.len();
+    rows.push(LatencyRow::new(
+        "pipe floor: plain child, back to back",
+        Some(0),
+        back_to_back_per_turn,
+        Box::new(|| {
+            std::hint::black_box(floor.sign(&DIGEST)?);
+            Ok(())
+        }),
+    )?);
+    let floor_gap = rows.len();
+    rows.push(
+        LatencyRow::new(
+            format!("pipe floor: plain child, {} idle gaps", format_gap(gap)),
+            Some(0),
+            idle_gaps_per_turn,
+            Box::new(|| {
+                std::hint::black_box(floor.sign(&DIGEST)?);
+                Ok(())
+            }),
+        )?
+        .with_idle_gaps(gap, floor.pid()),
     );
     let x25519_baseline = rows.len();
     rows.push(LatencyRow::new(
@@ -313,6 +339,8 @@ pub(super) fn latency_scenarios<'a>(
     let index = RowIndex {
         sign: sign_row,
         gap: gap_row,
+        floor_sign,
+        floor_gap,
         agent: agent_row,
         store_write,
         store_sign,
@@ -357,14 +385,20 @@ pub(super) fn throughput_scenarios<'a>(
     }
     // Batches answer several signatures a request: compared with the rows above, not counted
     // for the targets, which are about one signature a request.
-    rows.push(
-        ThroughputRow::new(
-            format!("keyward sign_many x{BATCH}, 1 worker, 1 caller"),
-            1,
-            Target::KeywardBatches(signers.with_workers(1)?),
-        )
-        .not_for_targets(),
-    );
+    // With more than one worker, a batch is split among the idle ones.
+    for &workers in &worker_counts {
+        rows.push(
+            ThroughputRow::new(
+                format!(
+                    "keyward sign_many x{BATCH}, {workers} worker{}, 1 caller",
+                    plural(workers)
+                ),
+                1,
+                Target::KeywardBatches(signers.with_workers(workers)?),
+            )
+            .not_for_targets(),
+        );
+    }
     for (spin, service) in &signers.also_spin {
         for callers in ALSO_SPIN_CALLER_COUNTS {
             let name = format!(
@@ -414,6 +448,11 @@ impl Target<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Whether this target asks for its signatures in batches.
+    pub(super) fn is_batched(&self) -> bool {
+        matches!(self, Target::KeywardBatches(_))
     }
 
     pub(super) fn workers(&self) -> Option<usize> {

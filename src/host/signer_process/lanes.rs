@@ -206,6 +206,14 @@ impl Lane {
         }
     }
 
+    /// Gives up on the call `id` without waiting for its answer (a caller that sent requests on
+    /// several lanes and has failed on another): a late answer to it is dropped quietly.
+    pub(super) fn abandon(&self, id: u64) {
+        let mut pending = lock(&self.pending);
+        pending.abandon(id);
+        pending.wake_next_reader();
+    }
+
     /// Waits for the answer to `id`, reading the lane for everyone if no one else is.
     pub(super) fn receive(
         &self,

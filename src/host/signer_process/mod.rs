@@ -179,6 +179,77 @@ impl SignerProcess {
         }
     }
 
+    /// Performs several operations at once, each on its own lane where lanes are idle: every
+    /// request is written before any answer is awaited, so the signer's workers serve them side
+    /// by side. The outputs come back in the order of `operations`. A failure of any one is the
+    /// failure of all (it has been through [`verdict`]); the answers not yet read are abandoned.
+    ///
+    /// [`verdict`]: SignerProcess::verdict
+    pub(crate) fn perform_spread<O: Operation>(
+        &self,
+        operations: &[O],
+    ) -> Result<Vec<Result<O::Output, Refusal>>, Error> {
+        if self.child.has_ended() {
+            return Err(self.verdict(CallFailure::Ended));
+        }
+        let deadline = Instant::now() + self.request_timeout;
+        let lanes = self.pick_lanes(operations.len());
+        let mut sent: Vec<(&Lane, u64)> = Vec::with_capacity(operations.len());
+        let mut failure = None;
+        for (operation, lane) in operations.iter().zip(lanes) {
+            lane.in_flight.fetch_add(1, Ordering::Relaxed);
+            match lane.send(operation.request(), &self.child.pidfd, deadline) {
+                Ok(id) => sent.push((lane, id)),
+                Err(error) => {
+                    lane.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        let mut outputs = Vec::with_capacity(operations.len());
+        for (index, &(lane, id)) in sent.iter().enumerate() {
+            let received = match failure {
+                // The answers are a signature away at least: sleep, leave the CPU to the workers.
+                None => lane.receive(id, deadline, Duration::ZERO, &self.child.pidfd),
+                Some(_) => {
+                    lane.abandon(id);
+                    lane.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    continue;
+                }
+            };
+            lane.in_flight.fetch_sub(1, Ordering::Relaxed);
+            match received {
+                Ok(Answer::Refused(refusal)) => outputs.push(Err(refusal)),
+                Ok(answer) => match operations[index].output(answer, self.store) {
+                    Ok(output) => outputs.push(Ok(output)),
+                    Err(what) => failure = Some(CallFailure::Misbehaved(what)),
+                },
+                Err(error) => failure = Some(error),
+            }
+        }
+        match failure {
+            Some(failure) => Err(self.verdict(failure)),
+            None => Ok(outputs),
+        }
+    }
+
+    /// How many lanes have nothing in flight now (a hint: another caller may take one at once).
+    pub(crate) fn idle_lanes(&self) -> usize {
+        self.lanes
+            .iter()
+            .filter(|lane| lane.in_flight.load(Ordering::Relaxed) == 0)
+            .count()
+    }
+
+    /// `count` lanes for requests sent together: idle lanes first, then the least busy, each
+    /// used once while there are enough.
+    fn pick_lanes(&self, count: usize) -> Vec<&Lane> {
+        let mut lanes: Vec<&Lane> = self.lanes.iter().collect();
+        lanes.sort_by_key(|lane| lane.in_flight.load(Ordering::Relaxed));
+        lanes.iter().copied().cycle().take(count).collect()
+    }
+
     /// Sends one request and waits for its answer.
     fn call<O: Operation>(&self, operation: &O) -> Result<Answer, CallFailure> {
         if self.child.has_ended() {
