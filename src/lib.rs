@@ -87,6 +87,11 @@ pub use wire::{
     MAX_BATCH, MAX_FRAME_LEN, MAX_KEY_LIMIT, MAX_MESSAGE_LEN, MAX_WORKERS, PROTOCOL_VERSION,
 };
 
+/// The rule by which keyward's callers and signer workers decide whether a wait spins. Public
+/// only so that `keyward bench`'s pipe floor waits exactly as keyward does; not part of the API.
+#[doc(hidden)]
+pub use wire::framing::SpinBackoff;
+
 /// README.md's examples, compiled and run as doctests so the README cannot drift from the API.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -17,7 +17,9 @@ use crate::signer::dispatch::{LaneState, Outcome, handle_frame, read_store};
 use crate::signer::key_store::KeyStore;
 use crate::sys::{self, SecretMemoryBacking};
 use crate::wire::PROTOCOL_VERSION;
-use crate::wire::framing::{FrameReader, ReadError, encode_frame, frame_buffer, write_all};
+use crate::wire::framing::{
+    FrameReader, ReadError, SpinBackoff, encode_frame, frame_buffer, write_all,
+};
 use crate::wire::key_types::KeyMemory;
 use crate::wire::startup::{Greeting, SealedSummary, exit_code};
 
@@ -80,8 +82,14 @@ pub(crate) fn serve_lane(
     // which keeps it on the core its caller wakes it from rather than on one that has halted.
     let mut flowing = false;
     let mut last_answer: Option<Instant> = None;
+    // And only while its spins find requests: one that ran out makes the next waits sleep.
+    let backoff = SpinBackoff::default();
     loop {
-        let wait = if flowing { spin } else { Duration::ZERO };
+        let wait = if flowing && backoff.may_spin() {
+            spin
+        } else {
+            Duration::ZERO
+        };
         let payload = match reader.read_frame(request, None, wait, None) {
             Ok(payload) => payload,
             Err(ReadError::Closed { mid_frame: false }) => {
@@ -125,6 +133,9 @@ pub(crate) fn serve_lane(
             sys::exit_immediately(code);
         }
         last_answer = Some(Instant::now());
+        if !wait.is_zero() {
+            backoff.spun(!reader.slept_last());
+        }
     }
 }
 

@@ -74,6 +74,11 @@ pub(crate) struct BenchArgs {
     /// idle-gap and throughput rows, each with its own signer of the default worker count.
     #[arg(long = "also-spin", value_name = "CALLER_US:SIGNER_US", value_parser = parse_spin)]
     also_spin: Vec<Latency>,
+    /// Run everything on these CPUs only (comma-separated numbers, e.g. `0`): this process and
+    /// every signer and child it starts. To see what the placement of caller and signer on
+    /// different CPUs costs on this machine; the in-process rows then share the same CPUs.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    cpus: Vec<usize>,
 }
 
 /// `60:100` as a caller spin of 60 µs and a signer spin of 100 µs.
@@ -143,6 +148,16 @@ impl Plan {
 
 pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     let plan = Plan::new(args)?;
+    if !args.cpus.is_empty() {
+        // Before any signer or thread exists: each inherits this process's CPUs.
+        let mut cpus = nix::sched::CpuSet::new();
+        for &cpu in &args.cpus {
+            cpus.set(cpu)
+                .map_err(|error| anyhow::anyhow!("--cpus {cpu}: {error}"))?;
+        }
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus)
+            .map_err(|error| anyhow::anyhow!("--cpus {:?}: {error}", args.cpus))?;
+    }
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let latency = Latency {
         caller_spin: args

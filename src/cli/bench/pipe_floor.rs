@@ -4,10 +4,12 @@
 //!
 //! The floor is a plain child: the `keyward` binary re-run in a hidden role, with no sandbox, no
 //! protocol, no lanes and no locks. It writes its 32-byte public key to its stdout, then reads
-//! 32-byte digests from its stdin and writes each one's 64-byte signature to its stdout. It waits for the next digest as a keyward worker does (spinning for
-//! `signer_spin` only while requests flow, else sleeping in `poll`), and the caller waits for the
-//! signature as a keyward caller does (spinning for `caller_spin`, then sleeping). What keyward
-//! costs above this row is keyward's own: framing, encoding, lanes, the sandbox.
+//! 32-byte digests from its stdin and writes each one's 64-byte signature to its stdout. It waits
+//! for the next digest as a keyward worker does (spinning for `signer_spin` only while requests
+//! flow and its spins find them, else sleeping in `poll`), and the caller waits for the signature
+//! as a lone keyward caller does (spinning for `caller_spin` while its spins find answers, then
+//! sleeping), both by keyward's own [`SpinBackoff`]. What keyward costs above this row is
+//! keyward's own: framing, encoding, lanes, the sandbox.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
-use keyward::Latency;
+use keyward::{Latency, SpinBackoff};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -53,15 +55,23 @@ pub(crate) fn run_child(args: &PipeFloorChildArgs) -> Result<()> {
     let mut digest = [0u8; DIGEST_LEN];
     let mut last_answer: Option<Instant> = None;
     let mut flowing = false;
+    let backoff = SpinBackoff::default();
     loop {
-        let wait = if flowing { spin } else { Duration::ZERO };
-        if !read_exactly(input, &mut digest, wait, None)? {
+        let wait = if flowing && backoff.may_spin() {
+            spin
+        } else {
+            Duration::ZERO
+        };
+        let Some(slept) = read_exactly(input, &mut digest, wait, None)? else {
             return Ok(());
-        }
+        };
         flowing = last_answer.is_some_and(|answered| answered.elapsed() < spin);
         let signature = key.sign(&digest).to_bytes();
         write_all(output, &signature)?;
         last_answer = Some(Instant::now());
+        if !wait.is_zero() {
+            backoff.spun(!slept);
+        }
     }
 }
 
@@ -72,6 +82,7 @@ pub(super) struct PipeFloor {
     from_child: OwnedFd,
     child: Child,
     caller_spin: Duration,
+    backoff: SpinBackoff,
 }
 
 impl PipeFloor {
@@ -99,14 +110,17 @@ impl PipeFloor {
             from_child,
             child,
             caller_spin: latency.caller_spin,
+            backoff: SpinBackoff::default(),
         };
         let mut public = [0u8; 32];
-        if !read_exactly(
+        if read_exactly(
             floor.from_child.as_fd(),
             &mut public,
             Duration::ZERO,
             Some(Instant::now() + ANSWER_DEADLINE),
-        )? {
+        )?
+        .is_none()
+        {
             bail!("the pipe-floor child ended before saying its public key");
         }
         // What is timed must be real work: check one signature.
@@ -133,13 +147,22 @@ impl PipeFloor {
         write_all(to_child.as_fd(), digest)?;
         let mut signature = [0u8; SIGNATURE_LEN];
         let deadline = Instant::now() + ANSWER_DEADLINE;
-        if !read_exactly(
+        let spin = if self.backoff.may_spin() {
+            self.caller_spin
+        } else {
+            Duration::ZERO
+        };
+        let Some(slept) = read_exactly(
             self.from_child.as_fd(),
             &mut signature,
-            self.caller_spin,
+            spin,
             Some(deadline),
-        )? {
+        )?
+        else {
             bail!("the pipe-floor child ended");
+        };
+        if !spin.is_zero() {
+            self.backoff.spun(!slept);
         }
         Ok(signature)
     }
@@ -172,18 +195,20 @@ fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<()> {
 }
 
 /// Fills `buffer` from a non-blocking pipe: spins (read, yield) for `spin`, then sleeps in
-/// `poll` until `deadline` (forever if `None`). `Ok(false)`: end of file before the first byte.
+/// `poll` until `deadline` (forever if `None`). `Some(slept)`: filled, and whether it had to
+/// sleep; `None`: end of file before the first byte.
 fn read_exactly(
     fd: BorrowedFd<'_>,
     buffer: &mut [u8],
     spin: Duration,
     deadline: Option<Instant>,
-) -> Result<bool> {
+) -> Result<Option<bool>> {
     let spin_until = Instant::now() + spin;
     let mut filled = 0;
+    let mut slept = false;
     while filled < buffer.len() {
         match nix::unistd::read(fd, &mut buffer[filled..]) {
-            Ok(0) if filled == 0 => return Ok(false),
+            Ok(0) if filled == 0 => return Ok(None),
             Ok(0) => bail!("the pipe closed mid-message"),
             Ok(count) => filled += count,
             Err(Errno::EINTR) => {}
@@ -203,6 +228,7 @@ fn read_exactly(
                             .unwrap_or(PollTimeout::MAX)
                     }
                 };
+                slept = true;
                 match nix::poll::poll(&mut [PollFd::new(fd, PollFlags::POLLIN)], timeout) {
                     Ok(_) | Err(Errno::EINTR) => {}
                     Err(errno) => return Err(errno).context("waiting on a pipe"),
@@ -211,7 +237,7 @@ fn read_exactly(
             Err(errno) => return Err(errno).context("reading a pipe"),
         }
     }
-    Ok(true)
+    Ok(Some(slept))
 }
 
 /// Writes all of `bytes` (a blocking pipe, or one with room: the messages are tiny).

@@ -19,7 +19,7 @@ use zeroize::Zeroize;
 
 use crate::host::signer_process::CallFailure;
 use crate::wire::framing::{
-    FrameReader, ReadError, WriteError, encode_frame, frame_buffer, write_frame,
+    FrameReader, ReadError, SpinBackoff, WriteError, encode_frame, frame_buffer, write_frame,
 };
 use crate::wire::messages::{Answer, AnswerFrame, Request, RequestFrame};
 use crate::wire::startup::Greeting;
@@ -94,6 +94,8 @@ pub(super) struct Lane {
     /// so writing a request never raises SIGPIPE in the host (see `transport::write_frame`).
     _request_reader_copy: OwnedFd,
     pub(super) in_flight: AtomicUsize,
+    /// Whether a caller waiting alone on this lane spins for its answer (see [`SpinBackoff`]).
+    pub(super) caller_spin: SpinBackoff,
 }
 
 /// Locks a mutex, ignoring poison: every critical section here leaves its data consistent at
@@ -125,6 +127,7 @@ impl Lane {
             pending: Mutex::new(Pending::default()),
             _request_reader_copy: request_reader_copy,
             in_flight: AtomicUsize::new(0),
+            caller_spin: SpinBackoff::default(),
         }
     }
 
@@ -320,6 +323,9 @@ impl Lane {
             payload.zeroize();
             let frame = decoded.map_err(|_| CallFailure::Misbehaved("an undecodable answer"))?;
             if frame.id == id {
+                if !spin.is_zero() {
+                    self.caller_spin.spun(!frames.slept_last());
+                }
                 return Ok(frame.answer);
             }
             let mut pending = lock(&self.pending);

@@ -262,8 +262,11 @@ impl SignerProcess {
             // Behind another request on the lane, or for a batch, the answer is at least a
             // signature away, and a spinning caller would take CPU from the workers.
             Duration::ZERO
-        } else {
+        } else if lane.caller_spin.may_spin() {
             self.caller_spin
+        } else {
+            // The last spins on this lane ran out before their answers: sleep (see SpinBackoff).
+            Duration::ZERO
         };
         let result = lane
             .send(operation.request(), &self.child.pidfd, deadline)
