@@ -218,6 +218,14 @@ impl Model {
         Ok(raised)
     }
 
+    /// The key's marks on `chain`, per kind slot (none where it keeps none there).
+    fn marks_of(&self, key: usize, chain: ChainId) -> [Option<Mark>; 3] {
+        self.chains[key]
+            .iter()
+            .find(|held| held.chain == chain)
+            .map_or([None; 3], |held| held.marks)
+    }
+
     /// The key's watermarks as the signer lists them: a chain per place, in the order it was
     /// first kept (places for four).
     fn listed(&self, key: usize) -> [Option<ChainWatermarks>; CHAIN_CAP] {
@@ -648,6 +656,12 @@ fn run_sealed(steps: &[Step], seen: &mut Seen) -> Result<(), TestCaseError> {
     let mut model = Model::default();
     let mut given = Given::new();
     let mut history = History::new();
+    // Watermarks raised by an import since the signer last learnt what is durable (a release,
+    // or reading the store at a start): docs/consensus-format.md, section 3, "a repeat of a
+    // message whose watermark is not yet known durable is sealed and written again before it
+    // is released". Per (key, chain, kind slot).
+    let mut not_known_durable: std::collections::BTreeSet<(usize, ChainId, usize)> =
+        std::collections::BTreeSet::new();
     for (index, step) in steps.iter().enumerate() {
         let Some(step) = resolve(step, &history) else {
             continue;
@@ -664,7 +678,14 @@ fn run_sealed(steps: &[Step], seen: &mut Seen) -> Result<(), TestCaseError> {
                 let result = service.sign_consensus(keys[*key], message);
                 match (&expected, result) {
                     (Expected::Signed { new }, Ok(signature)) => {
-                        writes = u64::from(*new);
+                        let resealed =
+                            not_known_durable.contains(&(*key, message.chain, slot(message.kind)));
+                        writes = u64::from(*new || resealed);
+                        if writes > 0 {
+                            // Released at the newest sequence: everything sealed before it is
+                            // known durable now.
+                            not_known_durable.clear();
+                        }
                         check_signature(&mut given, &public, *key, message, signature, *new, &at)?;
                         history.push((*key, *message));
                     }
@@ -710,8 +731,17 @@ fn run_sealed(steps: &[Step], seen: &mut Seen) -> Result<(), TestCaseError> {
             },
             Step::Raise { key, marks } => {
                 let result = service.raise_watermarks(keys[*key], &marks.reported());
+                let held = model.marks_of(*key, marks.chain);
                 match (model.raise(*key, marks), result) {
-                    (Ok(raised), Ok(())) => writes = u64::from(raised),
+                    (Ok(raised), Ok(())) => {
+                        writes = u64::from(raised);
+                        let now = model.marks_of(*key, marks.chain);
+                        for kind in 0..3 {
+                            if now[kind] != held[kind] {
+                                not_known_durable.insert((*key, marks.chain, kind));
+                            }
+                        }
+                    }
                     (Err(expected), Err(error)) => {
                         let wanted = expected_error(&expected, keys[*key], None).unwrap();
                         prop_assert!(same_error(&error, &wanted), "{}: {:?}", at, error);
@@ -752,12 +782,14 @@ fn run_sealed(steps: &[Step], seen: &mut Seen) -> Result<(), TestCaseError> {
             Step::Again { .. } => unreachable!("resolved"),
             Step::Restart => {
                 *seen.outcomes.entry("restart".to_owned()).or_default() += 1;
+                not_known_durable.clear();
                 drop(service);
                 service = SecretService::spawn(base.open_config())
                     .map_err(|error| TestCaseError::fail(format!("{at}: reopening: {error}")))?;
             }
             Step::Respawn => {
                 *seen.outcomes.entry("respawn".to_owned()).or_default() += 1;
+                not_known_durable.clear();
                 service
                     .respawn()
                     .map_err(|error| TestCaseError::fail(format!("{at}: {error}")))?;
@@ -771,6 +803,44 @@ fn run_sealed(steps: &[Step], seen: &mut Seen) -> Result<(), TestCaseError> {
         );
     }
     Ok(())
+}
+
+/// The case the random runs once found: a watermark raised by an import is not known durable to
+/// the signer, so the first repeat of its message is written again before it is released, and
+/// the next repeat, known durable then, costs nothing; across a restart the file's marks are
+/// durable. The model counts exactly those writes.
+#[test]
+fn a_repeat_of_an_imported_watermark_is_written_once_then_costs_nothing() {
+    let chain = ChainId([0xc0; 32]);
+    let timeout = ConsensusMessage::timeout(chain, 1, 0, [0xd1; 32]);
+    let raised = ChainModel {
+        chain,
+        marks: [None, None, Some(((1, 0), [0xd1; 32]))],
+    };
+    let sign = Step::Sign {
+        key: 1,
+        message: timeout,
+    };
+    let steps = [
+        Step::Raise {
+            key: 1,
+            marks: raised,
+        },
+        sign.clone(),
+        sign.clone(),
+        Step::Raise {
+            key: 0,
+            marks: raised,
+        },
+        Step::Restart,
+        Step::Sign {
+            key: 0,
+            message: timeout,
+        },
+    ];
+    let mut seen = Seen::default();
+    run_sealed(&steps, &mut seen).unwrap_or_else(|failure| panic!("{failure}"));
+    assert_eq!(seen.outcomes.get("repeat"), Some(&3), "{:?}", seen.outcomes);
 }
 
 #[test]
