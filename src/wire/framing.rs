@@ -185,12 +185,12 @@ impl Drop for FrameReader {
 }
 
 /// Whether a wait should spin, learnt from how the last spins ended. A spin that runs out before
-/// its frame comes was CPU spent for nothing, and on a machine where the peer shares this core it
-/// can be worse: a thread that spins keeps a peer the scheduler does not yet favour off the core
-/// until the spin ends, so every request pays the whole spin (measured: runs of hundreds of
-/// requests at 300 to 600 µs each where 40 µs was usual). After a spin that ran out, the next
-/// waits sleep at once, 1, 2, 4, ... up to [`SpinBackoff::MAX_SKIPPED`] of them; then a wait
-/// spins again to see whether spinning pays now. A spin that finds its frame starts over.
+/// its frame comes was CPU spent for nothing, and it can be worse: on the development VM, after
+/// a pause, runs of dozens of requests each paid whole spins (300 to 600 µs where 40 µs was
+/// usual), likely because a thread spinning on the core its peer waits for keeps the peer off it
+/// until the spin ends. After a spin that ran out, the next waits sleep at once, 1, 2, 4, ... up
+/// to [`SpinBackoff::MAX_SKIPPED`] of them; then a wait spins again to see whether spinning pays
+/// now. A spin that finds its frame starts over.
 #[derive(Debug, Default)]
 pub struct SpinBackoff {
     /// Waits still to sleep at once.
