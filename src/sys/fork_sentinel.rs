@@ -12,7 +12,7 @@ use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::check;
+use super::{check, map_anonymous, page_size};
 
 /// The mark a live sentinel holds; any nonzero value would do.
 const MARK: u64 = 0x6b65_7977_6172_6421;
@@ -72,24 +72,8 @@ impl Drop for ForkSentinel {
 }
 
 fn map_wiped_page() -> io::Result<How> {
-    // SAFETY: sysconf takes an integer and returns one.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    let len = usize::try_from(page).unwrap_or(4096).max(4096);
-    // SAFETY: a fresh anonymous private mapping at an address the kernel chooses; no existing
-    // memory is touched.
-    let base = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if base == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
+    let len = page_size();
+    let base = map_anonymous(len)?.as_ptr();
     // SAFETY: `base` is the page just mapped, of length `len`.
     if let Err(error) = check(unsafe { libc::madvise(base, len, libc::MADV_WIPEONFORK) }) {
         // SAFETY: as above; the page is unmapped before anything refers to it.

@@ -53,6 +53,33 @@ fn check_long(rc: libc::c_long) -> io::Result<libc::c_long> {
     }
 }
 
+/// The size of a memory page (at least 4 KiB).
+fn page_size() -> usize {
+    // SAFETY: sysconf takes an integer and returns one.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).unwrap_or(4096).max(4096)
+}
+
+/// A fresh private anonymous read-write mapping of `len` bytes at an address the kernel picks,
+/// zero-filled and page-aligned; the caller owns it and unmaps it.
+fn map_anonymous(len: usize) -> io::Result<std::ptr::NonNull<libc::c_void>> {
+    // SAFETY: a new mapping; no existing memory is touched.
+    let address = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if address == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    std::ptr::NonNull::new(address).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))
+}
+
 /// Ends the calling process at once: no destructors, no atexit handlers, no stdio flush.
 pub(crate) fn exit_immediately(code: i32) -> ! {
     // SAFETY: `_exit` is async-signal-safe and never returns; it touches no memory of ours.

@@ -5,7 +5,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 
-use super::{check, check_long};
+use super::{check, check_long, map_anonymous, page_size};
 
 /// Creates a `memfd_secret` descriptor: pages only this process can map, removed from the
 /// kernel's direct map, unreadable even through `/proc/<pid>/mem`.
@@ -113,12 +113,6 @@ impl<T> Drop for SecretCells<T> {
     }
 }
 
-fn page_size() -> usize {
-    // SAFETY: sysconf takes an integer and returns one.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(size).unwrap_or(4096).max(4096)
-}
-
 fn map_memfd_secret(len: usize) -> io::Result<NonNull<u8>> {
     let fd = memfd_secret()?;
     let length =
@@ -144,20 +138,7 @@ fn map_memfd_secret(len: usize) -> io::Result<NonNull<u8>> {
 }
 
 fn map_locked_anonymous(len: usize) -> io::Result<NonNull<u8>> {
-    // SAFETY: a fresh private anonymous mapping; the kernel picks the address.
-    let address = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if address == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
+    let address = map_anonymous(len)?.as_ptr();
     let unmap_on_error = |error: io::Error| {
         // SAFETY: undoes the mapping made above, which nothing references yet.
         unsafe { libc::munmap(address, len) };
