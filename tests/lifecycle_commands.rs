@@ -40,14 +40,7 @@ fn provision_import_and_backup_from_the_command_line() {
     }
     let scratch = Scratch::new("lifecycle-commands");
     let unlock = scratch.unlock_file("unlock", b"lifecycle commands\n");
-    let created = common::run_keyward(&[
-        "init".as_ref(),
-        "--store".as_ref(),
-        scratch.store().as_os_str(),
-        "--unlock-file".as_ref(),
-        unlock.as_os_str(),
-    ]);
-    assert!(created.status.success(), "{}", text(&created.stderr));
+    common::keyward_init(&scratch.store(), &unlock);
 
     // provision-key: the recipient alone on standard output.
     let provisioned = on_store("provision-key", &scratch, &unlock, &[]);

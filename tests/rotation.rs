@@ -158,17 +158,9 @@ fn wait_past_grace(rotated: SystemTime, grace: Duration, retires: SystemTime) {
     }
 }
 
-/// Waits for the start of the next second. The store keeps whole seconds and rounds a
-/// retirement time down (see `a_grace_is_never_shorter_than_asked`), so a grace begun late in a
-/// second is cut short by up to that second; begun at its start, a 1 s grace lasts about one.
+/// Waits for the start of the next second (see `a_grace_is_never_shorter_than_asked` for why).
 fn start_of_a_second() {
-    let into = SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    std::thread::sleep(
-        Duration::from_nanos(u64::from(1_000_000_000 - into)) + Duration::from_millis(5),
-    );
+    common::sleep_to_the_start_of_a_second();
 }
 
 /// The error of a call that must fail, or a panic naming `what`.

@@ -38,14 +38,7 @@ fn rotate(scratch: &Scratch, unlock: &std::path::Path, key: &str, grace: &str) -
 fn initialized(name: &str) -> (Scratch, PathBuf) {
     let scratch = Scratch::new(name);
     let unlock = scratch.unlock_file("unlock", b"rotate command\n");
-    let created = common::run_keyward(&[
-        "init".as_ref(),
-        "--store".as_ref(),
-        scratch.store().as_os_str(),
-        "--unlock-file".as_ref(),
-        unlock.as_os_str(),
-    ]);
-    assert!(created.status.success(), "{}", text(&created.stderr));
+    common::keyward_init(&scratch.store(), &unlock);
     (scratch, unlock)
 }
 

@@ -113,13 +113,7 @@ fn a_retired_version_leaves_no_copy_of_its_secret_in_the_signer() {
 
         // At the start of a second: the signer keeps whole seconds and rounds a retirement
         // time down, so a grace begun late in a second could end before the control's scan.
-        let into = SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        std::thread::sleep(
-            Duration::from_nanos(u64::from(1_000_000_000 - into)) + Duration::from_millis(5),
-        );
+        common::sleep_to_the_start_of_a_second();
         let rotated = SystemTime::now();
         let new = service.rotate_key(key, GRACE).unwrap();
         assert_eq!(new.version, 2);

@@ -215,7 +215,11 @@ impl SpinBackoff {
     /// How a wait that spun ended: `found_while_spinning` if its frame came during the spin.
     pub fn spun(&self, found_while_spinning: bool) {
         if found_while_spinning {
-            self.penalty.store(0, Ordering::Relaxed);
+            // Most requests land here: a load, and a store only after a run-out, so the lane's
+            // callers do not all write one cache line on every request.
+            if self.penalty.load(Ordering::Relaxed) != 0 {
+                self.penalty.store(0, Ordering::Relaxed);
+            }
             return;
         }
         let penalty = self

@@ -435,3 +435,34 @@ pub(crate) fn run_keyward(arguments: &[&std::ffi::OsStr]) -> std::process::Outpu
         .output()
         .unwrap()
 }
+
+/// Makes a sealed store in `store` with `keyward init`, unlocked by the secret in `unlock`;
+/// panics with the command's stderr if it fails.
+pub(crate) fn keyward_init(store: &std::path::Path, unlock: &std::path::Path) {
+    let created = run_keyward(&[
+        "init".as_ref(),
+        "--store".as_ref(),
+        store.as_os_str(),
+        "--unlock-file".as_ref(),
+        unlock.as_os_str(),
+    ]);
+    assert!(
+        created.status.success(),
+        "keyward init: {}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+}
+
+/// Waits for the start of the next second (and 5 ms more). A sealed store keeps whole seconds
+/// and rounds a retirement time down, so a grace begun late in a second is cut short by up to
+/// that second; begun at its start, a 1 s grace lasts about one.
+pub(crate) fn sleep_to_the_start_of_a_second() {
+    let into = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    std::thread::sleep(
+        std::time::Duration::from_nanos(u64::from(1_000_000_000 - into))
+            + std::time::Duration::from_millis(5),
+    );
+}

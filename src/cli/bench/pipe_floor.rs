@@ -45,6 +45,8 @@ pub(crate) fn run_child(args: &PipeFloorChildArgs) -> Result<()> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|error| anyhow!("no entropy: {error}"))?;
     let key = SigningKey::from_bytes(&seed);
+    // A bench key, but a secret all the same: no copy of the seed outlives the key.
+    zeroize::Zeroize::zeroize(&mut seed);
     let spin = Duration::from_micros(args.signer_spin_us);
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
